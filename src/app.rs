@@ -1,0 +1,146 @@
+//! Builds the server from its configuration and runs it until shutdown.
+//!
+//! Shutdown order matters for "nothing acknowledged is lost": stop accepting
+//! connections, let the writer store every send already queued (so every
+//! `sent` is true), then close each connection with 1001 after flushing its
+//! outbox, and wait for them.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::broker::{Broker, LocalBroker};
+use crate::config::Config;
+use crate::domain::RoomName;
+use crate::http::{self, AppState};
+use crate::hub::{Hub, HubConfig, Registry};
+use crate::metrics::Metrics;
+use crate::storage::{MessageStore, SqliteStore, StorageError};
+
+/// How long shutdown waits for connections to say goodbye.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+pub struct App {
+    listener: TcpListener,
+    state: AppState,
+    writer: JoinHandle<()>,
+    writer_stop: CancellationToken,
+}
+
+/// Picks the storage backend from the URL's scheme.
+async fn open_store(url: &str) -> Result<Arc<dyn MessageStore>, StorageError> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::connect(url).await?))
+    } else {
+        Err(StorageError::UnsupportedUrl(url.to_owned()))
+    }
+}
+
+impl App {
+    /// Opens storage, creates the default rooms and binds the listener.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let store = open_store(&config.database_url)
+            .await
+            .with_context(|| format!("opening {}", config.database_url))?;
+        for name in &config.default_rooms {
+            let room = RoomName::parse(name)
+                .map_err(|e| anyhow::anyhow!("default room {name:?}: room name {e}"))?;
+            store.create_room(&room).await?;
+        }
+        let metrics = Arc::new(Metrics::new());
+        let registry = Arc::new(Registry::new(metrics.clone()));
+        let broker: Arc<dyn Broker> = Arc::new(LocalBroker::new(registry.clone()));
+        let writer_stop = CancellationToken::new();
+        let hub_config = HubConfig {
+            welcome: config.welcome.clone(),
+            history_on_join: config.history_on_join,
+            write_batch_max: config.write_batch as usize,
+            write_queue: 4 * config.write_batch as usize,
+        };
+        let (hub, writer) = Hub::start(
+            hub_config,
+            registry,
+            store,
+            broker,
+            metrics,
+            writer_stop.clone(),
+        );
+        let listener = TcpListener::bind(config.addr)
+            .await
+            .with_context(|| format!("binding {}", config.addr))?;
+        let state = AppState {
+            hub: Arc::new(hub),
+            outbox_capacity: config.outbox_capacity as usize,
+            allowed_origins: Arc::new(config.allowed_origins.clone()),
+            close_connections: CancellationToken::new(),
+            sessions: TaskTracker::new(),
+        };
+        Ok(Self {
+            listener,
+            state,
+            writer,
+            writer_stop,
+        })
+    }
+
+    /// The bound address (the real port when configured with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown` resolves, then shuts down in order.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Self {
+            listener,
+            state,
+            writer,
+            writer_stop,
+        } = self;
+        tracing::info!(addr = %listener.local_addr()?, "serving");
+        let router = http::router(state.clone());
+        let stop_accepting = CancellationToken::new();
+        let server = {
+            let stop_accepting = stop_accepting.clone();
+            tokio::spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(stop_accepting.cancelled_owned())
+                    .await
+            })
+        };
+        shutdown.await;
+        stop_accepting.cancel();
+        // Store everything queued before any connection is told to go.
+        writer_stop.cancel();
+        if let Err(e) = writer.await {
+            tracing::error!(error = %e, "writer task failed");
+        }
+        state.close_connections.cancel();
+        state.sessions.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, state.sessions.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some connections did not close in time");
+        }
+        match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::error!(error = %e, "HTTP server failed"),
+            Ok(Err(e)) => tracing::error!(error = %e, "HTTP server task failed"),
+            Err(_) => tracing::warn!("HTTP server did not stop in time"),
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}

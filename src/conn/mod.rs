@@ -1,0 +1,173 @@
+//! One WebSocket session: a reader loop that turns frames into hub calls, and
+//! a writer task that drains the connection's bounded outbox onto the socket.
+//!
+//! Replies and room frames share the outbox, so a client sees them in the
+//! order the hub queued them. The writer coalesces whatever is queued into
+//! one flush. Closing is always the writer's job: the reader, the hub (slow
+//! consumer) and shutdown all ask for it through the connection's [`Kick`].
+
+mod session;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::hub::{Frame, Hub, Kick, Peer};
+use crate::protocol::close;
+use session::Session;
+
+/// Most frames written before one flush (one `write` syscall, ideally).
+const COALESCE_MAX: usize = 64;
+/// How long a closing connection may take to flush its last frames.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// Runs one connection until it closes. `close_all` asks every connection to
+/// close with 1001 (server shutdown), after flushing what is queued.
+pub async fn serve(
+    socket: WebSocket,
+    hub: Arc<Hub>,
+    outbox_capacity: usize,
+    close_all: CancellationToken,
+) {
+    let metrics_guard = ConnectionGauge::new(&hub);
+    let (outbox_tx, outbox_rx) = mpsc::channel(outbox_capacity);
+    let kick = Arc::new(Kick::default());
+    let peer = Peer::new(outbox_tx, kick.clone());
+    let (sink, stream) = socket.split();
+    let writer = tokio::spawn(write_loop(sink, outbox_rx, kick.clone()));
+
+    let mut session = Session::new(hub.clone(), peer.clone());
+    read_loop(stream, &mut session, &kick, &close_all).await;
+    session.close();
+
+    // Normal end: ask the writer to finish (it keeps an earlier, more specific code).
+    kick.kick(1000, "");
+    drop(session);
+    drop(peer);
+    if tokio::time::timeout(CLOSE_GRACE, writer).await.is_err() {
+        tracing::debug!("connection writer did not finish in time");
+    }
+    if let Some((code, _)) = kick.reason()
+        && code != 1000
+    {
+        hub.metrics().count_close(code);
+    }
+    drop(metrics_guard);
+}
+
+async fn read_loop(
+    mut stream: SplitStream<WebSocket>,
+    session: &mut Session,
+    kick: &Kick,
+    close_all: &CancellationToken,
+) {
+    loop {
+        let next = tokio::select! {
+            () = kick.kicked() => return,
+            () = close_all.cancelled() => {
+                kick.kick(close::GOING_AWAY, "server shutting down");
+                return;
+            }
+            next = stream.next() => next,
+        };
+        match next {
+            None | Some(Ok(Message::Close(_))) => return,
+            Some(Ok(Message::Text(text))) => session.handle(text.as_str()).await,
+            Some(Ok(Message::Binary(_))) => {
+                kick.kick(close::UNSUPPORTED_DATA, "binary frames are not supported");
+                return;
+            }
+            // Pings are answered by the WebSocket layer itself.
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            Some(Err(e)) => {
+                if is_too_big(e) {
+                    kick.kick(close::TOO_BIG, "frame larger than 64 KiB");
+                }
+                return;
+            }
+        }
+    }
+}
+
+fn is_too_big(e: axum::Error) -> bool {
+    let inner = e.into_inner();
+    matches!(
+        inner.downcast_ref::<tungstenite::Error>(),
+        Some(tungstenite::Error::Capacity(_))
+    )
+}
+
+async fn write_loop(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut outbox_rx: mpsc::Receiver<Frame>,
+    kick: Arc<Kick>,
+) {
+    loop {
+        let frame = tokio::select! {
+            biased;
+            () = kick.kicked() => break,
+            frame = outbox_rx.recv() => frame,
+        };
+        let Some(frame) = frame else { break };
+        if write_batch(&mut sink, frame, &mut outbox_rx).await.is_err() {
+            kick.kick(1000, "");
+            return;
+        }
+    }
+    let (code, reason) = kick.reason().unwrap_or((1000, ""));
+    // A slow consumer is cut off at once; otherwise what is queued (a last
+    // `sent`, a final message before shutdown) is worth flushing first.
+    if code != close::TRY_AGAIN_LATER
+        && let Ok(frame) = outbox_rx.try_recv()
+    {
+        let _ = write_batch(&mut sink, frame, &mut outbox_rx).await;
+    }
+    let close = CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(reason),
+    };
+    let _ = sink.send(Message::Close(Some(close))).await;
+}
+
+/// Writes `first` and whatever else is already queued, then flushes once.
+async fn write_batch(
+    sink: &mut SplitSink<WebSocket, Message>,
+    first: Frame,
+    outbox_rx: &mut mpsc::Receiver<Frame>,
+) -> Result<(), axum::Error> {
+    sink.feed(to_message(first)).await?;
+    for _ in 1..COALESCE_MAX {
+        match outbox_rx.try_recv() {
+            Ok(frame) => sink.feed(to_message(frame)).await?,
+            Err(_) => break,
+        }
+    }
+    sink.flush().await
+}
+
+fn to_message(frame: Frame) -> Message {
+    // Frames are built from Strings, so this never fails; an empty frame would be a bug.
+    let text = Utf8Bytes::try_from(frame.bytes().clone()).unwrap_or_default();
+    Message::Text(text)
+}
+
+/// Counts a connection in the gauge for exactly as long as it lives.
+struct ConnectionGauge(Arc<Hub>);
+
+impl ConnectionGauge {
+    fn new(hub: &Arc<Hub>) -> Self {
+        hub.metrics().connections.inc();
+        Self(hub.clone())
+    }
+}
+
+impl Drop for ConnectionGauge {
+    fn drop(&mut self) {
+        self.0.metrics().connections.dec();
+    }
+}

@@ -1,0 +1,93 @@
+//! `GET /ws`: checks the Origin, then hands the upgraded socket to `conn`.
+
+use axum::extract::{State, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use super::AppState;
+use crate::conn;
+use crate::protocol::MAX_FRAME_BYTES;
+
+pub async fn upgrade(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if !origin_allowed(&headers, &state.allowed_origins) {
+        return (StatusCode::FORBIDDEN, "cross-origin WebSocket refused").into_response();
+    }
+    let AppState {
+        hub,
+        outbox_capacity,
+        close_connections,
+        sessions,
+        ..
+    } = state;
+    ws.max_message_size(MAX_FRAME_BYTES)
+        .max_frame_size(MAX_FRAME_BYTES)
+        .on_upgrade(move |socket| {
+            sessions.track_future(conn::serve(socket, hub, outbox_capacity, close_connections))
+        })
+}
+
+/// Browsers always send `Origin` on WebSocket upgrades; a page on another
+/// site must not be able to open a socket with this site's cookies
+/// (cross-site WebSocket hijacking). Clients without `Origin` are not
+/// browsers and are allowed.
+fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    if allowed.iter().any(|a| a.eq_ignore_ascii_case(origin)) {
+        return true;
+    }
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+        return false;
+    };
+    let own = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    own.is_some_and(|o| o.eq_ignore_ascii_case(host))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(origin: Option<&'static str>, host: &'static str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static(host));
+        if let Some(o) = origin {
+            h.insert(header::ORIGIN, HeaderValue::from_static(o));
+        }
+        h
+    }
+
+    #[test]
+    fn same_origin_and_originless_are_allowed() {
+        assert!(origin_allowed(&headers(None, "127.0.0.1:3000"), &[]));
+        assert!(origin_allowed(
+            &headers(Some("http://127.0.0.1:3000"), "127.0.0.1:3000"),
+            &[]
+        ));
+        assert!(origin_allowed(
+            &headers(Some("https://chat.example"), "chat.example"),
+            &[]
+        ));
+    }
+
+    #[test]
+    fn cross_origin_is_refused_unless_listed() {
+        let h = headers(Some("http://evil.example"), "127.0.0.1:3000");
+        assert!(!origin_allowed(&h, &[]));
+        assert!(origin_allowed(&h, &["http://evil.example".to_owned()]));
+        assert!(!origin_allowed(
+            &headers(Some("http://127.0.0.1:3000.evil.example"), "127.0.0.1:3000"),
+            &[]
+        ));
+    }
+}

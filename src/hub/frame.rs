@@ -1,0 +1,38 @@
+//! A serialized server message, shared by every recipient.
+
+use bytes::Bytes;
+
+/// One JSON text frame, serialized once and cloned (a reference-count bump)
+/// into each recipient's outbox. Chat messages carry their `seq` so a member
+/// who is still catching up can drop what its `joined` reply already holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    text: Bytes,
+    seq: Option<u64>,
+}
+
+impl Frame {
+    pub fn new(text: String) -> Self {
+        Self {
+            text: Bytes::from(text),
+            seq: None,
+        }
+    }
+
+    /// A `message` frame for the message with this room seq.
+    pub fn message(text: String, seq: u64) -> Self {
+        Self {
+            text: Bytes::from(text),
+            seq: Some(seq),
+        }
+    }
+
+    pub fn seq(&self) -> Option<u64> {
+        self.seq
+    }
+
+    /// The UTF-8 JSON text (always valid UTF-8: frames are only built from `String`s).
+    pub fn bytes(&self) -> &Bytes {
+        &self.text
+    }
+}

@@ -1,0 +1,248 @@
+//! The hub: names, rooms, presence and message flow — the only code that
+//! knows who is in which room. Connections call it with parsed requests; it
+//! answers through each connection's outbox ([`Peer`]).
+//!
+//! It never sees a WebSocket: a connection is a [`Peer`] (a bounded queue of
+//! [`Frame`]s plus a kill switch). Storage and cross-server fan-out are the
+//! [`MessageStore`] and [`Broker`] traits, chosen once in `app.rs`.
+//!
+//! The order of events for a send: membership checked here → queued to the
+//! [`writer`] → stored (group commit) → `sent` to the sender → published via
+//! the broker → delivered by the [`Registry`] to each member's outbox.
+
+mod frame;
+mod peer;
+mod registry;
+mod writer;
+
+pub use frame::Frame;
+pub use peer::{ConnId, Kick, Peer, Pushed};
+pub use registry::{Refusal, Registry};
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::Broker;
+use crate::domain::{InputError, MessageText, Nickname, RoomName};
+use crate::metrics::Metrics;
+use crate::protocol::{
+    ChatMessage, ErrorCode, HISTORY_LIMIT_DEFAULT, HISTORY_LIMIT_MAX, Ref, RoomInfo, SINCE_LIMIT,
+};
+use crate::storage::{MessageStore, StorageError};
+use writer::{SendJob, Writer};
+
+/// Settings the hub takes from the configuration.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// Welcome notice; `{name}` is replaced by the joiner's name.
+    pub welcome: String,
+    /// Messages in a `joined` reply without `since`.
+    pub history_on_join: u32,
+    /// Most messages stored in one transaction.
+    pub write_batch_max: usize,
+    /// Accepted sends waiting for the writer before senders wait too.
+    pub write_queue: usize,
+}
+
+pub struct Hub {
+    registry: Arc<Registry>,
+    store: Arc<dyn MessageStore>,
+    jobs_tx: mpsc::Sender<SendJob>,
+    config: HubConfig,
+    metrics: Arc<Metrics>,
+}
+
+fn internal(e: StorageError) -> Refusal {
+    tracing::error!(error = %e, "storage request failed");
+    Refusal::new(
+        ErrorCode::Internal,
+        "the server could not complete this request",
+    )
+}
+
+fn invalid_room(e: InputError) -> Refusal {
+    Refusal::new(ErrorCode::InvalidRoom, format!("room name {e}"))
+}
+
+impl Hub {
+    /// Builds the hub and starts its writer. The writer stops when
+    /// `writer_stop` fires, after storing everything already queued; the
+    /// returned handle finishes then.
+    pub fn start(
+        config: HubConfig,
+        registry: Arc<Registry>,
+        store: Arc<dyn MessageStore>,
+        broker: Arc<dyn Broker>,
+        metrics: Arc<Metrics>,
+        writer_stop: CancellationToken,
+    ) -> (Self, JoinHandle<()>) {
+        let (jobs_tx, jobs_rx) = mpsc::channel(config.write_queue);
+        let writer = Writer {
+            store: store.clone(),
+            broker,
+            metrics: metrics.clone(),
+            batch_max: config.write_batch_max,
+        };
+        let writer = tokio::spawn(writer.run(jobs_rx, writer_stop));
+        let hub = Self {
+            registry,
+            store,
+            jobs_tx,
+            config,
+            metrics,
+        };
+        (hub, writer)
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Claims a name for a connection; returns the session token that reclaims it.
+    pub fn hello(&self, name: &str, session: Option<&str>) -> Result<(Nickname, String), Refusal> {
+        let name = Nickname::parse(name)
+            .map_err(|e| Refusal::new(ErrorCode::InvalidName, format!("name {e}")))?;
+        let token = self.registry.claim_name(&name, session)?;
+        Ok((name, token))
+    }
+
+    /// Joins `peer` to a room (creating it), replying `joined` through the peer.
+    pub async fn join(
+        &self,
+        peer: &Peer,
+        name: &Nickname,
+        room: &str,
+        since: Option<u64>,
+        r#ref: Option<&Ref>,
+    ) -> Result<(), Refusal> {
+        let room = RoomName::parse(room).map_err(invalid_room)?;
+        let was_member = self.registry.begin_join(&room, peer, name);
+        let limit = if since.is_some() {
+            SINCE_LIMIT
+        } else {
+            self.config.history_on_join
+        };
+        let catch_up = async {
+            self.store.create_room(&room).await?;
+            self.store.catch_up(&room, since, limit).await
+        };
+        match catch_up.await {
+            Ok(catch_up) => {
+                let welcome = self.config.welcome.replace("{name}", name.as_str());
+                self.registry
+                    .finish_join(&room, peer.id(), catch_up, &welcome, r#ref);
+                Ok(())
+            }
+            Err(e) => {
+                self.registry.abort_join(&room, peer.id(), was_member);
+                Err(internal(e))
+            }
+        }
+    }
+
+    /// Accepts a message for storing; the writer replies `sent` once it is durable.
+    pub async fn send(
+        &self,
+        peer: &Peer,
+        name: &Nickname,
+        room: &str,
+        text: &str,
+        r#ref: Option<Ref>,
+    ) -> Result<(), Refusal> {
+        let room = RoomName::parse(room).map_err(invalid_room)?;
+        self.require_member(&room, peer)?;
+        let text = MessageText::parse(text).map_err(|e| match e {
+            InputError::TooLong(_) => Refusal::new(ErrorCode::TooLarge, format!("text {e}")),
+            _ => Refusal::new(ErrorCode::BadRequest, format!("text {e}")),
+        })?;
+        let job = SendJob {
+            room,
+            from: name.clone(),
+            text,
+            sender: peer.clone(),
+            r#ref,
+        };
+        self.jobs_tx
+            .send(job)
+            .await
+            .map_err(|_| Refusal::new(ErrorCode::Internal, "the server is shutting down"))?;
+        self.metrics.messages_received.inc();
+        Ok(())
+    }
+
+    pub fn leave(&self, peer: &Peer, room: &str) -> Result<RoomName, Refusal> {
+        let room = RoomName::parse(room).map_err(invalid_room)?;
+        if self.registry.leave(&room, peer.id()) {
+            Ok(room)
+        } else {
+            Err(not_member(&room))
+        }
+    }
+
+    pub async fn history(
+        &self,
+        peer: &Peer,
+        room: &str,
+        before: Option<u64>,
+        limit: Option<u32>,
+    ) -> Result<(RoomName, Vec<ChatMessage>), Refusal> {
+        let room = RoomName::parse(room).map_err(invalid_room)?;
+        self.require_member(&room, peer)?;
+        let limit = limit
+            .unwrap_or(HISTORY_LIMIT_DEFAULT)
+            .min(HISTORY_LIMIT_MAX);
+        let messages = self
+            .store
+            .history(&room, before, limit)
+            .await
+            .map_err(internal)?;
+        Ok((room, messages))
+    }
+
+    /// Every stored room with its online count, oldest room first.
+    pub async fn rooms(&self) -> Result<Vec<RoomInfo>, Refusal> {
+        let names = self.store.rooms().await.map_err(internal)?;
+        let online = self.registry.online_counts();
+        Ok(names
+            .into_iter()
+            .map(|name| {
+                let count = RoomName::parse(&name)
+                    .ok()
+                    .and_then(|room| online.get(&room).copied())
+                    .unwrap_or(0);
+                RoomInfo {
+                    name,
+                    online: count,
+                }
+            })
+            .collect())
+    }
+
+    /// Forgets a closed connection.
+    pub fn disconnect(&self, peer: &Peer, name: Option<&Nickname>) {
+        self.registry.disconnect(peer.id(), name);
+    }
+
+    /// Whether storage answers.
+    pub async fn healthy(&self) -> bool {
+        self.store.ping().await.is_ok()
+    }
+
+    fn require_member(&self, room: &RoomName, peer: &Peer) -> Result<(), Refusal> {
+        if self.registry.is_member(room, peer.id()) {
+            Ok(())
+        } else {
+            Err(not_member(room))
+        }
+    }
+}
+
+fn not_member(room: &RoomName) -> Refusal {
+    Refusal::new(
+        ErrorCode::NotMember,
+        format!("you have not joined the room {:?}", room.as_str()),
+    )
+}

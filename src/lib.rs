@@ -1,0 +1,27 @@
+//! ChatterPro: a real-time, multi-room chat server and the browser app it serves.
+//!
+//! Module map (dependencies point down this list, never up):
+//! - [`app`]: builds everything from [`config`], binds, runs until shutdown.
+//! - [`http`]: the router — WebSocket upgrade, embedded assets, health, metrics.
+//! - [`conn`]: one WebSocket session: reader loop, writer task, bounded outbox.
+//! - [`hub`]: names, rooms, presence, the group-commit writer — who is where.
+//! - [`storage`]: the `MessageStore` trait and its SQLite implementation.
+//! - [`broker`]: the `Broker` trait (fan-out between servers) and its in-process implementation.
+//! - [`protocol`]: the wire format (requests, replies, error codes, limits).
+//! - [`domain`]: validated names and texts; [`clock`], [`metrics`], [`telemetry`].
+
+pub mod app;
+pub mod broker;
+pub mod clock;
+pub mod config;
+pub mod conn;
+pub mod domain;
+pub mod http;
+pub mod hub;
+pub mod metrics;
+pub mod protocol;
+pub mod storage;
+pub mod telemetry;
+
+pub use app::App;
+pub use config::Config;

@@ -1,0 +1,118 @@
+//! Prometheus metrics, one registry per server instance (tests run several
+//! servers in one process, so nothing here is global).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::protocol::ErrorCode;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CloseLabels {
+    code: u16,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub connections: Gauge,
+    pub rooms_active: Gauge,
+    pub messages_received: Counter,
+    pub messages_stored: Counter,
+    pub frames_out: Counter,
+    errors: Family<ErrorLabels, Counter>,
+    closes: Family<CloseLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("chatterpro");
+        let connections = Gauge::default();
+        registry.register(
+            "connections",
+            "Open WebSocket connections",
+            connections.clone(),
+        );
+        let rooms_active = Gauge::default();
+        registry.register(
+            "rooms_active",
+            "Rooms with at least one member on this server",
+            rooms_active.clone(),
+        );
+        let messages_received = Counter::default();
+        registry.register(
+            "messages_received",
+            "Chat messages accepted from clients",
+            messages_received.clone(),
+        );
+        let messages_stored = Counter::default();
+        registry.register(
+            "messages_stored",
+            "Chat messages durably stored",
+            messages_stored.clone(),
+        );
+        let frames_out = Counter::default();
+        registry.register(
+            "frames_delivered",
+            "Room frames (messages, presence) queued to members",
+            frames_out.clone(),
+        );
+        let errors = Family::<ErrorLabels, Counter>::default();
+        registry.register("errors", "Error replies sent, by code", errors.clone());
+        let closes = Family::<CloseLabels, Counter>::default();
+        registry.register(
+            "server_closes",
+            "Connections the server closed, by close code",
+            closes.clone(),
+        );
+        // Every code appears from the start, so dashboards see zeros, not gaps.
+        for code in ErrorCode::ALL {
+            let _ = errors.get_or_create(&ErrorLabels {
+                code: code.as_str(),
+            });
+        }
+        Self {
+            registry,
+            connections,
+            rooms_active,
+            messages_received,
+            messages_stored,
+            frames_out,
+            errors,
+            closes,
+        }
+    }
+
+    pub fn count_error(&self, code: ErrorCode) {
+        self.errors
+            .get_or_create(&ErrorLabels {
+                code: code.as_str(),
+            })
+            .inc();
+    }
+
+    pub fn count_close(&self, code: u16) {
+        self.closes.get_or_create(&CloseLabels { code }).inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

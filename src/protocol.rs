@@ -1,0 +1,461 @@
+//! Wire protocol v1: every message a client may send and the server may
+//! answer, the error codes, and the limits. This is the only module that knows
+//! the JSON shape of a frame; `docs/protocol.md` documents the same thing for people.
+//!
+//! Decoding is two-step so that a bad request still gets a useful answer: the
+//! frame is parsed as a JSON object first (to recover `ref` and tell an
+//! unknown `type` from a malformed known one), then into [`ClientMsg`].
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Version announced in `welcome`.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Largest WebSocket frame/message the server reads; larger ones close the connection with 1009.
+pub const MAX_FRAME_BYTES: usize = 64 * 1024;
+/// Largest `limit` a `history` request may ask for.
+pub const HISTORY_LIMIT_MAX: u32 = 200;
+/// `limit` of a `history` request that gives none.
+pub const HISTORY_LIMIT_DEFAULT: u32 = 50;
+/// Most messages a `join` with `since` returns; beyond it the reply says `truncated`.
+pub const SINCE_LIMIT: u32 = 1000;
+
+/// WebSocket close codes the server uses (RFC 6455 §7.4.1).
+pub mod close {
+    /// The server is shutting down.
+    pub const GOING_AWAY: u16 = 1001;
+    /// A binary frame: the protocol is JSON text only.
+    pub const UNSUPPORTED_DATA: u16 = 1003;
+    /// The client broke policy (reserved for abuse limits).
+    pub const POLICY_VIOLATION: u16 = 1008;
+    /// A frame over [`super::MAX_FRAME_BYTES`].
+    pub const TOO_BIG: u16 = 1009;
+    /// The server hit an unexpected condition.
+    pub const INTERNAL_ERROR: u16 = 1011;
+    /// The client could not keep up with its rooms; it may reconnect and resume with `since`.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+}
+
+/// The client's correlation id for a request, echoed on the reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Ref {
+    Int(i64),
+    Str(String),
+}
+
+/// A request from a client.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMsg {
+    Hello {
+        name: String,
+        #[serde(default)]
+        session: Option<String>,
+    },
+    Join {
+        room: String,
+        #[serde(default)]
+        since: Option<u64>,
+    },
+    Send {
+        room: String,
+        text: String,
+    },
+    Leave {
+        room: String,
+    },
+    History {
+        room: String,
+        #[serde(default)]
+        before: Option<u64>,
+        #[serde(default)]
+        limit: Option<u32>,
+    },
+    Rooms,
+}
+
+/// Every `type` a client may send, for telling `unknown_type` from `bad_request`.
+const CLIENT_TYPES: &[&str] = &["hello", "join", "send", "leave", "history", "rooms"];
+
+/// A decoded request with its correlation id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub r#ref: Option<Ref>,
+    pub msg: ClientMsg,
+}
+
+/// Error codes sent in `error` messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    BadRequest,
+    UnknownType,
+    NoIdentity,
+    InvalidName,
+    NameTaken,
+    InvalidRoom,
+    NotMember,
+    TooLarge,
+    RateLimited,
+    Internal,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 10] = [
+        ErrorCode::BadRequest,
+        ErrorCode::UnknownType,
+        ErrorCode::NoIdentity,
+        ErrorCode::InvalidName,
+        ErrorCode::NameTaken,
+        ErrorCode::InvalidRoom,
+        ErrorCode::NotMember,
+        ErrorCode::TooLarge,
+        ErrorCode::RateLimited,
+        ErrorCode::Internal,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::NoIdentity => "no_identity",
+            ErrorCode::InvalidName => "invalid_name",
+            ErrorCode::NameTaken => "name_taken",
+            ErrorCode::InvalidRoom => "invalid_room",
+            ErrorCode::NotMember => "not_member",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+/// A request the server refuses: the code and words for the `error` reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub r#ref: Option<Ref>,
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Rejection {
+    fn new(r#ref: Option<Ref>, code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            r#ref,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Parses one text frame into a request.
+pub fn decode(text: &str) -> Result<Request, Rejection> {
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| Rejection::new(None, ErrorCode::BadRequest, format!("not valid JSON: {e}")))?;
+    let Value::Object(mut object) = value else {
+        return Err(Rejection::new(
+            None,
+            ErrorCode::BadRequest,
+            "a frame must be a JSON object",
+        ));
+    };
+    let r#ref = take_ref(&mut object)?;
+    let kind = match object.get("type") {
+        Some(Value::String(kind)) => kind,
+        Some(_) => {
+            return Err(Rejection::new(
+                r#ref,
+                ErrorCode::BadRequest,
+                "\"type\" must be a string",
+            ));
+        }
+        None => {
+            return Err(Rejection::new(
+                r#ref,
+                ErrorCode::BadRequest,
+                "missing \"type\"",
+            ));
+        }
+    };
+    if !CLIENT_TYPES.contains(&kind.as_str()) {
+        let message = format!("unknown type {:?}", truncate(kind, 40));
+        return Err(Rejection::new(r#ref, ErrorCode::UnknownType, message));
+    }
+    match ClientMsg::deserialize(Value::Object(object)) {
+        Ok(msg) => Ok(Request { r#ref, msg }),
+        Err(e) => Err(Rejection::new(r#ref, ErrorCode::BadRequest, e.to_string())),
+    }
+}
+
+fn take_ref(object: &mut Map<String, Value>) -> Result<Option<Ref>, Rejection> {
+    match object.remove("ref") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(Ref::Str(s))),
+        Some(Value::Number(n)) if n.is_i64() => Ok(n.as_i64().map(Ref::Int)),
+        Some(_) => Err(Rejection::new(
+            None,
+            ErrorCode::BadRequest,
+            "\"ref\" must be a string or an integer",
+        )),
+    }
+}
+
+fn truncate(s: &str, max_chars: usize) -> &str {
+    match s.char_indices().nth(max_chars) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// A stored chat message as clients see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub room: String,
+    pub id: String,
+    pub seq: u64,
+    pub from: String,
+    pub text: String,
+    /// Server time of acceptance, Unix milliseconds.
+    pub ts: i64,
+}
+
+/// A room and how many people are in it now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomInfo {
+    pub name: String,
+    pub online: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PresenceEvent {
+    Join,
+    Leave,
+}
+
+/// A message from the server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMsg {
+    Welcome {
+        name: String,
+        session: String,
+        protocol: u32,
+        rooms: Vec<RoomInfo>,
+    },
+    Joined {
+        room: String,
+        users: Vec<String>,
+        messages: Vec<ChatMessage>,
+        last_seq: u64,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        truncated: bool,
+    },
+    Notice {
+        room: String,
+        text: String,
+        ts: i64,
+    },
+    Presence {
+        room: String,
+        event: PresenceEvent,
+        user: String,
+        users: Vec<String>,
+    },
+    Sent {
+        room: String,
+        id: String,
+        seq: u64,
+        ts: i64,
+    },
+    Message(ChatMessage),
+    Left {
+        room: String,
+    },
+    History {
+        room: String,
+        messages: Vec<ChatMessage>,
+    },
+    Rooms {
+        rooms: Vec<RoomInfo>,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
+    },
+}
+
+impl ServerMsg {
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        ServerMsg::Error {
+            code,
+            message: message.into(),
+            retry_after_ms: None,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct WithRef<'a> {
+    #[serde(flatten)]
+    msg: &'a ServerMsg,
+    #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+    r#ref: Option<&'a Ref>,
+}
+
+/// Serializes a server message, with the `ref` of the request it answers.
+pub fn encode(msg: &ServerMsg, r#ref: Option<&Ref>) -> String {
+    // Serializing these types cannot fail: every map key is a string.
+    serde_json::to_string(&WithRef { msg, r#ref }).expect("server messages always serialize")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn code_of(text: &str) -> ErrorCode {
+        decode(text).unwrap_err().code
+    }
+
+    #[test]
+    fn decodes_every_request() {
+        let r = decode(r#"{"type":"hello","name":"alice","ref":7}"#).unwrap();
+        assert_eq!(r.r#ref, Some(Ref::Int(7)));
+        assert_eq!(
+            r.msg,
+            ClientMsg::Hello {
+                name: "alice".into(),
+                session: None
+            }
+        );
+        let r = decode(r#"{"type":"join","room":"Chat Room","since":41,"ref":"a"}"#).unwrap();
+        assert_eq!(r.r#ref, Some(Ref::Str("a".into())));
+        assert_eq!(
+            r.msg,
+            ClientMsg::Join {
+                room: "Chat Room".into(),
+                since: Some(41)
+            }
+        );
+        assert!(matches!(
+            decode(r#"{"type":"send","room":"r","text":"hi"}"#)
+                .unwrap()
+                .msg,
+            ClientMsg::Send { .. }
+        ));
+        assert!(matches!(
+            decode(r#"{"type":"leave","room":"r"}"#).unwrap().msg,
+            ClientMsg::Leave { .. }
+        ));
+        assert!(matches!(
+            decode(r#"{"type":"history","room":"r","before":5,"limit":10}"#)
+                .unwrap()
+                .msg,
+            ClientMsg::History {
+                before: Some(5),
+                limit: Some(10),
+                ..
+            }
+        ));
+        assert_eq!(decode(r#"{"type":"rooms"}"#).unwrap().msg, ClientMsg::Rooms);
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored_for_forward_compatibility() {
+        assert!(decode(r#"{"type":"rooms","extra":{"x":1}}"#).is_ok());
+    }
+
+    #[test]
+    fn malformed_frames_are_bad_requests() {
+        assert_eq!(code_of("not json"), ErrorCode::BadRequest);
+        assert_eq!(code_of("[1,2]"), ErrorCode::BadRequest);
+        assert_eq!(code_of(r#"{"name":"x"}"#), ErrorCode::BadRequest);
+        assert_eq!(code_of(r#"{"type":5}"#), ErrorCode::BadRequest);
+        assert_eq!(code_of(r#"{"type":"hello"}"#), ErrorCode::BadRequest);
+        assert_eq!(
+            code_of(r#"{"type":"join","room":7}"#),
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            code_of(r#"{"type":"join","room":"r","since":-1}"#),
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            code_of(r#"{"type":"rooms","ref":1.5}"#),
+            ErrorCode::BadRequest
+        );
+    }
+
+    #[test]
+    fn a_bad_request_keeps_its_ref() {
+        let err = decode(r#"{"type":"send","ref":"r1"}"#).unwrap_err();
+        assert_eq!(err.r#ref, Some(Ref::Str("r1".into())));
+        let err = decode(r#"{"type":"dance","ref":9}"#).unwrap_err();
+        assert_eq!(err.code, ErrorCode::UnknownType);
+        assert_eq!(err.r#ref, Some(Ref::Int(9)));
+    }
+
+    #[test]
+    fn encodes_with_type_fields_and_ref() {
+        let msg = ServerMsg::Sent {
+            room: "r".into(),
+            id: "i".into(),
+            seq: 3,
+            ts: 10,
+        };
+        let v: Value = serde_json::from_str(&encode(&msg, Some(&Ref::Int(4)))).unwrap();
+        assert_eq!(
+            v,
+            json!({"type":"sent","room":"r","id":"i","seq":3,"ts":10,"ref":4})
+        );
+        let v: Value = serde_json::from_str(&encode(&msg, None)).unwrap();
+        assert!(v.get("ref").is_none());
+    }
+
+    #[test]
+    fn encodes_a_message_flat() {
+        let msg = ServerMsg::Message(ChatMessage {
+            room: "r".into(),
+            id: "i".into(),
+            seq: 1,
+            from: "alice".into(),
+            text: "hi".into(),
+            ts: 5,
+        });
+        let v: Value = serde_json::from_str(&encode(&msg, None)).unwrap();
+        assert_eq!(
+            v,
+            json!({"type":"message","room":"r","id":"i","seq":1,"from":"alice","text":"hi","ts":5})
+        );
+    }
+
+    #[test]
+    fn joined_omits_truncated_unless_set() {
+        let mut msg = ServerMsg::Joined {
+            room: "r".into(),
+            users: vec![],
+            messages: vec![],
+            last_seq: 0,
+            truncated: false,
+        };
+        assert!(!encode(&msg, None).contains("truncated"));
+        if let ServerMsg::Joined { truncated, .. } = &mut msg {
+            *truncated = true;
+        }
+        assert!(encode(&msg, None).contains(r#""truncated":true"#));
+    }
+
+    #[test]
+    fn error_codes_serialize_as_their_names() {
+        for code in ErrorCode::ALL {
+            assert_eq!(
+                serde_json::to_value(code).unwrap(),
+                Value::String(code.as_str().into())
+            );
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! Durable storage of rooms and messages, behind the [`MessageStore`] trait.
+//!
+//! The trait is shaped by what the chat needs (append a batch, catch up a
+//! joiner, page back through history), not by tables, so a PostgreSQL
+//! implementation can sit beside [`SqliteStore`] without the hub changing.
+//! SQL lives only in this module.
+
+mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+use async_trait::async_trait;
+
+use crate::domain::{MessageText, Nickname, RoomName};
+use crate::protocol::ChatMessage;
+
+/// A message accepted by the hub, not yet stored.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub room: RoomName,
+    pub id: String,
+    pub from: Nickname,
+    pub text: MessageText,
+    /// Unix milliseconds.
+    pub ts: i64,
+}
+
+/// What a joiner needs: recent messages and the room's sequence position,
+/// read from one consistent snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CatchUp {
+    /// Oldest first.
+    pub messages: Vec<ChatMessage>,
+    /// The seq of the room's newest stored message (0 for none).
+    pub last_seq: u64,
+    /// More messages matched than `limit`; the oldest were left out.
+    pub truncated: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("unsupported database URL {0:?}: expected sqlite://PATH")]
+    UnsupportedUrl(String),
+}
+
+#[async_trait]
+pub trait MessageStore: Send + Sync + 'static {
+    /// Creates the room if it does not exist; returns whether it was created.
+    async fn create_room(&self, room: &RoomName) -> Result<bool, StorageError>;
+
+    /// Every stored room's name, oldest room first.
+    async fn rooms(&self) -> Result<Vec<String>, StorageError>;
+
+    /// Stores a batch in one transaction, giving each message the next seq of
+    /// its room (creating rooms as needed). Returns the stored messages in
+    /// batch order. Either all are stored or none.
+    async fn append(&self, batch: &[NewMessage]) -> Result<Vec<ChatMessage>, StorageError>;
+
+    /// The newest `limit` messages, only those with `seq > after` if given.
+    /// `truncated` says that more than `limit` messages followed `after`: the
+    /// client has a gap it can fill with [`MessageStore::history`].
+    async fn catch_up(
+        &self,
+        room: &RoomName,
+        after: Option<u64>,
+        limit: u32,
+    ) -> Result<CatchUp, StorageError>;
+
+    /// The newest `limit` messages with `seq < before` (all seqs if `None`), oldest first.
+    async fn history(
+        &self,
+        room: &RoomName,
+        before: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<ChatMessage>, StorageError>;
+
+    /// Answers when the database does (for health checks).
+    async fn ping(&self) -> Result<(), StorageError>;
+}
