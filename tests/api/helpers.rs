@@ -1,0 +1,273 @@
+//! Test harness: a real server on port 0 with a temporary database, and a
+//! WebSocket client with typed helpers for the protocol.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chatterpro::{App, Config};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long a test waits for a frame that should come.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub db_url: String,
+    stop: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+    // Kept alive until the test ends; dropped last.
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// A server on a fresh temporary database.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// A server on a fresh temporary database, with settings adjusted by `tweak`.
+pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db_url = format!("sqlite://{}", dir.path().join("test.db").display());
+    let mut app = spawn_app_on(&db_url, tweak).await;
+    app._dir = Some(dir);
+    app
+}
+
+/// A server on an existing database URL (to test restarts).
+pub async fn spawn_app_on(db_url: &str, tweak: impl FnOnce(&mut Config)) -> TestApp {
+    let mut config = Config::for_tests(db_url);
+    tweak(&mut config);
+    let app = App::build(config).await.expect("app builds");
+    let addr = app.local_addr();
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let handle = tokio::spawn(app.run(async move {
+        let _ = stop_rx.await;
+    }));
+    TestApp {
+        addr,
+        db_url: db_url.to_owned(),
+        stop: Some(stop_tx),
+        handle: Some(handle),
+        _dir: None,
+    }
+}
+
+impl TestApp {
+    pub fn http(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    pub async fn client(&self) -> Client {
+        let (ws, _) = tokio_tungstenite::connect_async(self.ws_url())
+            .await
+            .expect("websocket connects");
+        Client { ws }
+    }
+
+    /// A client that has said hello as `name`.
+    pub async fn user(&self, name: &str) -> Client {
+        let mut c = self.client().await;
+        c.hello(name).await;
+        c
+    }
+
+    /// A client that has said hello as `name` and joined `room` (welcome notice consumed).
+    pub async fn member(&self, name: &str, room: &str) -> Client {
+        let mut c = self.user(name).await;
+        c.join(room).await;
+        c
+    }
+
+    /// Graceful shutdown, as on SIGTERM; waits until the server has stopped.
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(handle) = self.handle.take() {
+            handle.await.expect("server task").expect("server runs");
+        }
+    }
+
+    /// Takes the temp dir so a restarted server can reuse the database.
+    pub fn take_dir(&mut self) -> Option<tempfile::TempDir> {
+        self._dir.take()
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        PathBuf::from(self.db_url.trim_start_matches("sqlite://"))
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+/// What the next thing on a socket was.
+#[derive(Debug)]
+pub enum Event {
+    Json(Value),
+    Closed(Option<CloseFrame>),
+}
+
+impl Client {
+    /// Connects with an explicit `Origin` header; returns the HTTP status on refusal.
+    pub async fn connect_with_origin(app: &TestApp, origin: &str) -> Result<Client, u16> {
+        let mut request = app.ws_url().into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("origin", origin.parse().unwrap());
+        match tokio_tungstenite::connect_async(request).await {
+            Ok((ws, _)) => Ok(Client { ws }),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                Err(response.status().as_u16())
+            }
+            Err(e) => panic!("unexpected connect error: {e}"),
+        }
+    }
+
+    pub async fn send_json(&mut self, value: Value) {
+        self.send_text(&value.to_string()).await;
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws
+            .send(Message::Text(text.into()))
+            .await
+            .expect("send frame");
+    }
+
+    /// The next frame or close, within [`WAIT`].
+    pub async fn next_event(&mut self) -> Event {
+        loop {
+            let next = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("timed out waiting for a frame");
+            match next {
+                Some(Ok(Message::Text(text))) => {
+                    return Event::Json(serde_json::from_str(&text).expect("server sends JSON"));
+                }
+                Some(Ok(Message::Close(frame))) => return Event::Closed(frame),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(other)) => panic!("unexpected frame {other:?}"),
+                Some(Err(_)) | None => return Event::Closed(None),
+            }
+        }
+    }
+
+    /// The next JSON message; panics on close.
+    pub async fn recv(&mut self) -> Value {
+        match self.next_event().await {
+            Event::Json(v) => v,
+            Event::Closed(frame) => panic!("connection closed: {frame:?}"),
+        }
+    }
+
+    /// The next message, which must have this type.
+    pub async fn recv_type(&mut self, kind: &str) -> Value {
+        let v = self.recv().await;
+        assert_eq!(v["type"], kind, "expected a {kind} message, got {v}");
+        v
+    }
+
+    /// Skips messages until one of this type arrives.
+    pub async fn recv_until(&mut self, kind: &str) -> Value {
+        loop {
+            let v = self.recv().await;
+            if v["type"] == kind {
+                return v;
+            }
+        }
+    }
+
+    /// The next message must be an error with this code.
+    pub async fn recv_error(&mut self, code: &str) -> Value {
+        let v = self.recv_type("error").await;
+        assert_eq!(v["code"], code, "wrong error: {v}");
+        assert!(
+            v["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "error without message: {v}"
+        );
+        v
+    }
+
+    /// Waits for the server to close the connection; returns the close code.
+    pub async fn recv_close(&mut self) -> Option<u16> {
+        loop {
+            match self.next_event().await {
+                Event::Closed(frame) => return frame.map(|f| u16::from(f.code)),
+                Event::Json(_) => continue,
+            }
+        }
+    }
+
+    /// Asserts nothing arrives for `wait`.
+    pub async fn expect_silence(&mut self, wait: Duration) {
+        if let Ok(next) = tokio::time::timeout(wait, self.ws.next()).await {
+            panic!("expected silence, got {next:?}");
+        }
+    }
+
+    /// Makes sure everything sent so far was handled: a `rooms` round trip.
+    pub async fn sync(&mut self) {
+        self.send_json(json!({"type":"rooms","ref":"sync"})).await;
+        let v = self.recv_type("rooms").await;
+        assert_eq!(v["ref"], "sync");
+    }
+
+    pub async fn hello(&mut self, name: &str) -> Value {
+        self.send_json(json!({"type":"hello","name":name})).await;
+        self.recv_type("welcome").await
+    }
+
+    /// Joins and consumes the welcome notice; returns `joined`.
+    pub async fn join(&mut self, room: &str) -> Value {
+        self.send_json(json!({"type":"join","room":room})).await;
+        let joined = self.recv_type("joined").await;
+        let notice = self.recv_type("notice").await;
+        assert_eq!(notice["room"], room);
+        joined
+    }
+
+    /// Sends a message and waits for its `sent`; returns it. The echoed
+    /// `message` is left on the socket.
+    pub async fn say(&mut self, room: &str, text: &str) -> Value {
+        self.send_json(json!({"type":"send","room":room,"text":text}))
+            .await;
+        self.recv_type("sent").await
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}
+
+/// The `text` fields of a list of message objects.
+pub fn texts(messages: &Value) -> Vec<String> {
+    messages
+        .as_array()
+        .expect("an array of messages")
+        .iter()
+        .map(|m| m["text"].as_str().expect("text").to_owned())
+        .collect()
+}

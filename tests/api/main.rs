@@ -1,0 +1,4 @@
+//! Integration tests: the real server on port 0, driven by real WebSocket clients.
+
+mod helpers;
+mod protocol;
