@@ -157,7 +157,8 @@ async fn join_replies_then_welcomes_and_tells_the_others() {
 async fn joining_creates_a_room_that_is_then_listed() {
     let app = spawn_app().await;
     let mut c = app.user("alice").await;
-    c.send_json(json!({"type":"join","room":"  Book Club "})).await;
+    c.send_json(json!({"type":"join","room":"  Book Club "}))
+        .await;
     assert_eq!(c.recv_type("joined").await["room"], "Book Club");
     assert_eq!(c.recv_type("notice").await["room"], "Book Club");
     c.send_json(json!({"type":"rooms","ref":2})).await;
@@ -307,7 +308,10 @@ async fn two_tabs_are_one_person_until_the_last_leaves() {
     let mut tab1 = app.client().await;
     let session = tab1.hello("alice").await["session"].clone();
     tab1.join("Chat Room").await;
-    assert_eq!(bob.recv_type("presence").await["users"], json!(["alice", "bob"]));
+    assert_eq!(
+        bob.recv_type("presence").await["users"],
+        json!(["alice", "bob"])
+    );
 
     let mut tab2 = app.client().await;
     tab2.send_json(json!({"type":"hello","name":"alice","session":session}))
@@ -358,10 +362,16 @@ async fn history_pages_back_oldest_first() {
     // Without `before`: the newest; a page that reaches the start is short.
     c.send_json(json!({"type":"history","room":"Chat Room","limit":2}))
         .await;
-    assert_eq!(texts(&c.recv_type("history").await["messages"]), ["m29", "m30"]);
+    assert_eq!(
+        texts(&c.recv_type("history").await["messages"]),
+        ["m29", "m30"]
+    );
     c.send_json(json!({"type":"history","room":"Chat Room","before":3}))
         .await;
-    assert_eq!(texts(&c.recv_type("history").await["messages"]), ["m1", "m2"]);
+    assert_eq!(
+        texts(&c.recv_type("history").await["messages"]),
+        ["m1", "m2"]
+    );
 }
 
 #[tokio::test]
@@ -402,7 +412,10 @@ async fn joined_carries_the_latest_50_or_everything_since() {
         .send_json(json!({"type":"join","room":"Chat Room","since":55}))
         .await;
     let joined = carol.recv_type("joined").await;
-    assert_eq!(texts(&joined["messages"]), ["m56", "m57", "m58", "m59", "m60"]);
+    assert_eq!(
+        texts(&joined["messages"]),
+        ["m56", "m57", "m58", "m59", "m60"]
+    );
     assert_eq!(joined["last_seq"], 60);
     assert!(joined.get("truncated").is_none());
 }

@@ -1,0 +1,210 @@
+//! How the server closes connections: binary frames, oversize frames, slow
+//! consumers, shutdown — and that nothing rejected is stored or forwarded.
+
+use std::time::Duration;
+
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+use futures_util::SinkExt;
+
+use crate::helpers::{spawn_app, spawn_app_with, texts};
+
+#[tokio::test]
+async fn binary_frames_close_with_1003() {
+    let app = spawn_app().await;
+    let mut watcher = app.member("watcher", "Chat Room").await;
+    let mut c = app.member("alice", "Chat Room").await;
+    watcher.recv_type("presence").await;
+    c.ws.send(Message::Binary(
+        br#"{"type":"send","room":"Chat Room","text":"x"}"#.to_vec().into(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(c.recv_close().await, Some(1003));
+    // Alice left; her binary "message" went nowhere.
+    let p = watcher.recv_type("presence").await;
+    assert_eq!(p["event"], "leave");
+    watcher
+        .send_json(json!({"type":"history","room":"Chat Room"}))
+        .await;
+    assert_eq!(watcher.recv_type("history").await["messages"], json!([]));
+}
+
+#[tokio::test]
+async fn frames_over_64_kib_close_with_1009_and_are_not_stored() {
+    let app = spawn_app().await;
+    let mut watcher = app.member("watcher", "Chat Room").await;
+    let mut c = app.member("alice", "Chat Room").await;
+    watcher.recv_type("presence").await;
+    let text = "x".repeat(70 * 1024);
+    c.send_json(json!({"type":"send","room":"Chat Room","text":text}))
+        .await;
+    assert_eq!(c.recv_close().await, Some(1009));
+    assert_eq!(watcher.recv_type("presence").await["event"], "leave");
+    watcher
+        .send_json(json!({"type":"history","room":"Chat Room"}))
+        .await;
+    assert_eq!(watcher.recv_type("history").await["messages"], json!([]));
+}
+
+#[tokio::test]
+async fn a_frame_just_under_64_kib_is_read_and_judged_by_the_text_limit() {
+    let app = spawn_app().await;
+    let mut c = app.member("alice", "Chat Room").await;
+    let text = "x".repeat(60 * 1024);
+    c.send_json(json!({"type":"send","room":"Chat Room","text":text}))
+        .await;
+    c.recv_error("too_large").await;
+    c.sync().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_closed_with_1013_and_others_are_unaffected() {
+    // A batch commit fans out up to `write_batch` frames at once, so an
+    // honest reader needs an outbox at least that deep.
+    let app = spawn_app_with(|c| {
+        c.outbox_capacity = 64;
+        c.write_batch = 16;
+    })
+    .await;
+    let mut reader = app.member("reader", "Chat Room").await;
+    let mut sender = app.member("sender", "Chat Room").await;
+    let mut stalled = app.member("stalled", "Chat Room").await;
+    reader.recv_type("presence").await;
+    reader.recv_type("presence").await;
+    sender.recv_type("presence").await;
+
+    // ~8 MB of messages: far more than the stalled client's socket buffers
+    // and its 64-frame outbox can hold.
+    let text = "z".repeat(3900);
+    let total = 2000;
+    use futures_util::StreamExt;
+    let (mut sender_tx, mut sender_rx) = sender.ws.split();
+    let flood = async {
+        for i in 0..total {
+            let frame = json!({"type":"send","room":"Chat Room","text":format!("{i} {text}")});
+            sender_tx
+                .send(Message::Text(frame.to_string().into()))
+                .await
+                .unwrap();
+        }
+    };
+    let read_all = async {
+        let mut seen = 0;
+        let mut left = Vec::new();
+        while seen < total || left.is_empty() {
+            let v = reader.recv().await;
+            if v["type"] == "message" {
+                assert_eq!(v["seq"], seen + 1, "reader saw messages out of order");
+                seen += 1;
+            } else if v["type"] == "presence" {
+                assert_eq!(v["event"], "leave");
+                left.push(v["user"].as_str().unwrap().to_owned());
+            }
+        }
+        left
+    };
+    let drain_sender = async {
+        let mut seen = 0;
+        while seen < total {
+            if let Some(Ok(Message::Text(t))) = sender_rx.next().await {
+                if t.contains(r#""type":"message""#) {
+                    seen += 1;
+                }
+            }
+        }
+    };
+    let ((), left, ()) = tokio::join!(flood, read_all, drain_sender);
+    // The stalled client left the room for the others, and only it did.
+    assert_eq!(left, ["stalled"]);
+    // Reading it now gives whatever was buffered, then a 1013 close.
+    assert_eq!(stalled.recv_close().await, Some(1013));
+
+    // And it can come back and resume without loss.
+    let mut back = app.user("stalled").await;
+    back.send_json(json!({"type":"join","room":"Chat Room","since":1990}))
+        .await;
+    let joined = back.recv_type("joined").await;
+    assert_eq!(joined["messages"].as_array().unwrap().len(), 10);
+    assert_eq!(joined["last_seq"], total);
+}
+
+#[tokio::test]
+async fn shutdown_closes_clients_with_1001_after_storing_what_was_acknowledged() {
+    let mut app = spawn_app().await;
+    let mut alice = app.member("alice", "Chat Room").await;
+    for i in 0..100 {
+        alice
+            .send_json(json!({"type":"send","room":"Chat Room","text":format!("m{i}")}))
+            .await;
+    }
+    // Wait for a few acknowledgements, then stop mid-stream.
+    let mut acked = Vec::new();
+    while acked.len() < 5 {
+        let v = alice.recv().await;
+        if v["type"] == "sent" {
+            acked.push(v["seq"].as_u64().unwrap());
+        }
+    }
+    let dir = app.take_dir();
+    let db_url = app.db_url.clone();
+    let stopping = tokio::spawn(async move {
+        app.stop().await;
+    });
+    loop {
+        match alice.next_event().await {
+            crate::helpers::Event::Json(v) => {
+                if v["type"] == "sent" {
+                    acked.push(v["seq"].as_u64().unwrap());
+                }
+            }
+            crate::helpers::Event::Closed(frame) => {
+                assert_eq!(frame.map(|f| u16::from(f.code)), Some(1001));
+                break;
+            }
+        }
+    }
+    stopping.await.unwrap();
+
+    // Every acknowledged message is in storage after a restart.
+    let app = crate::helpers::spawn_app_on(&db_url, |_| {}).await;
+    let mut check = app.user("checker").await;
+    check
+        .send_json(json!({"type":"join","room":"Chat Room","since":0}))
+        .await;
+    let joined = check.recv_type("joined").await;
+    let stored: Vec<u64> = joined["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect();
+    for seq in &acked {
+        assert!(stored.contains(seq), "acknowledged seq {seq} was lost");
+    }
+    // Seqs are contiguous from 1.
+    assert_eq!(stored, (1..=stored.len() as u64).collect::<Vec<_>>());
+    assert_eq!(texts(&joined["messages"])[0], "m0");
+    drop(dir);
+}
+
+#[tokio::test]
+async fn pings_are_answered() {
+    let app = spawn_app().await;
+    let mut c = app.client().await;
+    c.ws.send(Message::Ping(b"are you there".to_vec().into()))
+        .await
+        .unwrap();
+    let pong = tokio::time::timeout(Duration::from_secs(5), async {
+        use futures_util::StreamExt;
+        loop {
+            if let Some(Ok(Message::Pong(p))) = c.ws.next().await {
+                return p;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(&pong[..], b"are you there");
+}
