@@ -249,12 +249,18 @@ impl Client {
         joined
     }
 
-    /// Sends a message and waits for its `sent`; returns it. The echoed
-    /// `message` is left on the socket.
+    /// Sends a message, waits for its `sent` and its own echo (skipping
+    /// anything else on the way); returns the `sent`.
     pub async fn say(&mut self, room: &str, text: &str) -> Value {
         self.send_json(json!({"type":"send","room":room,"text":text}))
             .await;
-        self.recv_type("sent").await
+        let sent = self.recv_until("sent").await;
+        loop {
+            let echo = self.recv_until("message").await;
+            if echo["seq"] == sent["seq"] && echo["room"] == sent["room"] {
+                return sent;
+            }
+        }
     }
 
     pub async fn close(mut self) {

@@ -229,7 +229,6 @@ async fn message_text_rules() {
     let text = format!("line one\n{}", "y".repeat(3991));
     assert_eq!(text.chars().count(), 4000);
     c.say("Chat Room", &text).await;
-    assert_eq!(c.recv_type("message").await["text"], text.as_str());
     // Nothing rejected was stored.
     c.send_json(json!({"type":"history","room":"Chat Room"}))
         .await;
@@ -252,8 +251,7 @@ async fn requests_for_rooms_not_joined_get_not_member() {
         outsider.send_json(request).await;
         assert_eq!(outsider.recv_error("not_member").await["ref"], r);
     }
-    // Alice saw only her own message.
-    alice.recv_type("message").await;
+    // Alice saw nothing of the outsider.
     alice.expect_silence(Duration::from_millis(200)).await;
 }
 
@@ -324,7 +322,6 @@ async fn two_tabs_are_one_person_until_the_last_leaves() {
 
     // Both tabs receive messages.
     bob.say("Chat Room", "hello alice").await;
-    bob.recv_type("message").await;
     assert_eq!(tab1.recv_type("message").await["text"], "hello alice");
     assert_eq!(tab2.recv_type("message").await["text"], "hello alice");
 
@@ -344,7 +341,6 @@ async fn history_pages_back_oldest_first() {
     let mut c = app.member("alice", "Chat Room").await;
     for i in 1..=30 {
         c.say("Chat Room", &format!("m{i}")).await;
-        c.recv_type("message").await;
     }
     c.send_json(json!({"type":"history","room":"Chat Room","before":21,"limit":5,"ref":"h"}))
         .await;
@@ -397,7 +393,6 @@ async fn joined_carries_the_latest_50_or_everything_since() {
     let mut alice = app.member("alice", "Chat Room").await;
     for i in 1..=60 {
         alice.say("Chat Room", &format!("m{i}")).await;
-        alice.recv_type("message").await;
     }
     let mut bob = app.user("bob").await;
     let joined = bob.join("Chat Room").await;

@@ -1,0 +1,106 @@
+//! History that survives restarts, and joining a busy room without gaps or duplicates.
+
+use serde_json::json;
+
+use crate::helpers::{spawn_app, spawn_app_on, texts};
+
+#[tokio::test]
+async fn history_and_since_survive_a_restart() {
+    let mut app = spawn_app().await;
+    let dir = app.take_dir();
+    let db_url = app.db_url.clone();
+    {
+        let mut alice = app.member("alice", "Chat Room").await;
+        let mut bob = app.member("bob", "Book Club").await;
+        for i in 1..=5 {
+            alice.say("Chat Room", &format!("chat {i}")).await;
+            bob.say("Book Club", &format!("book {i}")).await;
+        }
+    }
+    app.stop().await;
+
+    let app = spawn_app_on(&db_url, |_| {}).await;
+    let mut carol = app.user("carol").await;
+    // The created room is still listed.
+    carol.send_json(json!({"type":"rooms"})).await;
+    let rooms = carol.recv_type("rooms").await;
+    assert!(
+        rooms["rooms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["name"] == "Book Club")
+    );
+
+    let joined = carol.join("Chat Room").await;
+    assert_eq!(
+        texts(&joined["messages"]),
+        ["chat 1", "chat 2", "chat 3", "chat 4", "chat 5"]
+    );
+    assert_eq!(joined["last_seq"], 5);
+    carol
+        .send_json(json!({"type":"join","room":"Book Club","since":3}))
+        .await;
+    let joined = carol.recv_type("joined").await;
+    assert_eq!(texts(&joined["messages"]), ["book 4", "book 5"]);
+    carol.recv_type("notice").await;
+    carol
+        .send_json(json!({"type":"history","room":"Book Club","before":3}))
+        .await;
+    assert_eq!(
+        texts(&carol.recv_type("history").await["messages"]),
+        ["book 1", "book 2"]
+    );
+    // Seqs continue where they stopped.
+    assert_eq!(carol.say("Chat Room", "after restart").await["seq"], 6);
+    drop(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joining_during_a_burst_sees_every_message_exactly_once_in_order() {
+    let app = spawn_app().await;
+    let mut sender = app.member("sender", "Chat Room").await;
+    let total = 600u64;
+    let burst = tokio::spawn(async move {
+        for i in 1..=total {
+            sender
+                .send_json(json!({"type":"send","room":"Chat Room","text":format!("m{i}")}))
+                .await;
+        }
+        let mut acks = 0;
+        while acks < total {
+            if sender.recv().await["type"] == "sent" {
+                acks += 1;
+            }
+        }
+        sender
+    });
+    // Join several times while the burst is going on.
+    let mut joiners = Vec::new();
+    for i in 0..5 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let mut c = app.user(&format!("joiner{i}")).await;
+        c.send_json(json!({"type":"join","room":"Chat Room","since":0}))
+            .await;
+        joiners.push(c);
+    }
+    let _sender = burst.await.unwrap();
+    for mut c in joiners {
+        let joined = c.recv_type("joined").await;
+        let mut seqs: Vec<u64> = joined["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["seq"].as_u64().unwrap())
+            .collect();
+        assert_eq!(seqs.len() as u64, joined["last_seq"].as_u64().unwrap());
+        c.recv_type("notice").await;
+        while seqs.len() < total as usize {
+            let v = c.recv().await;
+            if v["type"] == "message" {
+                seqs.push(v["seq"].as_u64().unwrap());
+            }
+        }
+        assert_eq!(seqs, (1..=total).collect::<Vec<_>>());
+    }
+}

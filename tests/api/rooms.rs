@@ -1,0 +1,180 @@
+//! Room isolation, ordering under concurrent senders, and presence lists
+//! under many joins, leaves and disconnects.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::helpers::{Client, spawn_app};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_are_isolated() {
+    let app = spawn_app().await;
+    let rooms = ["Chat Room", "Business Room", "Gaming Room"];
+    let mut clients: Vec<(String, &str, Client)> = Vec::new();
+    for (r, room) in rooms.iter().enumerate() {
+        for i in 0..4 {
+            let name = format!("u{r}{i}");
+            let c = app.member(&name, room).await;
+            clients.push((name, room, c));
+        }
+    }
+    // Drain the join presences; each must be of the client's own room.
+    let mut drained = Vec::new();
+    for (name, room, mut c) in clients {
+        c.send_json(json!({"type":"rooms","ref":"drain"})).await;
+        loop {
+            let v = c.recv().await;
+            if v["type"] == "rooms" {
+                break;
+            }
+            assert_eq!(v["type"], "presence");
+            assert_eq!(v["room"], *room, "presence leaked into {name}'s socket");
+        }
+        drained.push((name, room, c));
+    }
+    // Everyone says something in their room.
+    for (name, room, c) in &mut drained {
+        c.send_json(json!({"type":"send","room":room,"text":format!("from {name}")}))
+            .await;
+    }
+    for (name, room, c) in &mut drained {
+        let mut got = Vec::new();
+        let mut sent = 0;
+        while got.len() < 4 || sent < 1 {
+            let m = c.recv().await;
+            assert_eq!(m["room"], **room, "{name} received a frame of another room");
+            match m["type"].as_str() {
+                Some("sent") => sent += 1,
+                Some("message") => got.push(m["from"].as_str().unwrap().to_owned()),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        c.expect_silence(Duration::from_millis(100)).await;
+        got.sort();
+        let r = rooms.iter().position(|x| x == room).unwrap();
+        let expected: Vec<String> = (0..4).map(|i| format!("u{r}{i}")).collect();
+        assert_eq!(got, expected);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_senders_are_seen_in_one_order_by_everyone() {
+    let app = spawn_app().await;
+    let senders = 5;
+    let per_sender = 60;
+    let mut watchers = Vec::new();
+    for i in 0..3 {
+        watchers.push(app.member(&format!("watcher{i}"), "Chat Room").await);
+    }
+    let mut tasks = Vec::new();
+    for s in 0..senders {
+        let mut c = app.member(&format!("sender{s}"), "Chat Room").await;
+        tasks.push(tokio::spawn(async move {
+            for i in 0..per_sender {
+                c.send_json(json!({"type":"send","room":"Chat Room","text":format!("{s}:{i}")}))
+                    .await;
+            }
+            // Wait for our own acks so the server has them all.
+            let mut acks = 0;
+            while acks < per_sender {
+                if c.recv().await["type"] == "sent" {
+                    acks += 1;
+                }
+            }
+            c
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let total = senders * per_sender;
+    let mut orders: Vec<Vec<String>> = Vec::new();
+    for w in &mut watchers {
+        let mut order = Vec::new();
+        let mut last_seq = 0;
+        while order.len() < total {
+            let v = w.recv().await;
+            if v["type"] != "message" {
+                continue;
+            }
+            let seq = v["seq"].as_u64().unwrap();
+            assert_eq!(seq, last_seq + 1, "seq gap or reorder");
+            last_seq = seq;
+            order.push(v["text"].as_str().unwrap().to_owned());
+        }
+        // Each sender's own messages keep their sending order.
+        let mut next: HashMap<String, usize> = HashMap::new();
+        for text in &order {
+            let (s, i) = text.split_once(':').unwrap();
+            let expected = next.entry(s.to_owned()).or_default();
+            assert_eq!(
+                i.parse::<usize>().unwrap(),
+                *expected,
+                "sender {s} reordered"
+            );
+            *expected += 1;
+        }
+        orders.push(order);
+    }
+    assert!(
+        orders.windows(2).all(|w| w[0] == w[1]),
+        "watchers disagree on order"
+    );
+}
+
+/// The users list a client last heard for a room.
+fn users_of(v: &Value) -> Vec<String> {
+    v["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u.as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn presence_lists_follow_joins_leaves_and_disconnects() {
+    let app = spawn_app().await;
+    let mut observer = app.member("observer", "Gaming Room").await;
+    let mut members = Vec::new();
+    for i in 0..6 {
+        members.push(app.member(&format!("p{i}"), "Gaming Room").await);
+        let p = observer.recv_type("presence").await;
+        assert_eq!(p["event"], "join");
+        let mut expected: Vec<String> = (0..=i).map(|j| format!("p{j}")).collect();
+        expected.insert(0, "observer".into());
+        assert_eq!(users_of(&p), expected);
+    }
+    // p1 leaves politely, p3 drops its connection, p5 joins another room too.
+    members[1]
+        .send_json(json!({"type":"leave","room":"Gaming Room"}))
+        .await;
+    let p = observer.recv_type("presence").await;
+    assert_eq!(
+        (p["event"].as_str(), p["user"].as_str()),
+        (Some("leave"), Some("p1"))
+    );
+    let p3 = members.remove(3);
+    drop(p3); // abrupt: no close frame
+    let p = observer.recv_type("presence").await;
+    assert_eq!(
+        (p["event"].as_str(), p["user"].as_str()),
+        (Some("leave"), Some("p3"))
+    );
+    assert_eq!(users_of(&p), ["observer", "p0", "p2", "p4", "p5"]);
+    let p5 = members.last_mut().unwrap();
+    p5.send_json(json!({"type":"join","room":"Chat Room"}))
+        .await;
+    p5.recv_until("joined").await;
+    observer.expect_silence(Duration::from_millis(200)).await;
+
+    // A newcomer's joined list matches what the observer last heard, plus itself.
+    let mut newcomer = app.user("newcomer").await;
+    let joined = newcomer.join("Gaming Room").await;
+    assert_eq!(
+        users_of(&joined),
+        ["newcomer", "observer", "p0", "p2", "p4", "p5"]
+    );
+}
