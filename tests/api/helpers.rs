@@ -2,7 +2,6 @@
 //! WebSocket client with typed helpers for the protocol.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use chatterpro::{App, Config};
@@ -104,10 +103,6 @@ impl TestApp {
     /// Takes the temp dir so a restarted server can reuse the database.
     pub fn take_dir(&mut self) -> Option<tempfile::TempDir> {
         self._dir.take()
-    }
-
-    pub fn db_path(&self) -> PathBuf {
-        PathBuf::from(self.db_url.trim_start_matches("sqlite://"))
     }
 }
 

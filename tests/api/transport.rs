@@ -108,10 +108,10 @@ async fn a_client_that_stops_reading_is_closed_with_1013_and_others_are_unaffect
     let drain_sender = async {
         let mut seen = 0;
         while seen < total {
-            if let Some(Ok(Message::Text(t))) = sender_rx.next().await {
-                if t.contains(r#""type":"message""#) {
-                    seen += 1;
-                }
+            if let Some(Ok(Message::Text(t))) = sender_rx.next().await
+                && t.contains(r#""type":"message""#)
+            {
+                seen += 1;
             }
         }
     };
