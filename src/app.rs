@@ -18,9 +18,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::broker::{Broker, LocalBroker};
 use crate::config::Config;
+use crate::conn;
 use crate::domain::RoomName;
 use crate::http::{self, AppState};
 use crate::hub::{Hub, HubConfig, Registry};
+use crate::limits::AddressLimits;
 use crate::metrics::Metrics;
 use crate::storage::{MessageStore, SqliteStore, StorageError};
 
@@ -77,7 +79,11 @@ impl App {
             .with_context(|| format!("binding {}", config.addr))?;
         let state = AppState {
             hub: Arc::new(hub),
-            outbox_capacity: config.outbox_capacity as usize,
+            conn_settings: conn::Settings {
+                outbox_capacity: config.outbox_capacity as usize,
+                ping_interval: config.ping_interval,
+            },
+            limits: AddressLimits::new(config.limits()),
             allowed_origins: Arc::new(config.allowed_origins.clone()),
             close_connections: CancellationToken::new(),
             sessions: TaskTracker::new(),
@@ -114,9 +120,12 @@ impl App {
         let server = {
             let stop_accepting = stop_accepting.clone();
             tokio::spawn(async move {
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(stop_accepting.cancelled_owned())
-                    .await
+                axum::serve(
+                    listener,
+                    router.into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .with_graceful_shutdown(stop_accepting.cancelled_owned())
+                .await
             })
         };
         shutdown.await;

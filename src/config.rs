@@ -1,8 +1,12 @@
 //! Settings, from command-line flags or `CHATTERPRO_*` environment variables.
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::time::Duration;
 
 use clap::Parser;
+
+use crate::limits::LimitsConfig;
 
 /// ChatterPro: a real-time multi-room chat server with its browser app.
 ///
@@ -61,9 +65,86 @@ pub struct Config {
     /// clients) are always allowed.
     #[arg(long, env = "CHATTERPRO_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
+
+    /// How often the server pings each connection; one that has not answered
+    /// for two intervals is closed (4000) and leaves its rooms.
+    #[arg(long, env = "CHATTERPRO_PING_INTERVAL", default_value = "20s",
+          value_parser = humantime::parse_duration)]
+    pub ping_interval: Duration,
+
+    /// Messages one connection may send per second, steadily...
+    #[arg(long, env = "CHATTERPRO_MSG_RATE", default_value = "10")]
+    pub msg_rate: NonZeroU32,
+
+    /// ...and in a burst.
+    #[arg(long, env = "CHATTERPRO_MSG_BURST", default_value = "20")]
+    pub msg_burst: NonZeroU32,
+
+    /// Joins one connection may make per second, steadily...
+    #[arg(long, env = "CHATTERPRO_JOIN_RATE", default_value = "5")]
+    pub join_rate: NonZeroU32,
+
+    /// ...and in a burst.
+    #[arg(long, env = "CHATTERPRO_JOIN_BURST", default_value = "20")]
+    pub join_burst: NonZeroU32,
+
+    /// Requests of any kind one connection may make per second, steadily...
+    #[arg(long, env = "CHATTERPRO_REQUEST_RATE", default_value = "30")]
+    pub request_rate: NonZeroU32,
+
+    /// ...and in a burst.
+    #[arg(long, env = "CHATTERPRO_REQUEST_BURST", default_value = "60")]
+    pub request_burst: NonZeroU32,
+
+    /// Rooms one connection may be in at once.
+    #[arg(long, env = "CHATTERPRO_MAX_ROOMS_PER_CONN", default_value_t = 100)]
+    pub max_rooms_per_conn: usize,
+
+    /// Refusals (rate_limited) a connection may collect, refilling at one per
+    /// second, before it is closed with 1008 for persistent abuse.
+    #[arg(long, env = "CHATTERPRO_ABUSE_STRIKES", default_value = "30")]
+    pub abuse_strikes: NonZeroU32,
+
+    /// Connections the whole server holds; beyond it upgrades get HTTP 503.
+    /// Keep it under the process's open-file limit.
+    #[arg(long, env = "CHATTERPRO_MAX_CONNECTIONS", default_value_t = 15_000)]
+    pub max_connections: usize,
+
+    /// Connections one IP address may hold at once (HTTP 429 beyond).
+    #[arg(long, env = "CHATTERPRO_MAX_CONNS_PER_IP", default_value_t = 50)]
+    pub max_conns_per_ip: usize,
+
+    /// New connections one IP address may open per minute (HTTP 429 beyond).
+    #[arg(
+        long,
+        env = "CHATTERPRO_CONNS_PER_IP_PER_MINUTE",
+        default_value = "120"
+    )]
+    pub conns_per_ip_per_minute: NonZeroU32,
+
+    /// New rooms one IP address may create per minute (rate_limited beyond).
+    #[arg(long, env = "CHATTERPRO_ROOMS_PER_IP_PER_MINUTE", default_value = "10")]
+    pub rooms_per_ip_per_minute: NonZeroU32,
 }
 
 impl Config {
+    pub fn limits(&self) -> LimitsConfig {
+        LimitsConfig {
+            msg_rate: self.msg_rate,
+            msg_burst: self.msg_burst,
+            join_rate: self.join_rate,
+            join_burst: self.join_burst,
+            request_rate: self.request_rate,
+            request_burst: self.request_burst,
+            max_rooms_per_conn: self.max_rooms_per_conn,
+            abuse_strikes: self.abuse_strikes,
+            max_connections: self.max_connections,
+            max_conns_per_ip: self.max_conns_per_ip,
+            conns_per_ip_per_minute: self.conns_per_ip_per_minute,
+            rooms_per_ip_per_minute: self.rooms_per_ip_per_minute,
+        }
+    }
+
     /// Settings for tests and embedding: defaults, with this database and a free port.
     pub fn for_tests(database_url: impl Into<String>) -> Self {
         let mut config = Config::parse_from(["chatterpro"]);

@@ -18,6 +18,7 @@ pub mod conn;
 pub mod domain;
 pub mod http;
 pub mod hub;
+pub mod limits;
 pub mod metrics;
 pub mod protocol;
 pub mod storage;

@@ -26,7 +26,7 @@ pub mod close {
     pub const GOING_AWAY: u16 = 1001;
     /// A binary frame: the protocol is JSON text only.
     pub const UNSUPPORTED_DATA: u16 = 1003;
-    /// The client broke policy (reserved for abuse limits).
+    /// The client kept breaking rate limits after being told to slow down.
     pub const POLICY_VIOLATION: u16 = 1008;
     /// A frame over [`super::MAX_FRAME_BYTES`].
     pub const TOO_BIG: u16 = 1009;
@@ -34,6 +34,8 @@ pub mod close {
     pub const INTERNAL_ERROR: u16 = 1011;
     /// The client could not keep up with its rooms; it may reconnect and resume with `since`.
     pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// The client did not answer pings for two intervals (application code).
+    pub const PING_TIMEOUT: u16 = 4000;
 }
 
 /// The client's correlation id for a request, echoed on the reply.

@@ -11,6 +11,9 @@ mod session;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Notify;
+use tokio::time::{Instant, MissedTickBehavior};
+
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -18,39 +21,68 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::{Frame, Hub, Kick, Peer};
+use crate::limits::{AddressLimits, ConnPermit};
 use crate::protocol::close;
 use session::Session;
+
+/// Per-connection settings from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Frames queued before the connection counts as too slow (1013).
+    pub outbox_capacity: usize,
+    /// How often to ping; two intervals without hearing from the client close it.
+    pub ping_interval: Duration,
+}
 
 /// Most frames written before one flush (one `write` syscall, ideally).
 const COALESCE_MAX: usize = 64;
 /// How long a closing connection may take to flush its last frames.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// How long a write already under way may go on after the connection was
+/// told to close; past it the socket is considered stuck and dropped.
+const STALLED_WRITE_GRACE: Duration = Duration::from_secs(1);
 
 /// Runs one connection until it closes. `close_all` asks every connection to
-/// close with 1001 (server shutdown), after flushing what is queued.
+/// close with 1001 (server shutdown), after flushing what is queued. The
+/// `permit` holds the connection's place in the connection limits.
 pub async fn serve(
     socket: WebSocket,
     hub: Arc<Hub>,
-    outbox_capacity: usize,
+    settings: Settings,
+    permit: ConnPermit,
+    address_limits: Arc<AddressLimits>,
     close_all: CancellationToken,
 ) {
     let metrics_guard = ConnectionGauge::new(&hub);
-    let (outbox_tx, outbox_rx) = mpsc::channel(outbox_capacity);
+    let (outbox_tx, outbox_rx) = mpsc::channel(settings.outbox_capacity);
     let kick = Arc::new(Kick::default());
+    let ping = Arc::new(Notify::new());
     let peer = Peer::new(outbox_tx, kick.clone());
     let (sink, stream) = socket.split();
-    let writer = tokio::spawn(write_loop(sink, outbox_rx, kick.clone()));
+    let mut writer = tokio::spawn(write_loop(sink, outbox_rx, kick.clone(), ping.clone()));
 
-    let mut session = Session::new(hub.clone(), peer.clone());
-    read_loop(stream, &mut session, &kick, &close_all).await;
+    let mut session = Session::new(hub.clone(), peer.clone(), address_limits, permit.ip());
+    read_loop(
+        stream,
+        &mut session,
+        &kick,
+        &ping,
+        settings.ping_interval,
+        &close_all,
+    )
+    .await;
     session.close();
 
     // Normal end: ask the writer to finish (it keeps an earlier, more specific code).
     kick.kick(1000, "");
     drop(session);
     drop(peer);
-    if tokio::time::timeout(CLOSE_GRACE, writer).await.is_err() {
+    if tokio::time::timeout(CLOSE_GRACE, &mut writer)
+        .await
+        .is_err()
+    {
         tracing::debug!("connection writer did not finish in time");
+        writer.abort();
     }
     if let Some((code, _)) = kick.reason()
         && code != 1000
@@ -58,14 +90,20 @@ pub async fn serve(
         hub.metrics().count_close(code);
     }
     drop(metrics_guard);
+    drop(permit);
 }
 
 async fn read_loop(
     mut stream: SplitStream<WebSocket>,
     session: &mut Session,
     kick: &Kick,
+    ping: &Notify,
+    ping_interval: Duration,
     close_all: &CancellationToken,
 ) {
+    let mut heartbeat = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
+    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
     loop {
         let next = tokio::select! {
             () = kick.kicked() => return,
@@ -73,8 +111,18 @@ async fn read_loop(
                 kick.kick(close::GOING_AWAY, "server shutting down");
                 return;
             }
+            _ = heartbeat.tick() => {
+                // Any frame counts as a sign of life, pongs included.
+                if last_heard.elapsed() >= 2 * ping_interval {
+                    kick.kick(close::PING_TIMEOUT, "ping timeout");
+                    return;
+                }
+                ping.notify_one();
+                continue;
+            }
             next = stream.next() => next,
         };
+        last_heard = Instant::now();
         match next {
             None | Some(Ok(Message::Close(_))) => return,
             Some(Ok(Message::Text(text))) => session.handle(text.as_str()).await,
@@ -106,15 +154,28 @@ async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
     mut outbox_rx: mpsc::Receiver<Frame>,
     kick: Arc<Kick>,
+    ping: Arc<Notify>,
 ) {
     loop {
-        let frame = tokio::select! {
+        let written = tokio::select! {
             biased;
             () = kick.kicked() => break,
-            frame = outbox_rx.recv() => frame,
+            () = ping.notified() => sink.send(Message::Ping(Default::default())).await,
+            frame = outbox_rx.recv() => {
+                let Some(frame) = frame else { break };
+                // A client that stopped reading can block a write forever;
+                // once the connection is told to close, give it a moment, then drop it.
+                let stalled = async {
+                    kick.kicked().await;
+                    tokio::time::sleep(STALLED_WRITE_GRACE).await;
+                };
+                tokio::select! {
+                    written = write_batch(&mut sink, frame, &mut outbox_rx) => written,
+                    () = stalled => return,
+                }
+            }
         };
-        let Some(frame) = frame else { break };
-        if write_batch(&mut sink, frame, &mut outbox_rx).await.is_err() {
+        if written.is_err() {
             kick.kick(1000, "");
             return;
         }

@@ -1,18 +1,23 @@
-//! Protocol state of one connection: its identity, and the dispatch of each
-//! decoded request to the hub. Every reply goes through the outbox.
+//! Protocol state of one connection: its identity, its rate limits, and the
+//! dispatch of each decoded request to the hub. Every reply goes through the outbox.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::domain::Nickname;
-use crate::hub::{Frame, Hub, Peer, Refusal};
+use crate::hub::{self, Frame, Hub, Peer, Refusal};
+use crate::limits::{AddressLimits, ConnLimits, RetryAfter};
 use crate::protocol::{
-    self, ClientMsg, ErrorCode, PROTOCOL_VERSION, Ref, Request, ServerMsg, encode,
+    self, ClientMsg, ErrorCode, PROTOCOL_VERSION, Ref, Request, ServerMsg, close, encode,
 };
 
 pub struct Session {
     hub: Arc<Hub>,
     peer: Peer,
     identity: Option<Identity>,
+    limits: ConnLimits,
+    address_limits: Arc<AddressLimits>,
+    ip: IpAddr,
 }
 
 struct Identity {
@@ -20,23 +25,43 @@ struct Identity {
     session: String,
 }
 
+fn rate_limited(what: &str, retry: RetryAfter) -> Refusal {
+    Refusal::rate_limited(
+        format!("too many {what}; try again in {} ms", retry.millis()),
+        Some(retry.millis()),
+    )
+}
+
 impl Session {
-    pub fn new(hub: Arc<Hub>, peer: Peer) -> Self {
+    pub fn new(hub: Arc<Hub>, peer: Peer, address_limits: Arc<AddressLimits>, ip: IpAddr) -> Self {
         Self {
             hub,
             peer,
             identity: None,
+            limits: ConnLimits::new(address_limits.config()),
+            address_limits,
+            ip,
         }
     }
 
     /// Handles one text frame. Protocol mistakes become `error` replies; the
-    /// connection stays open.
+    /// connection stays open unless the client keeps breaking rate limits.
     pub async fn handle(&mut self, text: &str) {
-        let Request { r#ref, msg } = match protocol::decode(text) {
+        let decoded = protocol::decode(text);
+        let r#ref = match &decoded {
+            Ok(request) => request.r#ref.clone(),
+            Err(rejection) => rejection.r#ref.clone(),
+        };
+        // Every frame counts, well-formed or not: bad frames cost work too.
+        if let Err(retry) = self.limits.request() {
+            self.reply_error(r#ref.as_ref(), rate_limited("requests", retry));
+            return;
+        }
+        let Request { r#ref, msg } = match decoded {
             Ok(request) => request,
             Err(rejection) => {
                 self.reply_error(
-                    rejection.r#ref.as_ref(),
+                    r#ref.as_ref(),
                     Refusal::new(rejection.code, rejection.message),
                 );
                 return;
@@ -70,16 +95,38 @@ impl Session {
         match msg {
             ClientMsg::Hello { .. } => unreachable!("handled above"),
             ClientMsg::Join { room, since } => {
-                hub.join(peer, &identity.name, &room, since, r#ref).await?;
+                let room = hub::parse_room(&room)?;
+                self.limits.join().map_err(|r| rate_limited("joins", r))?;
+                if !hub.is_member(&room, peer) {
+                    if hub.rooms_of(peer) >= self.limits.max_rooms() {
+                        return Err(Refusal::rate_limited(
+                            format!(
+                                "you are in {} rooms, the most allowed at once; leave one first",
+                                self.limits.max_rooms()
+                            ),
+                            None,
+                        ));
+                    }
+                    if !hub.room_exists(&room).await? {
+                        self.address_limits
+                            .create_room(self.ip)
+                            .map_err(|r| rate_limited("new rooms", r))?;
+                    }
+                }
+                hub.join(peer, &identity.name, room, since, r#ref).await?;
                 Ok(None)
             }
             ClientMsg::Send { room, text } => {
-                hub.send(peer, &identity.name, &room, &text, r#ref.cloned())
+                let room = hub::parse_room(&room)?;
+                self.limits
+                    .message()
+                    .map_err(|r| rate_limited("messages", r))?;
+                hub.send(peer, &identity.name, room, &text, r#ref.cloned())
                     .await?;
                 Ok(None)
             }
             ClientMsg::Leave { room } => {
-                let room = hub.leave(peer, &room)?;
+                let room = hub.leave(peer, hub::parse_room(&room)?)?;
                 Ok(Some(ServerMsg::Left {
                     room: room.as_str().to_owned(),
                 }))
@@ -89,7 +136,8 @@ impl Session {
                 before,
                 limit,
             } => {
-                let (room, messages) = hub.history(peer, &room, before, limit).await?;
+                let room = hub::parse_room(&room)?;
+                let (room, messages) = hub.history(peer, room, before, limit).await?;
                 Ok(Some(ServerMsg::History {
                     room: room.as_str().to_owned(),
                     messages,
@@ -135,8 +183,22 @@ impl Session {
     }
 
     fn reply_error(&self, r#ref: Option<&Ref>, refusal: Refusal) {
-        self.hub.metrics().count_error(refusal.code);
-        self.reply(&ServerMsg::error(refusal.code, refusal.message), r#ref);
+        let code = refusal.code;
+        self.hub.metrics().count_error(code);
+        self.reply(
+            &ServerMsg::Error {
+                code,
+                message: refusal.message,
+                retry_after_ms: refusal.retry_after_ms,
+            },
+            r#ref,
+        );
+        // A client told to slow down that keeps going is abusing the server.
+        if code == ErrorCode::RateLimited && !self.limits.strike() {
+            tracing::info!(ip = %self.ip, "closing a connection for persistent abuse");
+            self.peer
+                .kick(close::POLICY_VIOLATION, "rate limits exceeded persistently");
+        }
     }
 
     /// Leaves every room and releases the name.

@@ -16,14 +16,17 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::set_header::SetResponseHeaderLayer;
 
+use crate::conn;
 use crate::hub::Hub;
+use crate::limits::AddressLimits;
 
 /// What request handlers share.
 #[derive(Clone)]
 pub struct AppState {
     pub hub: Arc<Hub>,
-    /// Frames queued per connection before it is cut off as too slow.
-    pub outbox_capacity: usize,
+    pub conn_settings: conn::Settings,
+    /// Connection counts and per-address rates.
+    pub limits: Arc<AddressLimits>,
     /// Origins allowed besides the server's own.
     pub allowed_origins: Arc<Vec<String>>,
     /// Fires when connections must close (server shutdown).

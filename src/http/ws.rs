@@ -1,24 +1,33 @@
 //! `GET /ws`: checks the Origin, then hands the upgraded socket to `conn`.
 
-use axum::extract::{State, WebSocketUpgrade};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
 use crate::conn;
+use crate::limits::Admission;
 use crate::protocol::MAX_FRAME_BYTES;
 
 pub async fn upgrade(
     State(state): State<AppState>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
     if !origin_allowed(&headers, &state.allowed_origins) {
         return (StatusCode::FORBIDDEN, "cross-origin WebSocket refused").into_response();
     }
+    let permit = match state.limits.admit(remote.ip()) {
+        Ok(permit) => permit,
+        Err(refusal) => return refused(refusal),
+    };
     let AppState {
         hub,
-        outbox_capacity,
+        conn_settings,
+        limits,
         close_connections,
         sessions,
         ..
@@ -26,8 +35,38 @@ pub async fn upgrade(
     ws.max_message_size(MAX_FRAME_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
         .on_upgrade(move |socket| {
-            sessions.track_future(conn::serve(socket, hub, outbox_capacity, close_connections))
+            sessions.track_future(conn::serve(
+                socket,
+                hub,
+                conn_settings,
+                permit,
+                limits,
+                close_connections,
+            ))
         })
+}
+
+fn refused(admission: Admission) -> Response {
+    match admission {
+        Admission::ServerFull => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "5")],
+            "the server is at its connection limit\n",
+        )
+            .into_response(),
+        Admission::TooManyFromAddress => (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, "5".to_owned())],
+            "too many connections from your address\n",
+        )
+            .into_response(),
+        Admission::TooFastFromAddress(retry) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, retry.0.as_secs().max(1).to_string())],
+            "too many new connections from your address\n",
+        )
+            .into_response(),
+    }
 }
 
 /// Browsers always send `Origin` on WebSocket upgrades; a page on another

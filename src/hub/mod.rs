@@ -19,7 +19,8 @@ pub use frame::Frame;
 pub use peer::{ConnId, Kick, Peer, Pushed};
 pub use registry::{Refusal, Registry};
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -49,6 +50,9 @@ pub struct HubConfig {
 
 pub struct Hub {
     registry: Arc<Registry>,
+    /// Rooms known to exist in storage (rooms are never deleted), so that
+    /// checking before a join does not cost a query each time.
+    known_rooms: Mutex<HashSet<RoomName>>,
     store: Arc<dyn MessageStore>,
     jobs_tx: mpsc::Sender<SendJob>,
     config: HubConfig,
@@ -63,8 +67,9 @@ fn internal(e: StorageError) -> Refusal {
     )
 }
 
-fn invalid_room(e: InputError) -> Refusal {
-    Refusal::new(ErrorCode::InvalidRoom, format!("room name {e}"))
+/// Parses a room name from a request.
+pub fn parse_room(raw: &str) -> Result<RoomName, Refusal> {
+    RoomName::parse(raw).map_err(|e| Refusal::new(ErrorCode::InvalidRoom, format!("room name {e}")))
 }
 
 impl Hub {
@@ -89,6 +94,7 @@ impl Hub {
         let writer = tokio::spawn(writer.run(jobs_rx, writer_stop));
         let hub = Self {
             registry,
+            known_rooms: Mutex::new(HashSet::new()),
             store,
             jobs_tx,
             config,
@@ -114,11 +120,10 @@ impl Hub {
         &self,
         peer: &Peer,
         name: &Nickname,
-        room: &str,
+        room: RoomName,
         since: Option<u64>,
         r#ref: Option<&Ref>,
     ) -> Result<(), Refusal> {
-        let room = RoomName::parse(room).map_err(invalid_room)?;
         let was_member = self.registry.begin_join(&room, peer, name);
         let limit = if since.is_some() {
             SINCE_LIMIT
@@ -131,6 +136,7 @@ impl Hub {
         };
         match catch_up.await {
             Ok(catch_up) => {
+                self.remember_room(&room);
                 let welcome = self.config.welcome.replace("{name}", name.as_str());
                 self.registry
                     .finish_join(&room, peer.id(), catch_up, &welcome, r#ref);
@@ -148,11 +154,10 @@ impl Hub {
         &self,
         peer: &Peer,
         name: &Nickname,
-        room: &str,
+        room: RoomName,
         text: &str,
         r#ref: Option<Ref>,
     ) -> Result<(), Refusal> {
-        let room = RoomName::parse(room).map_err(invalid_room)?;
         self.require_member(&room, peer)?;
         let text = MessageText::parse(text).map_err(|e| match e {
             InputError::TooLong(_) => Refusal::new(ErrorCode::TooLarge, format!("text {e}")),
@@ -173,8 +178,7 @@ impl Hub {
         Ok(())
     }
 
-    pub fn leave(&self, peer: &Peer, room: &str) -> Result<RoomName, Refusal> {
-        let room = RoomName::parse(room).map_err(invalid_room)?;
+    pub fn leave(&self, peer: &Peer, room: RoomName) -> Result<RoomName, Refusal> {
         if self.registry.leave(&room, peer.id()) {
             Ok(room)
         } else {
@@ -185,11 +189,10 @@ impl Hub {
     pub async fn history(
         &self,
         peer: &Peer,
-        room: &str,
+        room: RoomName,
         before: Option<u64>,
         limit: Option<u32>,
     ) -> Result<(RoomName, Vec<ChatMessage>), Refusal> {
-        let room = RoomName::parse(room).map_err(invalid_room)?;
         self.require_member(&room, peer)?;
         let limit = limit
             .unwrap_or(HISTORY_LIMIT_DEFAULT)
@@ -219,6 +222,38 @@ impl Hub {
                 }
             })
             .collect())
+    }
+
+    /// Whether the room exists (joining it would not create it).
+    pub async fn room_exists(&self, room: &RoomName) -> Result<bool, Refusal> {
+        if self.known_rooms().contains(room) {
+            return Ok(true);
+        }
+        let exists = self.store.room_exists(room).await.map_err(internal)?;
+        if exists {
+            self.remember_room(room);
+        }
+        Ok(exists)
+    }
+
+    /// How many rooms `peer` is in.
+    pub fn rooms_of(&self, peer: &Peer) -> usize {
+        self.registry.rooms_of(peer.id())
+    }
+
+    pub fn is_member(&self, room: &RoomName, peer: &Peer) -> bool {
+        self.registry.is_member(room, peer.id())
+    }
+
+    fn known_rooms(&self) -> MutexGuard<'_, HashSet<RoomName>> {
+        self.known_rooms.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn remember_room(&self, room: &RoomName) {
+        let mut known = self.known_rooms();
+        if !known.contains(room) {
+            known.insert(room.clone());
+        }
     }
 
     /// Forgets a closed connection.

@@ -25,6 +25,8 @@ use crate::storage::CatchUp;
 pub struct Refusal {
     pub code: ErrorCode,
     pub message: String,
+    /// For `rate_limited`: when trying again will work.
+    pub retry_after_ms: Option<u64>,
 }
 
 impl Refusal {
@@ -32,6 +34,15 @@ impl Refusal {
         Self {
             code,
             message: message.into(),
+            retry_after_ms: None,
+        }
+    }
+
+    pub fn rate_limited(message: impl Into<String>, retry_after_ms: Option<u64>) -> Self {
+        Self {
+            code: ErrorCode::RateLimited,
+            message: message.into(),
+            retry_after_ms,
         }
     }
 }
@@ -299,11 +310,14 @@ impl Registry {
                 None,
             )));
         }
+        // Of what arrived meanwhile, only messages newer than the reply
+        // matter. Presence frames are dropped: `users` in `joined` was
+        // computed just now and already includes their effect, while their
+        // own lists are older.
         for frame in buffered {
-            if frame.seq().is_some_and(|seq| seq <= last_seq) {
-                continue;
+            if frame.seq().is_some_and(|seq| seq > last_seq) {
+                peer.push(frame);
             }
-            peer.push(frame);
         }
         if is_new_person {
             let frame = entry.presence(room, PresenceEvent::Join, name.as_str());

@@ -52,6 +52,8 @@ pub trait MessageStore: Send + Sync + 'static {
     /// Creates the room if it does not exist; returns whether it was created.
     async fn create_room(&self, room: &RoomName) -> Result<bool, StorageError>;
 
+    async fn room_exists(&self, room: &RoomName) -> Result<bool, StorageError>;
+
     /// Every stored room's name, oldest room first.
     async fn rooms(&self) -> Result<Vec<String>, StorageError>;
 

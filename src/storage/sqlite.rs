@@ -86,6 +86,14 @@ impl MessageStore for SqliteStore {
         Ok(result.rows_affected() == 1)
     }
 
+    async fn room_exists(&self, room: &RoomName) -> Result<bool, StorageError> {
+        let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM rooms WHERE name = ?1")
+            .bind(room.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(found.is_some())
+    }
+
     async fn rooms(&self) -> Result<Vec<String>, StorageError> {
         let names = sqlx::query_scalar("SELECT name FROM rooms ORDER BY id")
             .fetch_all(&self.pool)

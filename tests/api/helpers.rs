@@ -27,6 +27,17 @@ pub struct TestApp {
     _dir: Option<tempfile::TempDir>,
 }
 
+/// Lifts the per-connection rate limits, for tests that send floods on purpose.
+pub fn unlimited(config: &mut Config) {
+    let many = std::num::NonZeroU32::new(1_000_000).unwrap();
+    config.msg_rate = many;
+    config.msg_burst = many;
+    config.request_rate = many;
+    config.request_burst = many;
+    config.join_rate = many;
+    config.join_burst = many;
+}
+
 /// A server on a fresh temporary database.
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await

@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::helpers::{spawn_app, spawn_app_on, texts};
+use crate::helpers::{spawn_app, spawn_app_on, spawn_app_with, texts, unlimited};
 
 #[tokio::test]
 async fn history_and_since_survive_a_restart() {
@@ -58,7 +58,7 @@ async fn history_and_since_survive_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn joining_during_a_burst_sees_every_message_exactly_once_in_order() {
-    let app = spawn_app().await;
+    let app = spawn_app_with(unlimited).await;
     let mut sender = app.member("sender", "Chat Room").await;
     let total = 600u64;
     let burst = tokio::spawn(async move {

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::helpers::{spawn_app, spawn_app_with, texts};
+use crate::helpers::{spawn_app, spawn_app_with, texts, unlimited};
 
 #[tokio::test]
 async fn hello_gets_welcome_with_session_and_rooms() {
@@ -337,7 +337,7 @@ async fn two_tabs_are_one_person_until_the_last_leaves() {
 
 #[tokio::test]
 async fn history_pages_back_oldest_first() {
-    let app = spawn_app().await;
+    let app = spawn_app_with(unlimited).await;
     let mut c = app.member("alice", "Chat Room").await;
     for i in 1..=30 {
         c.say("Chat Room", &format!("m{i}")).await;
@@ -372,7 +372,11 @@ async fn history_pages_back_oldest_first() {
 
 #[tokio::test]
 async fn history_limit_is_capped_at_200() {
-    let app = spawn_app_with(|c| c.history_on_join = 0).await;
+    let app = spawn_app_with(|c| {
+        unlimited(c);
+        c.history_on_join = 0;
+    })
+    .await;
     let mut c = app.member("alice", "Chat Room").await;
     for i in 0..210 {
         c.send_json(json!({"type":"send","room":"Chat Room","text":format!("n{i}")}))
@@ -389,7 +393,7 @@ async fn history_limit_is_capped_at_200() {
 
 #[tokio::test]
 async fn joined_carries_the_latest_50_or_everything_since() {
-    let app = spawn_app().await;
+    let app = spawn_app_with(unlimited).await;
     let mut alice = app.member("alice", "Chat Room").await;
     for i in 1..=60 {
         alice.say("Chat Room", &format!("m{i}")).await;
@@ -417,7 +421,7 @@ async fn joined_carries_the_latest_50_or_everything_since() {
 
 #[tokio::test]
 async fn since_is_capped_at_1000_and_says_truncated() {
-    let app = spawn_app().await;
+    let app = spawn_app_with(unlimited).await;
     let mut alice = app.member("alice", "Chat Room").await;
     for i in 1..=1005 {
         alice

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Client, spawn_app};
+use crate::helpers::{Client, spawn_app, spawn_app_with, unlimited};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rooms_are_isolated() {
@@ -61,7 +61,7 @@ async fn rooms_are_isolated() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_senders_are_seen_in_one_order_by_everyone() {
-    let app = spawn_app().await;
+    let app = spawn_app_with(unlimited).await;
     let senders = 5;
     let per_sender = 60;
     let mut watchers = Vec::new();

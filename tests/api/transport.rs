@@ -8,7 +8,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use futures_util::SinkExt;
 
-use crate::helpers::{spawn_app, spawn_app_with, texts};
+use crate::helpers::{spawn_app, spawn_app_with, texts, unlimited};
 
 #[tokio::test]
 async fn binary_frames_close_with_1003() {
@@ -64,6 +64,7 @@ async fn a_client_that_stops_reading_is_closed_with_1013_and_others_are_unaffect
     // A batch commit fans out up to `write_batch` frames at once, so an
     // honest reader needs an outbox at least that deep.
     let app = spawn_app_with(|c| {
+        unlimited(c);
         c.outbox_capacity = 64;
         c.write_batch = 16;
     })
@@ -132,7 +133,7 @@ async fn a_client_that_stops_reading_is_closed_with_1013_and_others_are_unaffect
 
 #[tokio::test]
 async fn shutdown_closes_clients_with_1001_after_storing_what_was_acknowledged() {
-    let mut app = spawn_app().await;
+    let mut app = spawn_app_with(unlimited).await;
     let mut alice = app.member("alice", "Chat Room").await;
     for i in 0..100 {
         alice

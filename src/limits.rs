@@ -1,0 +1,280 @@
+//! Abuse limits: how fast one connection may act, how many connections one
+//! address and the whole server may hold, and how fast an address may create
+//! rooms. Policy only — the connection layer asks, this module answers.
+//!
+//! Rates are token buckets (the `governor` crate's GCRA): a burst is allowed,
+//! then a steady rate. A refusal says how long to wait, which becomes the
+//! `retry_after_ms` of a `rate_limited` error.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+/// The limits, as configured (see `config.rs` for each one's meaning and default).
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    pub msg_rate: NonZeroU32,
+    pub msg_burst: NonZeroU32,
+    pub join_rate: NonZeroU32,
+    pub join_burst: NonZeroU32,
+    pub request_rate: NonZeroU32,
+    pub request_burst: NonZeroU32,
+    pub max_rooms_per_conn: usize,
+    pub abuse_strikes: NonZeroU32,
+    pub max_connections: usize,
+    pub max_conns_per_ip: usize,
+    pub conns_per_ip_per_minute: NonZeroU32,
+    pub rooms_per_ip_per_minute: NonZeroU32,
+}
+
+/// How long to wait before trying again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryAfter(pub Duration);
+
+impl RetryAfter {
+    pub fn millis(self) -> u64 {
+        // Round up so a client that waits exactly this long succeeds.
+        u64::try_from(self.0.as_micros().div_ceil(1000)).unwrap_or(u64::MAX)
+    }
+}
+
+fn check(limiter: &DefaultDirectRateLimiter) -> Result<(), RetryAfter> {
+    limiter
+        .check()
+        .map_err(|not_until| RetryAfter(not_until.wait_time_from(DefaultClock::default().now())))
+}
+
+fn per_second(rate: NonZeroU32, burst: NonZeroU32) -> Quota {
+    Quota::per_second(rate).allow_burst(burst)
+}
+
+/// One connection's buckets.
+pub struct ConnLimits {
+    messages: DefaultDirectRateLimiter,
+    joins: DefaultDirectRateLimiter,
+    requests: DefaultDirectRateLimiter,
+    /// Each refusal takes a strike; strikes refill at one per second. A
+    /// client that keeps hammering after being told to wait runs out and is
+    /// closed with 1008.
+    strikes: DefaultDirectRateLimiter,
+    max_rooms: usize,
+}
+
+impl ConnLimits {
+    pub fn new(config: &LimitsConfig) -> Self {
+        Self {
+            messages: RateLimiter::direct(per_second(config.msg_rate, config.msg_burst)),
+            joins: RateLimiter::direct(per_second(config.join_rate, config.join_burst)),
+            requests: RateLimiter::direct(per_second(config.request_rate, config.request_burst)),
+            strikes: RateLimiter::direct(per_second(NonZeroU32::MIN, config.abuse_strikes)),
+            max_rooms: config.max_rooms_per_conn,
+        }
+    }
+
+    /// Any frame at all.
+    pub fn request(&self) -> Result<(), RetryAfter> {
+        check(&self.requests)
+    }
+
+    pub fn message(&self) -> Result<(), RetryAfter> {
+        check(&self.messages)
+    }
+
+    pub fn join(&self) -> Result<(), RetryAfter> {
+        check(&self.joins)
+    }
+
+    pub fn max_rooms(&self) -> usize {
+        self.max_rooms
+    }
+
+    /// Records a refusal; false when the client has run out of strikes.
+    pub fn strike(&self) -> bool {
+        self.strikes.check().is_ok()
+    }
+}
+
+/// Why a new connection was turned away at the HTTP upgrade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// The server holds its maximum number of connections (HTTP 503).
+    ServerFull,
+    /// This address holds its maximum number of connections (HTTP 429).
+    TooManyFromAddress,
+    /// This address opened connections too fast (HTTP 429).
+    TooFastFromAddress(RetryAfter),
+}
+
+/// Connection counts and per-address rates, shared by all connections.
+pub struct AddressLimits {
+    config: LimitsConfig,
+    total: AtomicUsize,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    new_conns: DefaultKeyedRateLimiter<IpAddr>,
+    new_rooms: DefaultKeyedRateLimiter<IpAddr>,
+    admissions: AtomicUsize,
+}
+
+/// Holds one connection's place in the counts; dropping it frees the place.
+pub struct ConnPermit {
+    limits: Arc<AddressLimits>,
+    ip: IpAddr,
+}
+
+impl Drop for ConnPermit {
+    fn drop(&mut self) {
+        self.limits.total.fetch_sub(1, Ordering::Relaxed);
+        let mut per_ip = self.limits.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl ConnPermit {
+    pub fn ip(&self) -> IpAddr {
+        self.ip
+    }
+}
+
+/// Keyed limiters keep a cell per address; forget idle ones this often.
+const PRUNE_EVERY: usize = 1024;
+
+impl AddressLimits {
+    pub fn new(config: LimitsConfig) -> Arc<Self> {
+        let per_minute = |n: NonZeroU32| Quota::per_minute(n).allow_burst(n);
+        Arc::new(Self {
+            new_conns: RateLimiter::keyed(per_minute(config.conns_per_ip_per_minute)),
+            new_rooms: RateLimiter::keyed(per_minute(config.rooms_per_ip_per_minute)),
+            config,
+            total: AtomicUsize::new(0),
+            per_ip: Mutex::new(HashMap::new()),
+            admissions: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn config(&self) -> &LimitsConfig {
+        &self.config
+    }
+
+    /// Admits a new connection from `ip`, or says why not.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnPermit, Admission> {
+        if self.admissions.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == 0 {
+            self.new_conns.retain_recent();
+            self.new_rooms.retain_recent();
+        }
+        if self.total.load(Ordering::Relaxed) >= self.config.max_connections {
+            return Err(Admission::ServerFull);
+        }
+        {
+            let per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+            if per_ip.get(&ip).copied().unwrap_or(0) >= self.config.max_conns_per_ip {
+                return Err(Admission::TooManyFromAddress);
+            }
+        }
+        self.new_conns.check_key(&ip).map_err(|not_until| {
+            Admission::TooFastFromAddress(RetryAfter(
+                not_until.wait_time_from(DefaultClock::default().now()),
+            ))
+        })?;
+        // Counted only once admitted; a race may let a few extra through
+        // under a burst, which a cap of thousands absorbs.
+        self.total.fetch_add(1, Ordering::Relaxed);
+        *self
+            .per_ip
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(ip)
+            .or_default() += 1;
+        Ok(ConnPermit {
+            limits: self.clone(),
+            ip,
+        })
+    }
+
+    /// May `ip` create a new room now?
+    pub fn create_room(&self, ip: IpAddr) -> Result<(), RetryAfter> {
+        self.new_rooms.check_key(&ip).map_err(|not_until| {
+            RetryAfter(not_until.wait_time_from(DefaultClock::default().now()))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nz(n: u32) -> NonZeroU32 {
+        NonZeroU32::new(n).unwrap()
+    }
+
+    fn config() -> LimitsConfig {
+        LimitsConfig {
+            msg_rate: nz(10),
+            msg_burst: nz(20),
+            join_rate: nz(5),
+            join_burst: nz(10),
+            request_rate: nz(50),
+            request_burst: nz(100),
+            max_rooms_per_conn: 100,
+            abuse_strikes: nz(3),
+            max_connections: 3,
+            max_conns_per_ip: 2,
+            conns_per_ip_per_minute: nz(100),
+            rooms_per_ip_per_minute: nz(2),
+        }
+    }
+
+    #[test]
+    fn messages_allow_a_burst_then_say_when_to_retry() {
+        let limits = ConnLimits::new(&config());
+        for _ in 0..20 {
+            assert!(limits.message().is_ok());
+        }
+        let retry = limits.message().unwrap_err();
+        assert!(retry.millis() > 0 && retry.millis() <= 100, "{retry:?}");
+    }
+
+    #[test]
+    fn strikes_run_out() {
+        let limits = ConnLimits::new(&config());
+        assert!(limits.strike());
+        assert!(limits.strike());
+        assert!(limits.strike());
+        assert!(!limits.strike());
+    }
+
+    #[test]
+    fn connections_are_capped_per_address_and_in_total() {
+        let limits = AddressLimits::new(config());
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let p1 = limits.admit(a).unwrap();
+        let _p2 = limits.admit(a).unwrap();
+        assert_eq!(limits.admit(a).err(), Some(Admission::TooManyFromAddress));
+        let _p3 = limits.admit(b).unwrap();
+        assert_eq!(limits.admit(b).err(), Some(Admission::ServerFull));
+        drop(p1);
+        assert!(limits.admit(a).is_ok());
+    }
+
+    #[test]
+    fn room_creation_is_rate_limited_per_address() {
+        let limits = AddressLimits::new(config());
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        assert!(limits.create_room(a).is_ok());
+        assert!(limits.create_room(a).is_ok());
+        let retry = limits.create_room(a).unwrap_err();
+        assert!(retry.millis() > 1000);
+        assert!(limits.create_room("10.0.0.9".parse().unwrap()).is_ok());
+    }
+}
