@@ -168,7 +168,11 @@ impl AddressLimits {
 
     /// Admits a new connection from `ip`, or says why not.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnPermit, Admission> {
-        if self.admissions.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == 0 {
+        if self
+            .admissions
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(PRUNE_EVERY)
+        {
             self.new_conns.retain_recent();
             self.new_rooms.retain_recent();
         }
