@@ -6,12 +6,13 @@
 //! then a steady rate. A refusal says how long to wait, which becomes the
 //! `retry_after_ms` of a `rate_limited` error.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -59,10 +60,13 @@ pub struct ConnLimits {
     messages: DefaultDirectRateLimiter,
     joins: DefaultDirectRateLimiter,
     requests: DefaultDirectRateLimiter,
-    /// Each refusal takes a strike; strikes refill at one per second. A
-    /// client that keeps hammering after being told to wait runs out and is
-    /// closed with 1008.
+    /// A request refused before the wait announced by an earlier refusal
+    /// was over takes a strike; strikes refill at one per second. A client
+    /// that keeps ignoring `retry_after_ms` runs out and is closed with 1008.
+    /// A client that waits as told is never struck, however eager.
     strikes: DefaultDirectRateLimiter,
+    /// When the last refusal said trying again would work.
+    not_before: Cell<Option<Instant>>,
     max_rooms: usize,
 }
 
@@ -73,6 +77,7 @@ impl ConnLimits {
             joins: RateLimiter::direct(per_second(config.join_rate, config.join_burst)),
             requests: RateLimiter::direct(per_second(config.request_rate, config.request_burst)),
             strikes: RateLimiter::direct(per_second(NonZeroU32::MIN, config.abuse_strikes)),
+            not_before: Cell::new(None),
             max_rooms: config.max_rooms_per_conn,
         }
     }
@@ -94,9 +99,17 @@ impl ConnLimits {
         self.max_rooms
     }
 
-    /// Records a refusal; false when the client has run out of strikes.
-    pub fn strike(&self) -> bool {
-        self.strikes.check().is_ok()
+    /// Records a refusal that told the client to wait `retry` (if known);
+    /// false when the client has ignored such waits once too often.
+    pub fn refused(&self, retry: Option<Duration>) -> bool {
+        let now = Instant::now();
+        let ignored_a_wait = self.not_before.get().is_some_and(|t| now < t);
+        if let Some(retry) = retry {
+            let until = now + retry;
+            self.not_before
+                .set(Some(self.not_before.get().map_or(until, |t| t.max(until))));
+        }
+        !ignored_a_wait || self.strikes.check().is_ok()
     }
 }
 
@@ -249,12 +262,23 @@ mod tests {
     }
 
     #[test]
-    fn strikes_run_out() {
+    fn ignoring_retry_after_runs_out_of_strikes() {
         let limits = ConnLimits::new(&config());
-        assert!(limits.strike());
-        assert!(limits.strike());
-        assert!(limits.strike());
-        assert!(!limits.strike());
+        let wait = Some(Duration::from_secs(60));
+        // The first refusal is no strike; coming back early is, three times.
+        assert!(limits.refused(wait));
+        assert!(limits.refused(wait));
+        assert!(limits.refused(wait));
+        assert!(limits.refused(wait));
+        assert!(!limits.refused(wait));
+    }
+
+    #[test]
+    fn waiting_as_told_is_never_struck() {
+        let limits = ConnLimits::new(&config());
+        for _ in 0..10 {
+            assert!(limits.refused(Some(Duration::ZERO)));
+        }
     }
 
     #[test]

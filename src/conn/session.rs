@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::domain::Nickname;
 use crate::hub::{self, Frame, Hub, Peer, Refusal};
@@ -184,6 +185,7 @@ impl Session {
 
     fn reply_error(&self, r#ref: Option<&Ref>, refusal: Refusal) {
         let code = refusal.code;
+        let retry = refusal.retry_after_ms.map(Duration::from_millis);
         self.hub.metrics().count_error(code);
         self.reply(
             &ServerMsg::Error {
@@ -194,7 +196,7 @@ impl Session {
             r#ref,
         );
         // A client told to slow down that keeps going is abusing the server.
-        if code == ErrorCode::RateLimited && !self.limits.strike() {
+        if code == ErrorCode::RateLimited && !self.limits.refused(retry) {
             tracing::info!(ip = %self.ip, "closing a connection for persistent abuse");
             self.peer
                 .kick(close::POLICY_VIOLATION, "rate limits exceeded persistently");

@@ -1,0 +1,485 @@
+// Wiring: the join page, the chat session and the user's actions.
+//
+// Owns: the flow hello -> welcome -> join -> joined (again after every
+// reconnect, with `since` so only missed messages come back), the outgoing
+// message queue, history paging and the remembered identity. Talks to the
+// server only through connection.js and to the page only through views.js.
+
+import { Connection, RequestError, defaultSocketUrl } from './connection.js';
+import { PAGE_SIZE, RoomState } from './state.js';
+import * as views from './views.js';
+
+const { $ } = views;
+const IDENTITY_KEY = 'chatterpro.identity';
+const DEFAULT_ROOMS = [{ name: 'Chat Room' }, { name: 'Business Room' }, { name: 'Gaming Room' }];
+/** Handshake errors worth another try after a reconnect (a server restarting, a stale login). */
+const RETRYABLE_CODES = new Set(['offline', 'timeout', 'closed', 'internal', 'rate_limited', 'name_taken']);
+const MAX_HANDSHAKE_RETRIES = 8;
+/** After a reconnect, people who were here and come back within this window rejoin silently. */
+const PRESENCE_GRACE_MS = 30000;
+
+const ERROR_TEXT = {
+  invalid_name: 'That nickname is not allowed.',
+  name_taken: 'That nickname is already in use. Please pick another one.',
+  invalid_room: 'That room name is not allowed.',
+  too_large: 'That message is too long (4000 characters at most).',
+  rate_limited: 'You are sending too fast. Please wait a moment.',
+  offline: 'Could not reach the ChatterPro server. Please try again.',
+  timeout: 'The server did not answer in time. Please try again.',
+};
+
+function describe(error) {
+  if (error instanceof RequestError) {
+    return error.message && error.message !== error.code
+      ? error.message
+      : ERROR_TEXT[error.code] ?? `Something went wrong (${error.code}).`;
+  }
+  return 'Something went wrong. Please try again.';
+}
+
+function joinErrorText(error) {
+  // Our own wording for the common cases; the server's detail where it explains a rule.
+  if (!(error instanceof RequestError) || !ERROR_TEXT[error.code]) return describe(error);
+  const detail = error.message && error.message !== error.code ? error.message : '';
+  if (detail && error.code.startsWith('invalid_')) return `${ERROR_TEXT[error.code]} ${detail}`;
+  return ERROR_TEXT[error.code];
+}
+
+// ---------------------------------------------------------------- identity
+
+function loadIdentity() {
+  try {
+    const stored = JSON.parse(localStorage.getItem(IDENTITY_KEY) ?? 'null');
+    if (stored && typeof stored.name === 'string' && typeof stored.session === 'string') return stored;
+  } catch {
+    // A corrupt entry is as good as none.
+  }
+  return null;
+}
+
+function saveIdentity(name, session) {
+  if (typeof session !== 'string') return;
+  try {
+    localStorage.setItem(IDENTITY_KEY, JSON.stringify({ name, session }));
+  } catch {
+    // Storage may be full or disabled; reclaiming the name is a convenience.
+  }
+}
+
+// ---------------------------------------------------------------- session
+
+/** Everything belonging to one stay in one room; replaced on every join. */
+let session = null;
+
+function createSession(name, roomName) {
+  return {
+    conn: new Connection(defaultSocketUrl()),
+    name,
+    requestedRoom: roomName,
+    room: null,
+    joined: false, // true once the first join succeeded
+    ready: false, // true while a join is complete on the current socket
+    buffered: [], // pushes that arrived while (re)joining
+    handshakeFailures: 0,
+    outbox: [], // texts waiting to be sent, in order
+    sending: false,
+    inFlight: null, // text sent on a socket that then died, unconfirmed
+    graceUsers: new Set(),
+    graceUntil: 0,
+    ended: false,
+  };
+}
+
+async function handshake(s) {
+  const stored = loadIdentity();
+  const hello = { type: 'hello', name: s.name };
+  if (stored && stored.name === s.name) hello.session = stored.session;
+  const welcome = await s.conn.request(hello);
+  s.name = typeof welcome.name === 'string' ? welcome.name : s.name;
+  saveIdentity(s.name, welcome.session);
+
+  const join = { type: 'join', room: s.room ? s.room.name : s.requestedRoom };
+  if (s.room && s.room.maxSeq !== null) join.since = s.room.maxSeq;
+  return s.conn.request(join);
+}
+
+/** First join from the join page. Resolves when the chat view is showing. */
+function startSession(name, roomName) {
+  const s = createSession(name, roomName);
+  session = s;
+  return new Promise((resolve, reject) => {
+    const fail = (error) => {
+      if (s.joined) return;
+      s.ended = true;
+      s.conn.close();
+      if (session === s) session = null;
+      reject(error);
+    };
+    s.conn.addEventListener('push', (event) => onPush(s, event.detail));
+    s.conn.addEventListener('closed', (event) => {
+      if (!s.joined) {
+        fail(new RequestError('offline', ERROR_TEXT.offline));
+      } else {
+        onConnectionLost(s, event.detail);
+      }
+    });
+    s.conn.addEventListener('open', () => {
+      if (!s.joined) {
+        handshake(s).then((joined) => {
+          s.joined = true;
+          enterChat(s, joined);
+          resolve();
+        }, fail);
+      } else {
+        rejoin(s);
+      }
+    });
+    s.conn.start();
+  });
+}
+
+function enterChat(s, joined) {
+  const room = new RoomState(typeof joined.room === 'string' ? joined.room : s.requestedRoom);
+  s.room = room;
+  room.setUsers(joined.users);
+  const list = $('messages');
+  list.replaceChildren();
+  $('room-name').textContent = room.name;
+  views.renderUsers($('users'), room.users, s.name);
+  views.showError($('chat-error'), '');
+  $('message-input').value = '';
+  views.showView('chat');
+  document.title = `${room.name} · ChatterPro`;
+
+  const messages = Array.isArray(joined.messages) ? joined.messages : [];
+  for (const message of room.accept(messages)) {
+    list.append(views.messageItem(message, s.name));
+  }
+  room.hasOlder = messages.length >= PAGE_SIZE;
+  markReady(s);
+  views.scrollToBottom(list);
+  $('message-input').focus();
+  fillViewportWithHistory(s);
+}
+
+function rejoin(s) {
+  handshake(s).then((joined) => {
+    if (session !== s || s.ended) return;
+    s.handshakeFailures = 0;
+    const room = s.room;
+    const list = $('messages');
+    const stick = views.isNearBottom(list);
+
+    s.graceUsers = new Set(room.users);
+    s.graceUntil = Date.now() + PRESENCE_GRACE_MS;
+    room.setUsers(joined.users);
+    views.renderUsers($('users'), room.users, s.name);
+
+    const messages = Array.isArray(joined.messages) ? joined.messages : [];
+    if (joined.truncated) {
+      // More was missed than the server replays: start over from its latest
+      // page, the gap stays reachable by scrolling up.
+      room.clearMessages();
+      list.replaceChildren(views.eventNoticeItem('Some messages were skipped while you were away. Scroll up to read them.', 'info'));
+      room.hasOlder = true;
+    }
+    const fresh = room.accept(messages);
+    for (const message of fresh) {
+      views.insertBySeq(list, views.messageItem(message, s.name), message.seq);
+    }
+    settleInFlight(s, fresh);
+    if (stick) views.scrollToBottom(list);
+    s.conn.resetBackoff();
+    markReady(s);
+  }, (error) => {
+    if (session !== s || s.ended) return;
+    s.handshakeFailures += 1;
+    if (RETRYABLE_CODES.has(error.code) && s.handshakeFailures <= MAX_HANDSHAKE_RETRIES) {
+      s.conn.drop(); // the close handler schedules the next attempt
+    } else {
+      s.conn.close();
+      views.setStatus('disconnected');
+      views.showError($('chat-error'), `Could not rejoin the room: ${describe(error)} Leave and join again.`);
+    }
+  });
+}
+
+function markReady(s) {
+  s.ready = true;
+  views.setStatus('connected');
+  views.showError($('chat-error'), '');
+  const buffered = s.buffered;
+  s.buffered = [];
+  for (const message of buffered) onPush(s, message);
+  pumpOutbox(s);
+}
+
+function onConnectionLost(s, { code, reason, willReconnect }) {
+  if (session !== s || s.ended) return;
+  s.ready = false;
+  if (willReconnect) {
+    views.setStatus('reconnecting');
+  } else {
+    views.setStatus('disconnected');
+    const why = reason ? `: ${reason}` : '';
+    views.showError($('chat-error'), `The server closed the connection (code ${code}${why}). Leave and join again.`);
+  }
+}
+
+// ---------------------------------------------------------------- server pushes
+
+function onPush(s, message) {
+  if (session !== s || s.ended) return;
+  if (!s.ready) {
+    s.buffered.push(message);
+    return;
+  }
+  const room = s.room;
+  if (typeof message.room === 'string' && message.room !== room.name) return;
+  const list = $('messages');
+  const stick = views.isNearBottom(list);
+
+  switch (message.type) {
+    case 'message': {
+      const [fresh] = room.accept([message]);
+      if (!fresh) return;
+      views.insertBySeq(list, views.messageItem(fresh, s.name), fresh.seq);
+      if (stick || fresh.from === s.name) views.scrollToBottom(list);
+      return;
+    }
+    case 'notice': {
+      const text = String(message.text ?? '');
+      const isWelcome = text.startsWith('Welcome to ChatterPro');
+      if (isWelcome && room.welcomed) return; // not again after each reconnect
+      if (isWelcome) room.welcomed = true;
+      list.append(views.botNoticeItem(text, message.ts));
+      break;
+    }
+    case 'presence': {
+      const user = String(message.user ?? '');
+      const wasHere = room.hasUser(user);
+      room.applyPresence(message.event, user);
+      views.renderUsers($('users'), room.users, s.name);
+      if (message.event === 'join') {
+        const back = s.graceUsers.delete(user) && Date.now() < s.graceUntil;
+        if (back || wasHere) break;
+        list.append(views.eventNoticeItem(`${user} has joined the chat`));
+      } else if (message.event === 'leave') {
+        list.append(views.eventNoticeItem(`${user} has left the chat`));
+      }
+      break;
+    }
+    case 'error': {
+      views.showError($('chat-error'), describe(new RequestError(message.code, message.message)));
+      return;
+    }
+    default:
+      return; // welcome, rooms and future types need nothing here
+  }
+  if (stick) views.scrollToBottom(list);
+}
+
+// ---------------------------------------------------------------- sending
+
+function queueMessage(s, text) {
+  s.outbox.push(text);
+  pumpOutbox(s);
+}
+
+/** Sends queued texts one at a time so they keep their order, waiting out rate limits. */
+async function pumpOutbox(s) {
+  if (s.sending) return;
+  s.sending = true;
+  try {
+    while (s.outbox.length > 0 && s.ready && session === s && !s.ended) {
+      const text = s.outbox[0];
+      try {
+        await s.conn.request({ type: 'send', room: s.room.name, text });
+        s.outbox.shift();
+      } catch (error) {
+        if (error.code === 'rate_limited') {
+          const wait = Number.isFinite(error.retryAfterMs) ? error.retryAfterMs : 1000;
+          await new Promise((resolve) => setTimeout(resolve, Math.max(50, wait)));
+        } else if (error.code === 'offline' || error.code === 'closed') {
+          // The server may or may not have stored it; decide after rejoining.
+          s.outbox.shift();
+          s.inFlight = text;
+          return;
+        } else {
+          s.outbox.shift();
+          restoreDraft(text);
+          views.showError($('chat-error'), describe(error));
+        }
+      }
+    }
+  } finally {
+    s.sending = false;
+  }
+}
+
+/** After a rejoin: was the text whose reply got lost stored after all? If not, give it back. */
+function settleInFlight(s, fresh) {
+  const text = s.inFlight;
+  s.inFlight = null;
+  if (text === null) return;
+  if (fresh.some((m) => m.from === s.name && m.text === text)) return;
+  restoreDraft(text);
+  views.showError($('chat-error'), 'Your last message may not have been sent; it is back in the message box.');
+}
+
+function restoreDraft(text) {
+  const input = $('message-input');
+  if (input.value === '') {
+    input.value = text;
+    views.autosize(input);
+  }
+}
+
+// ---------------------------------------------------------------- history
+
+async function loadOlder(s) {
+  const room = s.room;
+  if (!room || !room.hasOlder || room.loadingOlder || !s.ready || room.minSeq === null) return;
+  room.loadingOlder = true;
+  try {
+    const reply = await s.conn.request({
+      type: 'history', room: room.name, before: room.minSeq, limit: PAGE_SIZE,
+    });
+    if (session !== s) return;
+    const messages = Array.isArray(reply.messages) ? reply.messages : [];
+    room.hasOlder = messages.length >= PAGE_SIZE;
+    const fresh = room.accept(messages);
+    if (fresh.length > 0) {
+      views.prependKeepingScroll($('messages'), fresh.map((m) => views.messageItem(m, s.name)));
+    }
+  } catch (error) {
+    if (error.code !== 'offline' && error.code !== 'closed') {
+      views.showError($('chat-error'), describe(error));
+    }
+  } finally {
+    room.loadingOlder = false;
+  }
+  fillViewportWithHistory(s);
+}
+
+/** With a tall window the list may not scroll at all; then fetch until it does. */
+function fillViewportWithHistory(s) {
+  const list = $('messages');
+  if (s.room && s.room.hasOlder && list.scrollHeight <= list.clientHeight) loadOlder(s);
+}
+
+// ---------------------------------------------------------------- join page
+
+async function refreshRooms() {
+  const select = $('room-select');
+  try {
+    const response = await fetch('/api/rooms', { headers: { Accept: 'application/json' } });
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    const body = await response.json();
+    if (!Array.isArray(body.rooms)) throw new Error('no rooms');
+    const rooms = body.rooms.filter((r) => r && typeof r.name === 'string');
+    views.renderRoomOptions(select, rooms.length > 0 ? rooms : DEFAULT_ROOMS);
+  } catch {
+    if (select.options.length <= 1) views.renderRoomOptions(select, DEFAULT_ROOMS);
+  }
+}
+
+function showJoinPage() {
+  views.showView('join');
+  document.title = 'ChatterPro';
+  $('join-button').disabled = false;
+  refreshRooms();
+  $('nickname').focus();
+}
+
+async function onJoinSubmit(event) {
+  event.preventDefault();
+  const errorBox = $('join-error');
+  const button = $('join-button');
+  const name = $('nickname').value.trim();
+  const newRoom = $('new-room').value.trim();
+  const roomName = newRoom || $('room-select').value;
+  if (!name) {
+    views.showError(errorBox, 'Please choose a nickname.');
+    $('nickname').focus();
+    return;
+  }
+  if (!roomName) {
+    views.showError(errorBox, 'Please pick a room or type a name for a new one.');
+    return;
+  }
+  views.showError(errorBox, '');
+  button.disabled = true;
+  views.setStatus('connecting');
+  try {
+    await startSession(name, roomName);
+    $('new-room').value = '';
+    $('room-select').disabled = false;
+  } catch (error) {
+    views.showError(errorBox, joinErrorText(error));
+    const field = error.code === 'invalid_room' ? $('new-room') : $('nickname');
+    field.focus();
+  } finally {
+    button.disabled = false;
+  }
+}
+
+async function leave() {
+  const s = session;
+  if (!s) return;
+  s.ended = true;
+  session = null;
+  if (s.ready && s.room) {
+    try {
+      await s.conn.request({ type: 'leave', room: s.room.name }, 1500);
+    } catch {
+      // Closing the socket below takes us out of the room anyway.
+    }
+  }
+  s.conn.close(1000, 'left');
+  $('messages').replaceChildren();
+  $('users').replaceChildren();
+  showJoinPage();
+}
+
+// ---------------------------------------------------------------- wiring
+
+function init() {
+  const stored = loadIdentity();
+  if (stored) $('nickname').value = stored.name;
+
+  $('join-form').addEventListener('submit', onJoinSubmit);
+  // A typed room name wins over the picker; make that visible.
+  $('new-room').addEventListener('input', () => {
+    $('room-select').disabled = $('new-room').value.trim() !== '';
+  });
+
+  const input = $('message-input');
+  $('message-form').addEventListener('submit', (event) => {
+    event.preventDefault();
+    const text = input.value;
+    if (!session || !session.joined || text.trim() === '') return;
+    input.value = '';
+    views.autosize(input);
+    views.showError($('chat-error'), '');
+    queueMessage(session, text);
+    input.focus();
+  });
+  input.addEventListener('keydown', (event) => {
+    if (event.key === 'Enter' && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      $('message-form').requestSubmit();
+    }
+  });
+  input.addEventListener('input', () => views.autosize(input));
+
+  $('messages').addEventListener('scroll', () => {
+    if (session && session.room && $('messages').scrollTop < 60) loadOlder(session);
+  }, { passive: true });
+
+  $('leave-button').addEventListener('click', () => { leave(); });
+
+  showJoinPage();
+}
+
+init();

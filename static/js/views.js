@@ -1,0 +1,155 @@
+// Building and updating the DOM.
+//
+// Owns: every element the app creates. Text from the network only ever goes
+// through textContent or attribute setters, never through HTML parsing, so a
+// message like `<img onerror=…>` is shown as the characters it is.
+
+/** The author name shown on notices the server sends (welcome and the like). */
+export const BOT_NAME = 'ChatterPro Bot';
+
+export const $ = (id) => document.getElementById(id);
+
+function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+/** Local time like "1:23 am": 12-hour clock, no leading zero, lowercase am/pm. */
+export function formatTime(ts) {
+  const date = new Date(ts);
+  if (Number.isNaN(date.getTime())) return '';
+  const hours = date.getHours();
+  const minutes = String(date.getMinutes()).padStart(2, '0');
+  return `${hours % 12 || 12}:${minutes} ${hours < 12 ? 'am' : 'pm'}`;
+}
+
+function timeElement(ts) {
+  const time = el('time', 'time', formatTime(ts));
+  const date = new Date(ts);
+  if (!Number.isNaN(date.getTime())) {
+    time.dateTime = date.toISOString();
+    time.title = date.toLocaleString();
+  }
+  return time;
+}
+
+/** Shows exactly one of the two top-level views. */
+export function showView(name) {
+  $('join-view').hidden = name !== 'join';
+  $('chat-view').hidden = name !== 'chat';
+}
+
+export function showError(element, text) {
+  element.textContent = text || '';
+  element.hidden = !text;
+}
+
+/** Fills the room picker, keeping the current choice when it still exists. */
+export function renderRoomOptions(select, rooms) {
+  const previous = select.value;
+  select.replaceChildren();
+  for (const room of rooms) {
+    const option = el('option');
+    option.value = room.name;
+    option.textContent = Number.isInteger(room.online)
+      ? `${room.name} (${room.online} online)`
+      : room.name;
+    select.append(option);
+  }
+  if (rooms.some((room) => room.name === previous)) select.value = previous;
+}
+
+export function renderUsers(list, users, me) {
+  list.replaceChildren();
+  for (const user of users) {
+    const item = el('li', user === me ? 'user me' : 'user', user);
+    list.append(item);
+  }
+}
+
+/** A chat message: <li class="message" data-seq> with .author, .time and .text. */
+export function messageItem(message, me) {
+  const item = el('li', message.from === me ? 'message own' : 'message');
+  item.dataset.seq = String(message.seq);
+  const meta = el('div', 'meta');
+  meta.append(el('span', 'author', message.from), timeElement(message.ts));
+  item.append(meta, el('p', 'text', message.text));
+  return item;
+}
+
+/** A line from the server's bot, e.g. the welcome greeting. */
+export function botNoticeItem(text, ts) {
+  const item = el('li', 'notice bot');
+  const meta = el('div', 'meta');
+  meta.append(el('span', 'author', BOT_NAME), timeElement(ts ?? Date.now()));
+  item.append(meta, el('p', 'text', text));
+  return item;
+}
+
+/** A one-line event such as "bob has joined the chat". */
+export function eventNoticeItem(text, kind = 'presence') {
+  const item = el('li', `notice ${kind}`);
+  item.append(el('p', 'text', text));
+  return item;
+}
+
+/** Inserts a message item so that data-seq stays ascending among messages. */
+export function insertBySeq(list, item, seq) {
+  const messages = list.querySelectorAll('li.message');
+  for (let i = messages.length - 1; i >= 0; i -= 1) {
+    if (Number(messages[i].dataset.seq) < seq) {
+      messages[i].after(item);
+      return;
+    }
+  }
+  if (messages.length > 0) {
+    messages[0].before(item);
+  } else {
+    list.append(item);
+  }
+}
+
+/** Adds older items above everything, keeping what the reader looks at in place. */
+export function prependKeepingScroll(list, items) {
+  const before = list.scrollHeight;
+  const top = list.scrollTop;
+  const anchor = list.querySelector('li.message');
+  const fragment = document.createDocumentFragment();
+  fragment.append(...items);
+  if (anchor) {
+    anchor.before(fragment);
+  } else {
+    list.prepend(fragment);
+  }
+  list.scrollTop = top + (list.scrollHeight - before);
+}
+
+export function isNearBottom(list, slack = 80) {
+  return list.scrollHeight - list.scrollTop - list.clientHeight < slack;
+}
+
+export function scrollToBottom(list) {
+  list.scrollTop = list.scrollHeight;
+}
+
+/** Grows the message box with its content, up to the CSS max-height. */
+export function autosize(textarea) {
+  textarea.style.height = 'auto';
+  if (textarea.value === '') return; // the placeholder must not size it
+  textarea.style.height = `${textarea.scrollHeight}px`;
+}
+
+const STATUS_TEXT = {
+  connecting: 'Connecting…',
+  connected: 'Connected',
+  reconnecting: 'Connection lost — reconnecting…',
+  disconnected: 'Disconnected',
+};
+
+export function setStatus(state) {
+  const status = $('status');
+  status.dataset.state = state;
+  status.textContent = STATUS_TEXT[state] ?? state;
+}
