@@ -258,7 +258,7 @@ function onPush(s, message) {
     case 'presence': {
       const user = String(message.user ?? '');
       const wasHere = room.hasUser(user);
-      room.applyPresence(message.event, user);
+      room.applyPresence(message.event, user, message.users);
       views.renderUsers($('users'), room.users, s.name);
       if (message.event === 'join') {
         const back = s.graceUsers.delete(user) && Date.now() < s.graceUntil;

@@ -52,12 +52,16 @@ export class RoomState {
   }
 
   /**
-   * Applies one presence event. The event itself is trusted rather than the
-   * `users` list riding on it: that list is a snapshot from when the event
-   * was made, and one made while we were still joining can arrive after the
-   * newer snapshot in our `joined` reply.
+   * Applies one presence event. The server's `users` list is authoritative:
+   * it is computed when the event happens and the server never delivers an
+   * older list after a newer one. Only if it is missing is the change
+   * applied by hand.
    */
-  applyPresence(event, user) {
+  applyPresence(event, user, users) {
+    if (Array.isArray(users)) {
+      this.setUsers(users);
+      return;
+    }
     if (typeof user !== 'string' || user === '') return;
     if (event === 'join' && !this.users.includes(user)) {
       this.setUsers([...this.users, user]);

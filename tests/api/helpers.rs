@@ -27,7 +27,7 @@ pub struct TestApp {
     _dir: Option<tempfile::TempDir>,
 }
 
-/// Lifts the per-connection rate limits, for tests that send floods on purpose.
+/// Lifts the rate limits, for tests that send floods on purpose.
 pub fn unlimited(config: &mut Config) {
     let many = std::num::NonZeroU32::new(1_000_000).unwrap();
     config.msg_rate = many;
@@ -36,6 +36,7 @@ pub fn unlimited(config: &mut Config) {
     config.request_burst = many;
     config.join_rate = many;
     config.join_burst = many;
+    config.rooms_per_ip_per_minute = many;
 }
 
 /// A server on a fresh temporary database.

@@ -178,3 +178,38 @@ async fn presence_lists_follow_joins_leaves_and_disconnects() {
         ["newcomer", "observer", "p0", "p2", "p4", "p5"]
     );
 }
+
+/// Regression: a presence frame held back while a member was still joining
+/// used to arrive after its `joined`, carrying an older users list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_joiners_end_with_the_full_users_list() {
+    let app = spawn_app_with(unlimited).await;
+    for round in 0..10 {
+        let room = format!("Round {round}");
+        let mut clients = Vec::new();
+        for i in 0..6 {
+            clients.push(app.user(&format!("r{round}u{i}")).await);
+        }
+        // Fire all joins before reading anything.
+        for c in &mut clients {
+            c.send_json(json!({"type":"join","room":room})).await;
+        }
+        let expected: Vec<String> = (0..6).map(|i| format!("r{round}u{i}")).collect();
+        for c in &mut clients {
+            let mut users = users_of(&c.recv_until("joined").await);
+            // Read until the room is complete; every list must only grow.
+            while users.len() < 6 {
+                let v = c.recv().await;
+                if v["type"] == "presence" {
+                    let next = users_of(&v);
+                    assert!(
+                        next.len() > users.len(),
+                        "stale presence list {next:?} after {users:?}"
+                    );
+                    users = next;
+                }
+            }
+            assert_eq!(users, expected);
+        }
+    }
+}
