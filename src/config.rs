@@ -10,10 +10,32 @@ use crate::limits::LimitsConfig;
 
 /// ChatterPro: a real-time multi-room chat server with its browser app.
 ///
-/// With no arguments it serves http://127.0.0.1:3000 and keeps its data in
+/// With no subcommand it serves http://127.0.0.1:3000 and keeps its data in
 /// ./chatterpro.db (SQLite).
 #[derive(Debug, Clone, Parser)]
-#[command(name = "chatterpro", version, about, long_about)]
+#[command(
+    name = "chatterpro",
+    version,
+    about,
+    long_about,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub serve: Config,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Load generator: drives any ChatterPro server with protocol v1 traffic.
+    Bench(crate::bench::BenchArgs),
+}
+
+/// The server's settings.
+#[derive(Debug, Clone, clap::Args)]
 pub struct Config {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, env = "CHATTERPRO_ADDR", default_value = "127.0.0.1:3000")]
@@ -147,7 +169,7 @@ impl Config {
 
     /// Settings for tests and embedding: defaults, with this database and a free port.
     pub fn for_tests(database_url: impl Into<String>) -> Self {
-        let mut config = Config::parse_from(["chatterpro"]);
+        let mut config = Cli::parse_from(["chatterpro"]).serve;
         config.addr = SocketAddr::from(([127, 0, 0, 1], 0));
         config.database_url = database_url.into();
         config

@@ -2,6 +2,7 @@
 //!
 //! Module map (dependencies point down this list, never up):
 //! - [`app`]: builds everything from [`config`], binds, runs until shutdown.
+//! - [`bench`]: the `chatterpro bench` load generator (a client; uses nothing of the server).
 //! - [`http`]: the router — WebSocket upgrade, embedded assets, health, metrics.
 //! - [`conn`]: one WebSocket session: reader loop, writer task, bounded outbox.
 //! - [`hub`]: names, rooms, presence, the group-commit writer — who is where.
@@ -11,6 +12,7 @@
 //! - [`domain`]: validated names and texts; [`clock`], [`metrics`], [`telemetry`].
 
 pub mod app;
+pub mod bench;
 pub mod broker;
 pub mod clock;
 pub mod config;

@@ -1,13 +1,17 @@
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 
-use chatterpro::{App, Config, telemetry};
+use chatterpro::config::{Cli, Command};
+use chatterpro::{App, bench, telemetry};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = Config::parse();
+    let cli = Cli::parse();
     telemetry::init();
-    let app = App::build(config).await?;
+    if let Some(Command::Bench(args)) = cli.command {
+        return bench::run(args).await;
+    }
+    let app = App::build(cli.serve).await?;
     // Tests and scripts read this line to learn the port.
     println!("listening on http://{}", app.local_addr());
     app.run(shutdown_signal()).await
