@@ -144,6 +144,11 @@ impl Client {
         request
             .headers_mut()
             .insert("origin", origin.parse().unwrap());
+        Self::try_connect(request).await
+    }
+
+    /// Connects; returns the HTTP status if the upgrade is refused.
+    pub async fn try_connect(request: impl IntoClientRequest + Unpin) -> Result<Client, u16> {
         match tokio_tungstenite::connect_async(request).await {
             Ok((ws, _)) => Ok(Client { ws }),
             Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
@@ -228,10 +233,15 @@ impl Client {
         }
     }
 
-    /// Asserts nothing arrives for `wait`.
+    /// Asserts nothing but pings arrives for `wait` (reading all along, so
+    /// pings are answered).
     pub async fn expect_silence(&mut self, wait: Duration) {
-        if let Ok(next) = tokio::time::timeout(wait, self.ws.next()).await {
-            panic!("expected silence, got {next:?}");
+        let deadline = tokio::time::Instant::now() + wait;
+        while let Ok(next) = tokio::time::timeout_at(deadline, self.ws.next()).await {
+            match next {
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => panic!("expected silence, got {other:?}"),
+            }
         }
     }
 

@@ -3,6 +3,7 @@
 mod bench_smoke;
 mod helpers;
 mod http;
+mod limits;
 mod persistence;
 mod process;
 mod properties;

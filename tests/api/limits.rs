@@ -1,0 +1,293 @@
+//! Every limit bites, and honest traffic just under it passes.
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::helpers::{Client, TestApp, spawn_app, spawn_app_with};
+
+fn nz(n: u32) -> NonZeroU32 {
+    NonZeroU32::new(n).unwrap()
+}
+
+async fn try_connect(app: &TestApp) -> Result<Client, u16> {
+    Client::try_connect(app.ws_url()).await
+}
+
+/// Sends `n` messages without waiting; returns (accepted, rate-limited) counts.
+async fn burst_of_sends(c: &mut Client, n: usize) -> (usize, Vec<u64>) {
+    for i in 0..n {
+        c.send_json(json!({"type":"send","room":"Chat Room","text":format!("b{i}"),"ref":i}))
+            .await;
+    }
+    let mut sent = 0;
+    let mut retries = Vec::new();
+    while sent + retries.len() < n {
+        let v = c.recv().await;
+        match v["type"].as_str() {
+            Some("sent") => sent += 1,
+            Some("error") => {
+                assert_eq!(v["code"], "rate_limited", "{v}");
+                retries.push(v["retry_after_ms"].as_u64().expect("retry_after_ms"));
+            }
+            _ => {}
+        }
+    }
+    (sent, retries)
+}
+
+#[tokio::test]
+async fn messages_are_limited_to_a_burst_then_a_steady_rate() {
+    let app = spawn_app().await; // defaults: 10/s, burst 20
+    let mut c = app.member("alice", "Chat Room").await;
+    let (sent, retries) = burst_of_sends(&mut c, 25).await;
+    // 20 from the burst; a slow machine may refill one or two meanwhile.
+    assert!((20..=22).contains(&sent), "{sent} accepted");
+    assert_eq!(retries.len(), 25 - sent);
+    assert!(
+        retries.iter().all(|&ms| ms > 0 && ms <= 1000),
+        "{retries:?}"
+    );
+    // Waiting as told works.
+    tokio::time::sleep(Duration::from_millis(retries[0] + 10)).await;
+    c.say("Chat Room", "after waiting").await;
+    // Nothing refused was stored.
+    c.send_json(json!({"type":"history","room":"Chat Room","limit":200}))
+        .await;
+    let h = c.recv_until("history").await;
+    assert_eq!(h["messages"].as_array().unwrap().len(), sent + 1);
+}
+
+#[tokio::test]
+async fn honest_traffic_just_under_the_message_rate_passes() {
+    let app = spawn_app_with(|c| {
+        c.msg_rate = nz(20);
+        c.msg_burst = nz(2);
+    })
+    .await;
+    let mut c = app.member("alice", "Chat Room").await;
+    // 16/s for 2 s against a steady 20/s: never refused.
+    for i in 0..32 {
+        let sent = c.say("Chat Room", &format!("steady {i}")).await;
+        assert_eq!(sent["type"], "sent");
+        tokio::time::sleep(Duration::from_millis(62)).await;
+    }
+}
+
+#[tokio::test]
+async fn joins_are_rate_limited() {
+    let app = spawn_app_with(|c| {
+        c.join_rate = nz(1);
+        c.join_burst = nz(5);
+    })
+    .await;
+    let mut c = app.user("alice").await;
+    for _ in 0..5 {
+        c.send_json(json!({"type":"join","room":"Chat Room"})).await;
+        c.recv_until("joined").await;
+    }
+    c.send_json(json!({"type":"join","room":"Chat Room","ref":"j"}))
+        .await;
+    let e = c.recv_error("rate_limited").await;
+    assert_eq!(e["ref"], "j");
+    let wait = e["retry_after_ms"].as_u64().unwrap();
+    assert!(wait > 0 && wait <= 1000);
+    tokio::time::sleep(Duration::from_millis(wait + 10)).await;
+    c.send_json(json!({"type":"join","room":"Chat Room"})).await;
+    c.recv_until("joined").await;
+}
+
+#[tokio::test]
+async fn every_request_counts_against_the_request_rate() {
+    let app = spawn_app_with(|c| {
+        c.request_rate = nz(1);
+        c.request_burst = nz(10);
+    })
+    .await;
+    let mut c = app.client().await;
+    // Bad frames count too: they cost work.
+    for _ in 0..9 {
+        c.send_text("garbage").await;
+        c.recv_error("bad_request").await;
+    }
+    c.send_json(json!({"type":"hello","name":"alice"})).await;
+    c.recv_type("welcome").await;
+    c.send_json(json!({"type":"rooms","ref":1})).await;
+    let e = c.recv_error("rate_limited").await;
+    assert_eq!(e["ref"], 1);
+    tokio::time::sleep(Duration::from_millis(
+        e["retry_after_ms"].as_u64().unwrap() + 10,
+    ))
+    .await;
+    c.sync().await;
+}
+
+#[tokio::test]
+async fn rooms_joined_at_once_are_capped() {
+    let app = spawn_app_with(|c| c.max_rooms_per_conn = 2).await;
+    let mut c = app.member("alice", "Chat Room").await;
+    c.join("Gaming Room").await;
+    c.send_json(json!({"type":"join","room":"Business Room"}))
+        .await;
+    let e = c.recv_error("rate_limited").await;
+    assert!(e.get("retry_after_ms").is_none());
+    // Re-joining a room already joined is not a new room.
+    c.send_json(json!({"type":"join","room":"Chat Room"})).await;
+    c.recv_type("joined").await;
+    c.send_json(json!({"type":"leave","room":"Gaming Room"}))
+        .await;
+    c.recv_type("left").await;
+    c.join("Business Room").await;
+}
+
+#[tokio::test]
+async fn ignoring_retry_after_gets_the_connection_closed_with_1008() {
+    let app = spawn_app_with(|c| {
+        c.msg_rate = nz(1);
+        c.msg_burst = nz(1);
+        c.abuse_strikes = nz(5);
+    })
+    .await;
+    let mut c = app.member("spammer", "Chat Room").await;
+    for i in 0..40 {
+        c.send_json(json!({"type":"send","room":"Chat Room","text":format!("spam {i}")}))
+            .await;
+    }
+    assert_eq!(c.recv_close().await, Some(1008));
+    // The one message within the limit is all that was stored.
+    let mut watcher = app.member("watcher", "Chat Room").await;
+    watcher
+        .send_json(json!({"type":"history","room":"Chat Room"}))
+        .await;
+    let h = watcher.recv_until("history").await;
+    assert_eq!(h["messages"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_client_that_waits_as_told_is_never_closed() {
+    let app = spawn_app_with(|c| {
+        c.msg_rate = nz(20);
+        c.msg_burst = nz(1);
+        c.abuse_strikes = nz(2);
+    })
+    .await;
+    let mut c = app.member("eager", "Chat Room").await;
+    let mut delivered = 0;
+    let mut refusals = 0;
+    while delivered < 30 {
+        c.send_json(json!({"type":"send","room":"Chat Room","text":format!("m{delivered}")}))
+            .await;
+        loop {
+            let v = c.recv().await;
+            match v["type"].as_str() {
+                Some("sent") => {
+                    delivered += 1;
+                    break;
+                }
+                Some("error") => {
+                    assert_eq!(v["code"], "rate_limited");
+                    refusals += 1;
+                    let wait = v["retry_after_ms"].as_u64().unwrap();
+                    tokio::time::sleep(Duration::from_millis(wait)).await;
+                    break;
+                }
+                _ => {}
+            }
+        }
+    }
+    assert!(
+        refusals > 2,
+        "the test should have been refused more than the strikes allow"
+    );
+}
+
+#[tokio::test]
+async fn connections_per_address_are_capped_with_429() {
+    let app = spawn_app_with(|c| c.max_conns_per_ip = 3).await;
+    let a = app.client().await;
+    let _b = app.client().await;
+    let _c = app.client().await;
+    assert_eq!(try_connect(&app).await.err(), Some(429));
+    a.close().await;
+    // The place frees when the connection ends.
+    for _ in 0..50 {
+        if let Ok(mut d) = try_connect(&app).await {
+            d.hello("dora").await;
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("a closed connection did not free its place");
+}
+
+#[tokio::test]
+async fn new_connections_per_address_per_minute_are_capped_with_429() {
+    let app = spawn_app_with(|c| c.conns_per_ip_per_minute = nz(4)).await;
+    for _ in 0..4 {
+        try_connect(&app)
+            .await
+            .expect("within the rate")
+            .close()
+            .await;
+    }
+    assert_eq!(try_connect(&app).await.err(), Some(429));
+}
+
+#[tokio::test]
+async fn the_server_refuses_upgrades_beyond_its_maximum_with_503() {
+    let app = spawn_app_with(|c| c.max_connections = 2).await;
+    let _a = app.client().await;
+    let _b = app.client().await;
+    assert_eq!(try_connect(&app).await.err(), Some(503));
+}
+
+#[tokio::test]
+async fn room_creation_is_rate_limited_per_address() {
+    let app = spawn_app_with(|c| c.rooms_per_ip_per_minute = nz(2)).await;
+    let mut c = app.member("alice", "New One").await;
+    c.join("New Two").await;
+    c.send_json(json!({"type":"join","room":"New Three","ref":3}))
+        .await;
+    let e = c.recv_error("rate_limited").await;
+    assert_eq!(e["ref"], 3);
+    assert!(e["retry_after_ms"].as_u64().unwrap() > 1000);
+    // Joining existing rooms is not creating.
+    c.join("Chat Room").await;
+    let mut other = app.user("bob").await;
+    other.join("New One").await;
+    // The refused room was not created.
+    other.send_json(json!({"type":"rooms"})).await;
+    let rooms = other.recv_until("rooms").await;
+    assert!(
+        !rooms["rooms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["name"] == "New Three")
+    );
+}
+
+#[tokio::test]
+async fn a_peer_that_stops_answering_pings_is_dropped_and_leaves() {
+    let app = spawn_app_with(|c| c.ping_interval = Duration::from_millis(200)).await;
+    let mut alive = app.member("alive", "Chat Room").await;
+    let half_open = app.member("ghost", "Chat Room").await;
+    alive.recv_type("presence").await;
+    // `ghost` is never polled again, so it never answers a ping. `alive`
+    // keeps reading (and so answering pings) for well over two intervals.
+    let started = std::time::Instant::now();
+    let p = alive.recv_type("presence").await;
+    assert_eq!(p["event"], "leave");
+    assert_eq!(p["user"], "ghost");
+    // Two intervals plus one for the check to run, plus slack.
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    // The live client, which answers pings while it reads, was not dropped.
+    alive.expect_silence(Duration::from_millis(800)).await;
+    alive.sync().await;
+    drop(half_open);
+}
