@@ -104,3 +104,63 @@ async fn joining_during_a_burst_sees_every_message_exactly_once_in_order() {
         assert_eq!(seqs, (1..=total).collect::<Vec<_>>());
     }
 }
+
+#[tokio::test]
+async fn a_dropped_client_resumes_with_exactly_what_it_missed() {
+    let app = spawn_app_with(unlimited).await;
+    let mut sender = app.member("sender", "Chat Room").await;
+    let mut alice = app.client().await;
+    let session = alice.hello("alice").await["session"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    alice.join("Chat Room").await;
+    sender.recv_type("presence").await;
+    for i in 0..5 {
+        sender.say("Chat Room", &format!("before {i}")).await;
+    }
+    let mut last_seen = 0;
+    while last_seen < 5 {
+        let m = alice.recv_until("message").await;
+        last_seen = m["seq"].as_u64().unwrap();
+    }
+    // Abrupt: the TCP connection goes away without a close frame.
+    drop(alice);
+    for i in 0..200 {
+        sender
+            .send_json(json!({"type":"send","room":"Chat Room","text":format!("missed {i}")}))
+            .await;
+    }
+    let mut acked = 0;
+    while acked < 200 {
+        if sender.recv().await["type"] == "sent" {
+            acked += 1;
+        }
+    }
+    // Whether or not the server has noticed the drop yet, the token reclaims the name.
+    let mut back = app.client().await;
+    back.send_json(json!({"type":"hello","name":"alice","session":session}))
+        .await;
+    back.recv_type("welcome").await;
+    back.send_json(json!({"type":"join","room":"Chat Room","since":last_seen}))
+        .await;
+    let joined = back.recv_type("joined").await;
+    let expected: Vec<String> = (0..200).map(|i| format!("missed {i}")).collect();
+    assert_eq!(texts(&joined["messages"]), expected);
+    let seqs: Vec<u64> = joined["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, (6..=205).collect::<Vec<_>>());
+    assert_eq!(joined["last_seq"], 205);
+    // And live delivery continues after the catch-up, with nothing repeated.
+    back.recv_type("notice").await;
+    sender.say("Chat Room", "welcome back").await;
+    let m = back.recv_until("message").await;
+    assert_eq!(
+        (m["seq"].as_u64(), m["text"].as_str()),
+        (Some(206), Some("welcome back"))
+    );
+}
