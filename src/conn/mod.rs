@@ -39,8 +39,9 @@ const COALESCE_MAX: usize = 64;
 /// How long a closing connection may take to flush its last frames.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// How long a write already under way may go on after the connection was
-/// told to close; past it the socket is considered stuck and dropped.
-const STALLED_WRITE_GRACE: Duration = Duration::from_secs(1);
+/// told to close (a slow reader still gets its close code); past it the
+/// socket is considered stuck and dropped without one.
+const STALLED_WRITE_GRACE: Duration = Duration::from_secs(3);
 
 /// Runs one connection until it closes. `close_all` asks every connection to
 /// close with 1001 (server shutdown), after flushing what is queued. The

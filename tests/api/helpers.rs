@@ -88,6 +88,19 @@ impl TestApp {
         Client { ws }
     }
 
+    /// A client whose socket receive buffer is small and fixed (no kernel
+    /// autotuning, which on loopback can absorb tens of megabytes): what a
+    /// stalled reader looks like to the server, quickly.
+    pub async fn stalled_client(&self) -> Client {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(32 * 1024).expect("SO_RCVBUF");
+        let stream = socket.connect(self.addr).await.expect("tcp connect");
+        let (ws, _) = tokio_tungstenite::client_async(self.ws_url(), MaybeTlsStream::Plain(stream))
+            .await
+            .expect("websocket connects");
+        Client { ws }
+    }
+
     /// A client that has said hello as `name`.
     pub async fn user(&self, name: &str) -> Client {
         let mut c = self.client().await;

@@ -65,21 +65,24 @@ async fn a_client_that_stops_reading_is_closed_with_1013_and_others_are_unaffect
     // honest reader needs an outbox at least that deep.
     let app = spawn_app_with(|c| {
         unlimited(c);
-        c.outbox_capacity = 64;
+        c.outbox_capacity = 256;
         c.write_batch = 16;
     })
     .await;
     let mut reader = app.member("reader", "Chat Room").await;
     let mut sender = app.member("sender", "Chat Room").await;
-    let mut stalled = app.member("stalled", "Chat Room").await;
+    let mut stalled = app.stalled_client().await;
+    stalled.hello("stalled").await;
+    stalled.join("Chat Room").await;
     reader.recv_type("presence").await;
     reader.recv_type("presence").await;
     sender.recv_type("presence").await;
 
-    // ~8 MB of messages: far more than the stalled client's socket buffers
-    // and its 64-frame outbox can hold.
+    // ~12 MB of messages: far more than the stalled client's 32 KiB receive
+    // buffer, the server's send buffer (at most 4 MiB here) and its
+    // 256-frame outbox can hold.
     let text = "z".repeat(3900);
-    let total = 2000;
+    let total = 3000;
     use futures_util::StreamExt;
     let (mut sender_tx, mut sender_rx) = sender.ws.split();
     let flood = async {
@@ -91,9 +94,11 @@ async fn a_client_that_stops_reading_is_closed_with_1013_and_others_are_unaffect
                 .unwrap();
         }
     };
+    let (left_tx, left_rx) = tokio::sync::oneshot::channel();
     let read_all = async {
         let mut seen = 0;
         let mut left = Vec::new();
+        let mut left_tx = Some(left_tx);
         while seen < total || left.is_empty() {
             let v = reader.recv().await;
             if v["type"] == "message" {
@@ -102,9 +107,18 @@ async fn a_client_that_stops_reading_is_closed_with_1013_and_others_are_unaffect
             } else if v["type"] == "presence" {
                 assert_eq!(v["event"], "leave");
                 left.push(v["user"].as_str().unwrap().to_owned());
+                if let Some(tx) = left_tx.take() {
+                    let _ = tx.send(());
+                }
             }
         }
         left
+    };
+    // Once the server has given up on the stalled client, it reads again:
+    // whatever was buffered, then the 1013 close.
+    let stalled_wakes = async {
+        left_rx.await.expect("the stalled client was dropped");
+        stalled.recv_close().await
     };
     let drain_sender = async {
         let mut seen = 0;
@@ -116,15 +130,14 @@ async fn a_client_that_stops_reading_is_closed_with_1013_and_others_are_unaffect
             }
         }
     };
-    let ((), left, ()) = tokio::join!(flood, read_all, drain_sender);
+    let ((), left, (), close) = tokio::join!(flood, read_all, drain_sender, stalled_wakes);
     // The stalled client left the room for the others, and only it did.
     assert_eq!(left, ["stalled"]);
-    // Reading it now gives whatever was buffered, then a 1013 close.
-    assert_eq!(stalled.recv_close().await, Some(1013));
+    assert_eq!(close, Some(1013));
 
     // And it can come back and resume without loss.
     let mut back = app.user("stalled").await;
-    back.send_json(json!({"type":"join","room":"Chat Room","since":1990}))
+    back.send_json(json!({"type":"join","room":"Chat Room","since":total - 10}))
         .await;
     let joined = back.recv_type("joined").await;
     assert_eq!(joined["messages"].as_array().unwrap().len(), 10);
