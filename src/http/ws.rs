@@ -47,26 +47,29 @@ pub async fn upgrade(
 }
 
 fn refused(admission: Admission) -> Response {
-    match admission {
+    let (status, retry_after_secs, text) = match admission {
         Admission::ServerFull => (
             StatusCode::SERVICE_UNAVAILABLE,
-            [(header::RETRY_AFTER, "5")],
+            5,
             "the server is at its connection limit\n",
-        )
-            .into_response(),
+        ),
         Admission::TooManyFromAddress => (
             StatusCode::TOO_MANY_REQUESTS,
-            [(header::RETRY_AFTER, "5".to_owned())],
+            5,
             "too many connections from your address\n",
-        )
-            .into_response(),
+        ),
         Admission::TooFastFromAddress(retry) => (
             StatusCode::TOO_MANY_REQUESTS,
-            [(header::RETRY_AFTER, retry.0.as_secs().max(1).to_string())],
+            retry.0.as_secs().max(1),
             "too many new connections from your address\n",
-        )
-            .into_response(),
-    }
+        ),
+    };
+    (
+        status,
+        [(header::RETRY_AFTER, retry_after_secs.to_string())],
+        text,
+    )
+        .into_response()
 }
 
 /// Browsers always send `Origin` on WebSocket upgrades; a page on another
