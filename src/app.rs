@@ -28,6 +28,9 @@ use crate::storage::{MessageStore, SqliteStore, StorageError};
 
 /// How long shutdown waits for connections to say goodbye.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long shutdown waits for storage to take what was queued (a hung disk
+/// must not hang the process forever).
+const WRITER_GRACE: Duration = Duration::from_secs(30);
 
 pub struct App {
     listener: TcpListener,
@@ -48,6 +51,7 @@ async fn open_store(url: &str) -> Result<Arc<dyn MessageStore>, StorageError> {
 impl App {
     /// Opens storage, creates the default rooms and binds the listener.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        config.validate().map_err(anyhow::Error::msg)?;
         let store = open_store(&config.database_url)
             .await
             .with_context(|| format!("opening {}", config.database_url))?;
@@ -81,6 +85,7 @@ impl App {
             hub: Arc::new(hub),
             conn_settings: conn::Settings {
                 outbox_capacity: config.outbox_capacity as usize,
+                outbox_bytes: config.outbox_bytes,
                 ping_interval: config.ping_interval,
             },
             limits: AddressLimits::new(config.limits()),
@@ -132,8 +137,10 @@ impl App {
         stop_accepting.cancel();
         // Store everything queued before any connection is told to go.
         writer_stop.cancel();
-        if let Err(e) = writer.await {
-            tracing::error!(error = %e, "writer task failed");
+        match tokio::time::timeout(WRITER_GRACE, writer).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "writer task failed"),
+            Err(_) => tracing::error!("storage did not finish the queued writes in time"),
         }
         state.close_connections.cancel();
         state.sessions.close();

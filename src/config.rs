@@ -77,7 +77,14 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(16..))]
     pub outbox_capacity: u32,
 
-    /// Most messages stored in one transaction (group commit).
+    /// Bytes queued for one connection before it counts as too slow (1013).
+    /// One reply larger than this still goes out to a connection with nothing queued.
+    #[arg(long, env = "CHATTERPRO_OUTBOX_BYTES", default_value_t = 8 * 1024 * 1024)]
+    pub outbox_bytes: usize,
+
+    /// Most messages stored in one transaction (group commit). One commit
+    /// delivers up to this many frames at once, so --outbox-capacity must be
+    /// at least twice this.
     #[arg(long, env = "CHATTERPRO_WRITE_BATCH", default_value_t = 512,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub write_batch: u32,
@@ -88,10 +95,10 @@ pub struct Config {
     #[arg(long, env = "CHATTERPRO_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
 
-    /// How often the server pings each connection; one that has not answered
-    /// for two intervals is closed (4000) and leaves its rooms.
+    /// How often the server pings each connection (at least 100ms); one that
+    /// has not answered a ping within two intervals is closed (4000) and leaves its rooms.
     #[arg(long, env = "CHATTERPRO_PING_INTERVAL", default_value = "20s",
-          value_parser = humantime::parse_duration)]
+          value_parser = parse_ping_interval)]
     pub ping_interval: Duration,
 
     /// Messages one connection may send per second, steadily...
@@ -149,7 +156,27 @@ pub struct Config {
     pub rooms_per_ip_per_minute: NonZeroU32,
 }
 
+fn parse_ping_interval(raw: &str) -> Result<Duration, String> {
+    let interval = humantime::parse_duration(raw).map_err(|e| e.to_string())?;
+    if interval < Duration::from_millis(100) {
+        return Err("must be at least 100ms".into());
+    }
+    Ok(interval)
+}
+
 impl Config {
+    /// Checks settings that depend on each other.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.outbox_capacity < 2 * self.write_batch {
+            return Err(format!(
+                "--outbox-capacity ({}) must be at least twice --write-batch ({}): one commit \
+                 can deliver that many frames to a member at once",
+                self.outbox_capacity, self.write_batch
+            ));
+        }
+        Ok(())
+    }
+
     pub fn limits(&self) -> LimitsConfig {
         LimitsConfig {
             msg_rate: self.msg_rate,

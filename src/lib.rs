@@ -9,7 +9,8 @@
 //! - [`storage`]: the `MessageStore` trait and its SQLite implementation.
 //! - [`broker`]: the `Broker` trait (fan-out between servers) and its in-process implementation.
 //! - [`protocol`]: the wire format (requests, replies, error codes, limits).
-//! - [`domain`]: validated names and texts; [`clock`], [`metrics`], [`telemetry`].
+//! - [`domain`]: validated names and texts; [`frame`]: a serialized frame shared by
+//!   its recipients; [`clock`], [`metrics`], [`telemetry`].
 
 pub mod app;
 pub mod bench;
@@ -18,6 +19,7 @@ pub mod clock;
 pub mod config;
 pub mod conn;
 pub mod domain;
+pub mod frame;
 pub mod http;
 pub mod hub;
 pub mod limits;

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 
 use super::{Broker, BrokerError, LocalDelivery};
 use crate::domain::RoomName;
-use crate::hub::Frame;
+use crate::frame::Frame;
 
 pub struct LocalBroker {
     delivery: Arc<dyn LocalDelivery>,

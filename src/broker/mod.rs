@@ -13,7 +13,7 @@ pub use local::LocalBroker;
 use async_trait::async_trait;
 
 use crate::domain::RoomName;
-use crate::hub::Frame;
+use crate::frame::Frame;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {

@@ -20,7 +20,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::{Frame, Hub, Kick, Peer};
+use crate::hub::{Frame, Hub, Kick, OutboxBudget, Peer};
 use crate::limits::{AddressLimits, ConnPermit};
 use crate::protocol::close;
 use session::Session;
@@ -30,6 +30,8 @@ use session::Session;
 pub struct Settings {
     /// Frames queued before the connection counts as too slow (1013).
     pub outbox_capacity: usize,
+    /// Bytes queued before the connection counts as too slow (1013).
+    pub outbox_bytes: usize,
     /// How often to ping; two intervals without hearing from the client close it.
     pub ping_interval: Duration,
 }
@@ -58,9 +60,14 @@ pub async fn serve(
     let (outbox_tx, outbox_rx) = mpsc::channel(settings.outbox_capacity);
     let kick = Arc::new(Kick::default());
     let ping = Arc::new(Notify::new());
-    let peer = Peer::new(outbox_tx, kick.clone());
+    let budget = Arc::new(OutboxBudget::new(settings.outbox_bytes));
+    let peer = Peer::new(outbox_tx, budget.clone(), kick.clone());
     let (sink, stream) = socket.split();
-    let mut writer = tokio::spawn(write_loop(sink, outbox_rx, kick.clone(), ping.clone()));
+    let outbox = Outbox {
+        rx: outbox_rx,
+        budget,
+    };
+    let mut writer = tokio::spawn(write_loop(sink, outbox, kick.clone(), ping.clone()));
 
     let mut session = Session::new(hub.clone(), peer.clone(), address_limits, permit.ip());
     read_loop(
@@ -151,9 +158,28 @@ fn is_too_big(e: axum::Error) -> bool {
     )
 }
 
+/// The receiving end of a connection's outbox, with its byte count. Bytes
+/// stay counted until they are flushed to the socket, not merely taken off
+/// the queue: frames handed to the WebSocket layer sit in its write buffer
+/// until the peer reads.
+struct Outbox {
+    rx: mpsc::Receiver<Frame>,
+    budget: Arc<OutboxBudget>,
+}
+
+impl Outbox {
+    async fn recv(&mut self) -> Option<Frame> {
+        self.rx.recv().await
+    }
+
+    fn try_recv(&mut self) -> Option<Frame> {
+        self.rx.try_recv().ok()
+    }
+}
+
 async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
-    mut outbox_rx: mpsc::Receiver<Frame>,
+    mut outbox: Outbox,
     kick: Arc<Kick>,
     ping: Arc<Notify>,
 ) {
@@ -162,7 +188,7 @@ async fn write_loop(
             biased;
             () = kick.kicked() => break,
             () = ping.notified() => sink.send(Message::Ping(Default::default())).await,
-            frame = outbox_rx.recv() => {
+            frame = outbox.recv() => {
                 let Some(frame) = frame else { break };
                 // A client that stopped reading can block a write forever;
                 // once the connection is told to close, give it a moment, then drop it.
@@ -171,7 +197,7 @@ async fn write_loop(
                     tokio::time::sleep(STALLED_WRITE_GRACE).await;
                 };
                 tokio::select! {
-                    written = write_batch(&mut sink, frame, &mut outbox_rx) => written,
+                    written = write_batch(&mut sink, frame, &mut outbox) => written,
                     () = stalled => return,
                 }
             }
@@ -182,12 +208,20 @@ async fn write_loop(
         }
     }
     let (code, reason) = kick.reason().unwrap_or((1000, ""));
-    // A slow consumer is cut off at once; otherwise what is queued (a last
-    // `sent`, a final message before shutdown) is worth flushing first.
-    if code != close::TRY_AGAIN_LATER
-        && let Ok(frame) = outbox_rx.try_recv()
-    {
-        let _ = write_batch(&mut sink, frame, &mut outbox_rx).await;
+    // A slow consumer is cut off at once. Otherwise everything queued (the
+    // last `sent`s and messages before a shutdown) is flushed first, within
+    // the grace a stuck socket gets.
+    if code != close::TRY_AGAIN_LATER {
+        let flush_all = async {
+            while let Some(frame) = outbox.try_recv() {
+                write_batch(&mut sink, frame, &mut outbox).await?;
+            }
+            Ok::<(), axum::Error>(())
+        };
+        match tokio::time::timeout(STALLED_WRITE_GRACE, flush_all).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) | Err(_) => return,
+        }
     }
     let close = CloseFrame {
         code,
@@ -200,16 +234,22 @@ async fn write_loop(
 async fn write_batch(
     sink: &mut SplitSink<WebSocket, Message>,
     first: Frame,
-    outbox_rx: &mut mpsc::Receiver<Frame>,
+    outbox: &mut Outbox,
 ) -> Result<(), axum::Error> {
+    let mut bytes = first.len();
     sink.feed(to_message(first)).await?;
     for _ in 1..COALESCE_MAX {
-        match outbox_rx.try_recv() {
-            Ok(frame) => sink.feed(to_message(frame)).await?,
-            Err(_) => break,
+        match outbox.try_recv() {
+            Some(frame) => {
+                bytes += frame.len();
+                sink.feed(to_message(frame)).await?;
+            }
+            None => break,
         }
     }
-    sink.flush().await
+    sink.flush().await?;
+    outbox.budget.release(bytes);
+    Ok(())
 }
 
 fn to_message(frame: Frame) -> Message {

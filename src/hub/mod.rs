@@ -10,13 +10,12 @@
 //! [`writer`] → stored (group commit) → `sent` to the sender → published via
 //! the broker → delivered by the [`Registry`] to each member's outbox.
 
-mod frame;
 mod peer;
 mod registry;
 mod writer;
 
-pub use frame::Frame;
-pub use peer::{ConnId, Kick, Peer, Pushed};
+pub use crate::frame::Frame;
+pub use peer::{ConnId, Kick, OutboxBudget, Peer, Pushed};
 pub use registry::{Refusal, Registry};
 
 use std::collections::HashSet;

@@ -1,6 +1,6 @@
 //! The hub's handle on one connection: its bounded outbox and its kill switch.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use tokio::sync::mpsc;
@@ -48,11 +48,52 @@ impl Kick {
     }
 }
 
+/// Bytes waiting in one connection's outbox. The outbox is bounded in frames
+/// too, but replies such as `history` or a `joined` with `since` are large
+/// frames of their own: counting bytes keeps a client that asks for them
+/// without reading from pinning memory.
+#[derive(Debug)]
+pub struct OutboxBudget {
+    queued: AtomicUsize,
+    max: usize,
+}
+
+impl OutboxBudget {
+    pub fn new(max_bytes: usize) -> Self {
+        Self {
+            queued: AtomicUsize::new(0),
+            max: max_bytes,
+        }
+    }
+
+    /// Called by the connection's writer once `bytes` are on the socket.
+    pub fn release(&self, bytes: usize) {
+        self.queued.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    /// Reserves room for `len` bytes. A single frame larger than the budget
+    /// still passes when nothing else is queued, so one large reply to a
+    /// reading client is never refused.
+    fn reserve(&self, len: usize) -> bool {
+        let before = self.queued.fetch_add(len, Ordering::Relaxed);
+        if before > 0 && before + len > self.max {
+            self.queued.fetch_sub(len, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    fn unreserve(&self, len: usize) {
+        self.queued.fetch_sub(len, Ordering::Relaxed);
+    }
+}
+
 /// A cheap, cloneable handle to a connection's outbox.
 #[derive(Debug, Clone)]
 pub struct Peer {
     id: ConnId,
     outbox: mpsc::Sender<Frame>,
+    budget: Arc<OutboxBudget>,
     kick: Arc<Kick>,
 }
 
@@ -67,10 +108,11 @@ pub enum Pushed {
 }
 
 impl Peer {
-    pub fn new(outbox: mpsc::Sender<Frame>, kick: Arc<Kick>) -> Self {
+    pub fn new(outbox: mpsc::Sender<Frame>, budget: Arc<OutboxBudget>, kick: Arc<Kick>) -> Self {
         Self {
             id: ConnId::next(),
             outbox,
+            budget,
             kick,
         }
     }
@@ -84,14 +126,24 @@ impl Peer {
     /// with 1013 and may reconnect and resume with `since` — nothing is lost
     /// because every message is in storage.
     pub fn push(&self, frame: Frame) -> Pushed {
+        let len = frame.len();
+        if !self.budget.reserve(len) {
+            self.kick
+                .kick(close::TRY_AGAIN_LATER, "too slow: outbox full");
+            return Pushed::Overflowed;
+        }
         match self.outbox.try_send(frame) {
             Ok(()) => Pushed::Queued,
             Err(TrySendError::Full(_)) => {
+                self.budget.unreserve(len);
                 self.kick
                     .kick(close::TRY_AGAIN_LATER, "too slow: outbox full");
                 Pushed::Overflowed
             }
-            Err(TrySendError::Closed(_)) => Pushed::Closed,
+            Err(TrySendError::Closed(_)) => {
+                self.budget.unreserve(len);
+                Pushed::Closed
+            }
         }
     }
 

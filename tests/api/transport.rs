@@ -222,3 +222,78 @@ async fn pings_are_answered() {
     .unwrap();
     assert_eq!(&pong[..], b"are you there");
 }
+
+/// Regression: shutdown used to flush only 64 queued frames before closing.
+#[tokio::test]
+async fn shutdown_flushes_the_whole_outbox_before_closing() {
+    let mut app = spawn_app_with(unlimited).await;
+    let mut sender = app.member("sender", "Chat Room").await;
+    let mut slow = app.stalled_client().await;
+    slow.hello("slow").await;
+    slow.join("Chat Room").await;
+    sender.recv_type("presence").await;
+    let total = 700;
+    let text = "q".repeat(300);
+    for i in 0..total {
+        sender
+            .send_json(json!({"type":"send","room":"Chat Room","text":format!("{i} {text}")}))
+            .await;
+    }
+    let mut acked = 0;
+    while acked < total {
+        if sender.recv().await["type"] == "sent" {
+            acked += 1;
+        }
+    }
+    // ~200 KB are queued for `slow`, far more than its socket takes.
+    let stopping = tokio::spawn(async move { app.stop().await });
+    let mut seqs = Vec::new();
+    let close = loop {
+        match slow.next_event().await {
+            crate::helpers::Event::Json(v) => {
+                if v["type"] == "message" {
+                    seqs.push(v["seq"].as_u64().unwrap());
+                }
+            }
+            crate::helpers::Event::Closed(frame) => break frame.map(|f| u16::from(f.code)),
+        }
+    };
+    assert_eq!(seqs, (1..=total).collect::<Vec<_>>());
+    assert_eq!(close, Some(1001));
+    stopping.await.unwrap();
+}
+
+/// Regression: the outbox was bounded in frames only, so large replies
+/// (`history`) requested without reading could pin hundreds of megabytes.
+#[tokio::test]
+async fn large_replies_requested_without_reading_hit_the_byte_budget() {
+    let app = spawn_app_with(|c| {
+        unlimited(c);
+        c.outbox_bytes = 1024 * 1024;
+    })
+    .await;
+    let mut writer = app.member("writer", "Chat Room").await;
+    let text = "h".repeat(3000);
+    for _ in 0..200 {
+        writer
+            .send_json(json!({"type":"send","room":"Chat Room","text":text}))
+            .await;
+    }
+    let mut acked = 0;
+    while acked < 200 {
+        if writer.recv().await["type"] == "sent" {
+            acked += 1;
+        }
+    }
+    let mut hoarder = app.stalled_client().await;
+    hoarder.hello("hoarder").await;
+    hoarder.join("Chat Room").await;
+    // Each reply is ~600 KB; 20 of them are more than the socket buffers
+    // (a few MB on loopback) plus the 1 MiB budget.
+    for _ in 0..20 {
+        hoarder
+            .send_json(json!({"type":"history","room":"Chat Room","limit":200}))
+            .await;
+    }
+    assert_eq!(hoarder.recv_close().await, Some(1013));
+}

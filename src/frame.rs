@@ -27,6 +27,15 @@ impl Frame {
         }
     }
 
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.text.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.text.is_empty()
+    }
+
     pub fn seq(&self) -> Option<u64> {
         self.seq
     }
