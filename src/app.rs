@@ -55,16 +55,19 @@ impl App {
         let store = open_store(&config.database_url)
             .await
             .with_context(|| format!("opening {}", config.database_url))?;
+        let mut default_rooms = Vec::new();
         for name in &config.default_rooms {
             let room = RoomName::parse(name)
                 .map_err(|e| anyhow::anyhow!("default room {name:?}: room name {e}"))?;
             store.create_room(&room).await?;
+            default_rooms.push(room);
         }
         let metrics = Arc::new(Metrics::new());
         let registry = Arc::new(Registry::new(metrics.clone()));
         let broker: Arc<dyn Broker> = Arc::new(LocalBroker::new(registry.clone()));
         let writer_stop = CancellationToken::new();
         let hub_config = HubConfig {
+            default_rooms,
             welcome: config.welcome.clone(),
             history_on_join: config.history_on_join,
             write_batch_max: config.write_batch as usize,

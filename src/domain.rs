@@ -23,10 +23,34 @@ pub enum InputError {
     Empty,
     #[error("must be at most {0} characters")]
     TooLong(usize),
-    #[error("must not contain control characters")]
+    #[error("must not contain control or invisible characters")]
     ControlCharacter,
     #[error("is reserved")]
     Reserved,
+}
+
+/// Zero-width, bidirectional-control and other invisible formatting
+/// characters (Unicode category Cf and the default-ignorable code points
+/// that matter in practice).
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{034F}'
+            | '\u{061C}'
+            | '\u{115F}'..='\u{1160}'
+            | '\u{17B4}'..='\u{17B5}'
+            | '\u{180B}'..='\u{180F}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{3164}'
+            | '\u{FE00}'..='\u{FE0F}'
+            | '\u{FEFF}'
+            | '\u{FFA0}'
+            | '\u{FFF0}'..='\u{FFFB}'
+            | '\u{E0000}'..='\u{E0FFF}'
+    )
 }
 
 /// Trims `raw` and checks it is a one-line label of 1..=`max` characters.
@@ -36,8 +60,9 @@ fn parse_label(raw: &str, max: usize) -> Result<String, InputError> {
         return Err(InputError::Empty);
     }
     // Control characters (newlines included) in names could forge log lines
-    // or break the layout of every member's screen.
-    if trimmed.chars().any(char::is_control) {
+    // or break the layout of every member's screen; invisible and
+    // direction-changing characters let "ali\u{200B}ce" pass for "alice".
+    if trimmed.chars().any(|c| c.is_control() || is_invisible(c)) {
         return Err(InputError::ControlCharacter);
     }
     if trimmed.chars().count() > max {
@@ -156,6 +181,24 @@ mod tests {
             Err(InputError::ControlCharacter)
         );
         assert_eq!(Nickname::parse("chatterpro bot"), Err(InputError::Reserved));
+    }
+
+    #[test]
+    fn names_refuse_invisible_and_bidi_characters() {
+        for name in ["ali\u{200B}ce", "\u{202E}ecila", "a\u{FEFF}", "x\u{2066}y"] {
+            assert_eq!(
+                Nickname::parse(name),
+                Err(InputError::ControlCharacter),
+                "{name:?}"
+            );
+            assert_eq!(
+                RoomName::parse(name),
+                Err(InputError::ControlCharacter),
+                "{name:?}"
+            );
+        }
+        // Visible non-ASCII is fine.
+        assert!(Nickname::parse("Zoë 🚀").is_ok());
     }
 
     #[test]

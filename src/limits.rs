@@ -34,14 +34,33 @@ pub struct LimitsConfig {
     pub rooms_per_ip_per_minute: NonZeroU32,
 }
 
+/// Which limit refused a request; strikes are judged per kind, so waiting
+/// out a long room-creation refusal does not make message retries "early".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitKind {
+    Requests,
+    Messages,
+    Joins,
+    Rooms,
+    NewRooms,
+}
+
+impl LimitKind {
+    const COUNT: usize = 5;
+}
+
 /// How long to wait before trying again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryAfter(pub Duration);
 
 impl RetryAfter {
+    // Both round up, so a client that waits exactly this long succeeds.
     pub fn millis(self) -> u64 {
-        // Round up so a client that waits exactly this long succeeds.
         u64::try_from(self.0.as_micros().div_ceil(1000)).unwrap_or(u64::MAX)
+    }
+
+    pub fn secs(self) -> u64 {
+        self.millis().div_ceil(1000)
     }
 }
 
@@ -65,8 +84,8 @@ pub struct ConnLimits {
     /// that keeps ignoring `retry_after_ms` runs out and is closed with 1008.
     /// A client that waits as told is never struck, however eager.
     strikes: DefaultDirectRateLimiter,
-    /// When the last refusal said trying again would work.
-    not_before: Cell<Option<Instant>>,
+    /// For each kind of limit, when its last refusal said trying again would work.
+    not_before: [Cell<Option<Instant>>; LimitKind::COUNT],
     max_rooms: usize,
 }
 
@@ -77,7 +96,7 @@ impl ConnLimits {
             joins: RateLimiter::direct(per_second(config.join_rate, config.join_burst)),
             requests: RateLimiter::direct(per_second(config.request_rate, config.request_burst)),
             strikes: RateLimiter::direct(per_second(NonZeroU32::MIN, config.abuse_strikes)),
-            not_before: Cell::new(None),
+            not_before: Default::default(),
             max_rooms: config.max_rooms_per_conn,
         }
     }
@@ -99,15 +118,16 @@ impl ConnLimits {
         self.max_rooms
     }
 
-    /// Records a refusal that told the client to wait `retry` (if known);
-    /// false when the client has ignored such waits once too often.
-    pub fn refused(&self, retry: Option<Duration>) -> bool {
+    /// Records a refusal by the `kind` limit that told the client to wait
+    /// `retry` (if known); false when the client has ignored such waits once
+    /// too often.
+    pub fn refused(&self, kind: LimitKind, retry: Option<Duration>) -> bool {
         let now = Instant::now();
-        let ignored_a_wait = self.not_before.get().is_some_and(|t| now < t);
+        let not_before = &self.not_before[kind as usize];
+        let ignored_a_wait = not_before.get().is_some_and(|t| now < t);
         if let Some(retry) = retry {
             let until = now + retry;
-            self.not_before
-                .set(Some(self.not_before.get().map_or(until, |t| t.max(until))));
+            not_before.set(Some(not_before.get().map_or(until, |t| t.max(until))));
         }
         !ignored_a_wait || self.strikes.check().is_ok()
     }
@@ -138,16 +158,17 @@ pub struct AddressLimits {
 pub struct ConnPermit {
     limits: Arc<AddressLimits>,
     ip: IpAddr,
+    key: IpAddr,
 }
 
 impl Drop for ConnPermit {
     fn drop(&mut self) {
-        self.limits.total.fetch_sub(1, Ordering::Relaxed);
         let mut per_ip = self.limits.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = per_ip.get_mut(&self.ip) {
+        self.limits.total.fetch_sub(1, Ordering::Relaxed);
+        if let Some(n) = per_ip.get_mut(&self.key) {
             *n -= 1;
             if *n == 0 {
-                per_ip.remove(&self.ip);
+                per_ip.remove(&self.key);
             }
         }
     }
@@ -156,6 +177,22 @@ impl Drop for ConnPermit {
 impl ConnPermit {
     pub fn ip(&self) -> IpAddr {
         self.ip
+    }
+}
+
+/// The key per-address limits count under. One IPv6 customer usually holds
+/// a whole /64, so IPv6 addresses are grouped by their /64 prefix; an
+/// IPv4-mapped IPv6 address counts as the IPv4 address it is.
+pub fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(prefix.into())
+            }
+        },
     }
 }
 
@@ -181,6 +218,7 @@ impl AddressLimits {
 
     /// Admits a new connection from `ip`, or says why not.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnPermit, Admission> {
+        let key = address_key(ip);
         if self
             .admissions
             .fetch_add(1, Ordering::Relaxed)
@@ -189,40 +227,37 @@ impl AddressLimits {
             self.new_conns.retain_recent();
             self.new_rooms.retain_recent();
         }
+        // Check and count under one lock, so concurrent upgrades cannot
+        // overshoot either cap.
+        let mut per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
         if self.total.load(Ordering::Relaxed) >= self.config.max_connections {
             return Err(Admission::ServerFull);
         }
-        {
-            let per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
-            if per_ip.get(&ip).copied().unwrap_or(0) >= self.config.max_conns_per_ip {
-                return Err(Admission::TooManyFromAddress);
-            }
+        let held = per_ip.get(&key).copied().unwrap_or(0);
+        if held >= self.config.max_conns_per_ip {
+            return Err(Admission::TooManyFromAddress);
         }
-        self.new_conns.check_key(&ip).map_err(|not_until| {
+        self.new_conns.check_key(&key).map_err(|not_until| {
             Admission::TooFastFromAddress(RetryAfter(
                 not_until.wait_time_from(DefaultClock::default().now()),
             ))
         })?;
-        // Counted only once admitted; a race may let a few extra through
-        // under a burst, which a cap of thousands absorbs.
         self.total.fetch_add(1, Ordering::Relaxed);
-        *self
-            .per_ip
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(ip)
-            .or_default() += 1;
+        per_ip.insert(key, held + 1);
         Ok(ConnPermit {
             limits: self.clone(),
             ip,
+            key,
         })
     }
 
     /// May `ip` create a new room now?
     pub fn create_room(&self, ip: IpAddr) -> Result<(), RetryAfter> {
-        self.new_rooms.check_key(&ip).map_err(|not_until| {
-            RetryAfter(not_until.wait_time_from(DefaultClock::default().now()))
-        })
+        self.new_rooms
+            .check_key(&address_key(ip))
+            .map_err(|not_until| {
+                RetryAfter(not_until.wait_time_from(DefaultClock::default().now()))
+            })
     }
 }
 
@@ -266,19 +301,36 @@ mod tests {
         let limits = ConnLimits::new(&config());
         let wait = Some(Duration::from_secs(60));
         // The first refusal is no strike; coming back early is, three times.
-        assert!(limits.refused(wait));
-        assert!(limits.refused(wait));
-        assert!(limits.refused(wait));
-        assert!(limits.refused(wait));
-        assert!(!limits.refused(wait));
+        for _ in 0..4 {
+            assert!(limits.refused(LimitKind::Messages, wait));
+        }
+        assert!(!limits.refused(LimitKind::Messages, wait));
     }
 
     #[test]
     fn waiting_as_told_is_never_struck() {
         let limits = ConnLimits::new(&config());
+        // A long wait for one kind does not make another kind's retries early.
+        assert!(limits.refused(LimitKind::NewRooms, Some(Duration::from_secs(60))));
         for _ in 0..10 {
-            assert!(limits.refused(Some(Duration::ZERO)));
+            assert!(limits.refused(LimitKind::Messages, Some(Duration::ZERO)));
         }
+    }
+
+    #[test]
+    fn ipv6_addresses_count_by_their_64_prefix() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(address_key(a), address_key(b));
+        assert_ne!(address_key(a), address_key(other));
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(address_key(mapped), "10.0.0.1".parse::<IpAddr>().unwrap());
+
+        let limits = AddressLimits::new(config());
+        let _p1 = limits.admit(a).unwrap();
+        let _p2 = limits.admit(b).unwrap();
+        assert_eq!(limits.admit(b).err(), Some(Admission::TooManyFromAddress));
     }
 
     #[test]

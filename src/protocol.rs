@@ -7,6 +7,7 @@
 //! unknown `type` from a malformed known one), then into [`ClientMsg`].
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 /// Version announced in `welcome`.
@@ -222,6 +223,30 @@ pub struct ChatMessage {
     pub ts: i64,
 }
 
+/// A list of messages serialized ahead of time, so that a large `joined`
+/// reply is encoded outside any lock and spliced in as it is.
+#[derive(Debug, Clone, Serialize)]
+#[serde(transparent)]
+pub struct EncodedMessages(Box<RawValue>);
+
+impl EncodedMessages {
+    pub fn encode(messages: &[ChatMessage]) -> Self {
+        Self(serde_json::value::to_raw_value(messages).expect("messages always serialize"))
+    }
+
+    pub fn as_json(&self) -> &str {
+        self.0.get()
+    }
+}
+
+impl PartialEq for EncodedMessages {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_json() == other.as_json()
+    }
+}
+
+impl Eq for EncodedMessages {}
+
 /// A room and how many people are in it now.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoomInfo {
@@ -249,7 +274,7 @@ pub enum ServerMsg {
     Joined {
         room: String,
         users: Vec<String>,
-        messages: Vec<ChatMessage>,
+        messages: EncodedMessages,
         last_seq: u64,
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         truncated: bool,
@@ -440,7 +465,7 @@ mod tests {
         let mut msg = ServerMsg::Joined {
             room: "r".into(),
             users: vec![],
-            messages: vec![],
+            messages: EncodedMessages::encode(&[]),
             last_seq: 0,
             truncated: false,
         };

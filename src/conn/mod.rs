@@ -79,11 +79,11 @@ pub async fn serve(
         &close_all,
     )
     .await;
-    session.close();
+    // Leaves the rooms and releases the name.
+    drop(session);
 
     // Normal end: ask the writer to finish (it keeps an earlier, more specific code).
     kick.kick(1000, "");
-    drop(session);
     drop(peer);
     if tokio::time::timeout(CLOSE_GRACE, &mut writer)
         .await

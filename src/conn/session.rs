@@ -1,13 +1,14 @@
 //! Protocol state of one connection: its identity, its rate limits, and the
 //! dispatch of each decoded request to the hub. Every reply goes through the outbox.
 
+use std::cell::Cell;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::domain::Nickname;
 use crate::hub::{self, Frame, Hub, Peer, Refusal};
-use crate::limits::{AddressLimits, ConnLimits, RetryAfter};
+use crate::limits::{AddressLimits, ConnLimits, LimitKind, RetryAfter};
 use crate::protocol::{
     self, ClientMsg, ErrorCode, PROTOCOL_VERSION, Ref, Request, ServerMsg, close, encode,
 };
@@ -17,6 +18,8 @@ pub struct Session {
     peer: Peer,
     identity: Option<Identity>,
     limits: ConnLimits,
+    /// Set when the client ran out of strikes; it is closed after the reply.
+    abusive: Cell<bool>,
     address_limits: Arc<AddressLimits>,
     ip: IpAddr,
 }
@@ -34,12 +37,24 @@ fn rate_limited(what: &str, retry: RetryAfter) -> Refusal {
 }
 
 impl Session {
+    /// A refusal by the `kind` limit, recorded against the client's strikes.
+    fn limited(&self, kind: LimitKind, refusal: Refusal) -> Refusal {
+        let retry = refusal.retry_after_ms.map(Duration::from_millis);
+        if !self.limits.refused(kind, retry) {
+            self.abusive.set(true);
+        }
+        refusal
+    }
+}
+
+impl Session {
     pub fn new(hub: Arc<Hub>, peer: Peer, address_limits: Arc<AddressLimits>, ip: IpAddr) -> Self {
         Self {
             hub,
             peer,
             identity: None,
             limits: ConnLimits::new(address_limits.config()),
+            abusive: Cell::new(false),
             address_limits,
             ip,
         }
@@ -55,7 +70,8 @@ impl Session {
         };
         // Every frame counts, well-formed or not: bad frames cost work too.
         if let Err(retry) = self.limits.request() {
-            self.reply_error(r#ref.as_ref(), rate_limited("requests", retry));
+            let refusal = self.limited(LimitKind::Requests, rate_limited("requests", retry));
+            self.reply_error(r#ref.as_ref(), refusal);
             return;
         }
         let Request { r#ref, msg } = match decoded {
@@ -97,21 +113,23 @@ impl Session {
             ClientMsg::Hello { .. } => unreachable!("handled above"),
             ClientMsg::Join { room, since } => {
                 let room = hub::parse_room(&room)?;
-                self.limits.join().map_err(|r| rate_limited("joins", r))?;
+                self.limits
+                    .join()
+                    .map_err(|r| self.limited(LimitKind::Joins, rate_limited("joins", r)))?;
                 if !hub.is_member(&room, peer) {
                     if hub.rooms_of(peer) >= self.limits.max_rooms() {
-                        return Err(Refusal::rate_limited(
+                        return Err(self.limited(LimitKind::Rooms, Refusal::rate_limited(
                             format!(
                                 "you are in {} rooms, the most allowed at once; leave one first",
                                 self.limits.max_rooms()
                             ),
                             None,
-                        ));
+                        )));
                     }
                     if !hub.room_exists(&room).await? {
-                        self.address_limits
-                            .create_room(self.ip)
-                            .map_err(|r| rate_limited("new rooms", r))?;
+                        self.address_limits.create_room(self.ip).map_err(|r| {
+                            self.limited(LimitKind::NewRooms, rate_limited("new rooms", r))
+                        })?;
                     }
                 }
                 hub.join(peer, &identity.name, room, since, r#ref).await?;
@@ -121,7 +139,7 @@ impl Session {
                 let room = hub::parse_room(&room)?;
                 self.limits
                     .message()
-                    .map_err(|r| rate_limited("messages", r))?;
+                    .map_err(|r| self.limited(LimitKind::Messages, rate_limited("messages", r)))?;
                 hub.send(peer, &identity.name, room, &text, r#ref.cloned())
                     .await?;
                 Ok(None)
@@ -164,18 +182,21 @@ impl Session {
                     ),
                 ));
             }
-            None => {
-                let (name, session) = self.hub.hello(name, session)?;
-                tracing::debug!(name = ?name.as_str(), "hello");
-                self.identity = Some(Identity { name, session });
-            }
+            None => {}
+        }
+        // The room list first: if storage fails, the hello has had no effect.
+        let rooms = self.hub.rooms().await?;
+        if self.identity.is_none() {
+            let (name, session) = self.hub.hello(name, session)?;
+            tracing::debug!(name = ?name.as_str(), "hello");
+            self.identity = Some(Identity { name, session });
         }
         let identity = self.identity.as_ref().expect("set above");
         Ok(ServerMsg::Welcome {
             name: identity.name.as_str().to_owned(),
             session: identity.session.clone(),
             protocol: PROTOCOL_VERSION,
-            rooms: self.hub.rooms().await?,
+            rooms,
         })
     }
 
@@ -185,7 +206,6 @@ impl Session {
 
     fn reply_error(&self, r#ref: Option<&Ref>, refusal: Refusal) {
         let code = refusal.code;
-        let retry = refusal.retry_after_ms.map(Duration::from_millis);
         self.hub.metrics().count_error(code);
         self.reply(
             &ServerMsg::Error {
@@ -196,15 +216,18 @@ impl Session {
             r#ref,
         );
         // A client told to slow down that keeps going is abusing the server.
-        if code == ErrorCode::RateLimited && !self.limits.refused(retry) {
+        if self.abusive.get() {
             tracing::info!(ip = %self.ip, "closing a connection for persistent abuse");
             self.peer
                 .kick(close::POLICY_VIOLATION, "rate limits exceeded persistently");
         }
     }
+}
 
-    /// Leaves every room and releases the name.
-    pub fn close(&mut self) {
+/// However the session ends — closed, kicked, or a panic unwinding through
+/// it — the connection leaves every room and its name is released.
+impl Drop for Session {
+    fn drop(&mut self) {
         let name = self.identity.take().map(|i| i.name);
         self.hub.disconnect(&self.peer, name.as_ref());
     }

@@ -60,7 +60,7 @@ fn refused(admission: Admission) -> Response {
         ),
         Admission::TooFastFromAddress(retry) => (
             StatusCode::TOO_MANY_REQUESTS,
-            retry.0.as_secs().max(1),
+            retry.secs().max(1),
             "too many new connections from your address\n",
         ),
     };

@@ -16,7 +16,7 @@ mod writer;
 
 pub use crate::frame::Frame;
 pub use peer::{ConnId, Kick, OutboxBudget, Peer, Pushed};
-pub use registry::{Refusal, Registry};
+pub use registry::{PreparedCatchUp, Refusal, Registry};
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -29,14 +29,20 @@ use crate::broker::Broker;
 use crate::domain::{InputError, MessageText, Nickname, RoomName};
 use crate::metrics::Metrics;
 use crate::protocol::{
-    ChatMessage, ErrorCode, HISTORY_LIMIT_DEFAULT, HISTORY_LIMIT_MAX, Ref, RoomInfo, SINCE_LIMIT,
+    ChatMessage, EncodedMessages, ErrorCode, HISTORY_LIMIT_DEFAULT, HISTORY_LIMIT_MAX, Ref,
+    RoomInfo, SINCE_LIMIT,
 };
 use crate::storage::{MessageStore, StorageError};
 use writer::{SendJob, Writer};
 
+/// Most rooms a room list holds.
+pub const ROOM_LIST_MAX: usize = 100;
+
 /// Settings the hub takes from the configuration.
 #[derive(Debug, Clone)]
 pub struct HubConfig {
+    /// Rooms that always exist, listed first.
+    pub default_rooms: Vec<RoomName>,
     /// Welcome notice; `{name}` is replaced by the joiner's name.
     pub welcome: String,
     /// Messages in a `joined` reply without `since`.
@@ -130,12 +136,21 @@ impl Hub {
             self.config.history_on_join
         };
         let catch_up = async {
-            self.store.create_room(&room).await?;
+            // Rooms are never deleted: a known room needs no write.
+            if !self.known_rooms().contains(&room) {
+                self.store.create_room(&room).await?;
+            }
             self.store.catch_up(&room, since, limit).await
         };
         match catch_up.await {
             Ok(catch_up) => {
                 self.remember_room(&room);
+                // Serialized here, outside the registry's lock.
+                let catch_up = PreparedCatchUp {
+                    messages: EncodedMessages::encode(&catch_up.messages),
+                    last_seq: catch_up.last_seq,
+                    truncated: catch_up.truncated,
+                };
                 let welcome = self.config.welcome.replace("{name}", name.as_str());
                 self.registry
                     .finish_join(&room, peer.id(), catch_up, &welcome, r#ref);
@@ -195,7 +210,7 @@ impl Hub {
         self.require_member(&room, peer)?;
         let limit = limit
             .unwrap_or(HISTORY_LIMIT_DEFAULT)
-            .min(HISTORY_LIMIT_MAX);
+            .clamp(1, HISTORY_LIMIT_MAX);
         let messages = self
             .store
             .history(&room, before, limit)
@@ -204,21 +219,35 @@ impl Hub {
         Ok((room, messages))
     }
 
-    /// Every stored room with its online count, oldest room first.
+    /// The room list people pick from: the default rooms in their configured
+    /// order, then rooms with people in them (most first), then the most
+    /// recently active; at most [`ROOM_LIST_MAX`], however many rooms exist.
     pub async fn rooms(&self) -> Result<Vec<RoomInfo>, Refusal> {
-        let names = self.store.rooms().await.map_err(internal)?;
+        let recent = self
+            .store
+            .recent_rooms(ROOM_LIST_MAX as u32)
+            .await
+            .map_err(internal)?;
         let online = self.registry.online_counts();
+        let mut busy: Vec<(&RoomName, usize)> = online.iter().map(|(r, n)| (r, *n)).collect();
+        busy.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+        let mut seen = HashSet::new();
+        let names = self
+            .config
+            .default_rooms
+            .iter()
+            .map(RoomName::as_str)
+            .chain(busy.iter().map(|(room, _)| room.as_str()))
+            .chain(recent.iter().map(String::as_str))
+            .filter(|name| seen.insert(*name))
+            .take(ROOM_LIST_MAX);
         Ok(names
-            .into_iter()
-            .map(|name| {
-                let count = RoomName::parse(&name)
+            .map(|name| RoomInfo {
+                name: name.to_owned(),
+                online: RoomName::parse(name)
                     .ok()
                     .and_then(|room| online.get(&room).copied())
-                    .unwrap_or(0);
-                RoomInfo {
-                    name,
-                    online: count,
-                }
+                    .unwrap_or(0),
             })
             .collect())
     }

@@ -17,8 +17,14 @@ use crate::broker::LocalDelivery;
 use crate::clock;
 use crate::domain::{Nickname, RoomName};
 use crate::metrics::Metrics;
-use crate::protocol::{ErrorCode, PresenceEvent, Ref, ServerMsg, encode};
-use crate::storage::CatchUp;
+use crate::protocol::{EncodedMessages, ErrorCode, PresenceEvent, Ref, ServerMsg, encode};
+
+/// A joiner's catch-up, its messages already serialized.
+pub struct PreparedCatchUp {
+    pub messages: EncodedMessages,
+    pub last_seq: u64,
+    pub truncated: bool,
+}
 
 /// A refused request: what the client is told.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -257,7 +263,7 @@ impl Registry {
         &self,
         room: &RoomName,
         conn: ConnId,
-        catch_up: CatchUp,
+        catch_up: PreparedCatchUp,
         welcome: &str,
         r#ref: Option<&Ref>,
     ) {

@@ -54,8 +54,9 @@ pub trait MessageStore: Send + Sync + 'static {
 
     async fn room_exists(&self, room: &RoomName) -> Result<bool, StorageError>;
 
-    /// Every stored room's name, oldest room first.
-    async fn rooms(&self) -> Result<Vec<String>, StorageError>;
+    /// Up to `limit` room names, the most recently active (last message, or
+    /// creation) first.
+    async fn recent_rooms(&self, limit: u32) -> Result<Vec<String>, StorageError>;
 
     /// Stores a batch in one transaction, giving each message the next seq of
     /// its room (creating rooms as needed). Returns the stored messages in

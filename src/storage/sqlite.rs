@@ -77,7 +77,8 @@ fn now_ms() -> i64 {
 impl MessageStore for SqliteStore {
     async fn create_room(&self, room: &RoomName) -> Result<bool, StorageError> {
         let result = sqlx::query(
-            "INSERT INTO rooms (name, created_at) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
+            "INSERT INTO rooms (name, created_at, last_active) VALUES (?1, ?2, ?2) \
+             ON CONFLICT (name) DO NOTHING",
         )
         .bind(room.as_str())
         .bind(now_ms())
@@ -94,10 +95,12 @@ impl MessageStore for SqliteStore {
         Ok(found.is_some())
     }
 
-    async fn rooms(&self) -> Result<Vec<String>, StorageError> {
-        let names = sqlx::query_scalar("SELECT name FROM rooms ORDER BY id")
-            .fetch_all(&self.pool)
-            .await?;
+    async fn recent_rooms(&self, limit: u32) -> Result<Vec<String>, StorageError> {
+        let names =
+            sqlx::query_scalar("SELECT name FROM rooms ORDER BY last_active DESC, id LIMIT ?1")
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
         Ok(names)
     }
 
@@ -106,8 +109,8 @@ impl MessageStore for SqliteStore {
         let mut stored = Vec::with_capacity(batch.len());
         for message in batch {
             let (room_id, seq): (i64, i64) = sqlx::query_as(
-                "INSERT INTO rooms (name, last_seq, created_at) VALUES (?1, 1, ?2) \
-                 ON CONFLICT (name) DO UPDATE SET last_seq = last_seq + 1 \
+                "INSERT INTO rooms (name, last_seq, created_at, last_active) VALUES (?1, 1, ?2, ?2) \
+                 ON CONFLICT (name) DO UPDATE SET last_seq = last_seq + 1, last_active = ?2 \
                  RETURNING id, last_seq",
             )
             .bind(message.room.as_str())

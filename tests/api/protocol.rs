@@ -499,3 +499,44 @@ async fn the_rooms_request_counts_people_online() {
         ])
     );
 }
+
+#[tokio::test]
+async fn the_room_list_is_capped_and_puts_defaults_then_busy_rooms_first() {
+    let app = spawn_app_with(unlimited).await;
+    let mut c = app.user("builder").await;
+    for i in 0..110 {
+        c.send_json(json!({"type":"join","room":format!("r{i:03}")}))
+            .await;
+        c.recv_until("joined").await;
+        c.send_json(json!({"type":"leave","room":format!("r{i:03}")}))
+            .await;
+        c.recv_until("left").await;
+    }
+    let _busy = app.member("visitor", "r005").await;
+    c.send_json(json!({"type":"rooms"})).await;
+    let rooms = c.recv_until("rooms").await;
+    let names: Vec<&str> = rooms["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), 100);
+    assert_eq!(
+        names[..4],
+        ["Chat Room", "Business Room", "Gaming Room", "r005"]
+    );
+    // Then the most recently active: the last rooms created come first.
+    assert_eq!(names[4], "r109");
+    assert_eq!(rooms["rooms"][3]["online"], 1);
+}
+
+#[tokio::test]
+async fn invisible_characters_cannot_make_a_look_alike_name() {
+    let app = spawn_app().await;
+    let _alice = app.user("alice").await;
+    let mut c = app.client().await;
+    c.send_json(json!({"type":"hello","name":"ali\u{200B}ce"}))
+        .await;
+    c.recv_error("invalid_name").await;
+}
