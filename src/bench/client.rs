@@ -251,6 +251,56 @@ pub async fn close(mut ws: Ws) {
     .await;
 }
 
+/// Why a request made with [`call`] got no reply.
+#[derive(Debug, Clone)]
+pub enum CallError {
+    /// The connection ended (with the server's close code, if any).
+    Closed(Option<u16>),
+    Timeout,
+    Garbage(String),
+}
+
+impl CallError {
+    /// A short key for counting.
+    pub fn key(&self) -> String {
+        match self {
+            CallError::Closed(Some(code)) => format!("server_close_{code}"),
+            CallError::Closed(None) => "connection_lost".to_owned(),
+            CallError::Timeout => "timeout".to_owned(),
+            CallError::Garbage(_) => "garbage_frame".to_owned(),
+        }
+    }
+}
+
+/// Sends `body` with `ref` set and waits up to `timeout` for the frame that
+/// carries the same ref (a reply or an `error`); frames that arrive first
+/// are handed to `other`.
+pub async fn call(
+    ws: &mut Ws,
+    mut body: Value,
+    r#ref: i64,
+    timeout: Duration,
+    mut other: impl FnMut(&Value),
+) -> Result<Value, CallError> {
+    body["ref"] = r#ref.into();
+    send_json(ws, &body)
+        .await
+        .map_err(|_| CallError::Closed(None))?;
+    let wait = async {
+        loop {
+            match next_frame(ws).await {
+                Incoming::Json(v) if v["ref"] == r#ref => return Ok(v),
+                Incoming::Json(v) => other(&v),
+                Incoming::Closed(code) => return Err(CallError::Closed(code)),
+                Incoming::Garbage(g) => return Err(CallError::Garbage(g)),
+            }
+        }
+    };
+    tokio::time::timeout(timeout, wait)
+        .await
+        .unwrap_or(Err(CallError::Timeout))
+}
+
 /// The first `max` characters of `s`.
 pub fn truncate(s: &str, max: usize) -> String {
     s.chars().take(max).collect()

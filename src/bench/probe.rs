@@ -80,7 +80,8 @@ impl RssFigures {
 
 impl std::fmt::Display for RssFigures {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mib = |k: Option<u64>| k.map_or("?".to_owned(), |k| format!("{:.1} MiB", k as f64 / 1024.0));
+        let mib =
+            |k: Option<u64>| k.map_or("?".to_owned(), |k| format!("{:.1} MiB", k as f64 / 1024.0));
         write!(
             f,
             "after warm-up {}, at end {}, max {} ({} samples)",

@@ -21,7 +21,6 @@ use std::time::Duration;
 
 use clap::Args;
 use rand::rngs::StdRng;
-use rand::seq::IteratorRandom;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -231,7 +230,10 @@ impl SoakReport {
             out.push(format!("{} duplicate seqs", self.counts.duplicates));
         }
         if self.stuck_users > 0 {
-            out.push(format!("{} users stuck past the deadline", self.stuck_users));
+            out.push(format!(
+                "{} users stuck past the deadline",
+                self.stuck_users
+            ));
         }
         if self.counts.messages_acked == 0 {
             out.push("no message was acknowledged".to_owned());
@@ -287,9 +289,9 @@ impl fmt::Display for SoakReport {
             writeln!(f, "    ! {a}")?;
         }
         if let Some(rss) = &self.rss {
-            let growth = self
-                .rss_growth_kib
-                .map_or(String::new(), |g| format!(", growth {:+.1} MiB", g as f64 / 1024.0));
+            let growth = self.rss_growth_kib.map_or(String::new(), |g| {
+                format!(", growth {:+.1} MiB", g as f64 / 1024.0)
+            });
             writeln!(f, "  server RSS: {rss}{growth}")?;
         }
         let failures = self.failures();
@@ -403,10 +405,22 @@ struct Room {
 #[derive(Debug)]
 enum Pending {
     Hello,
-    Join { room: String, since: Option<u64> },
-    Send { room: String, text: String },
-    Leave { room: String },
-    History { room: String, before: Option<u64>, limit: u64 },
+    Join {
+        room: String,
+        since: Option<u64>,
+    },
+    Send {
+        room: String,
+        text: String,
+    },
+    Leave {
+        room: String,
+    },
+    History {
+        room: String,
+        before: Option<u64>,
+        limit: u64,
+    },
     Rooms,
     /// A deliberately bad request: the answer is this error code.
     Refusal(&'static str),
@@ -519,8 +533,9 @@ impl User {
                     self.c.connect_refused.bump(e.key());
                     if !e.is_refusal() {
                         let id = self.id;
-                        self.c
-                            .unexpected(format!("connect_{}", e.key()), || format!("user {id}: {e}"));
+                        self.c.unexpected(format!("connect_{}", e.key()), || {
+                            format!("user {id}: {e}")
+                        });
                     }
                     let wait = match &e {
                         client::ConnectError::Refused {
@@ -549,7 +564,11 @@ impl User {
         }
         let total_rate = plan.args.msg_rate + plan.args.action_rate;
         let mut next_action = Instant::now() + exp_delay(&mut self.rng, total_rate);
-        let mut next_drop = Instant::now() + exp_delay(&mut self.rng, 1.0 / plan.args.reconnect_every.as_secs_f64().max(0.001));
+        let next_drop = Instant::now()
+            + exp_delay(
+                &mut self.rng,
+                1.0 / plan.args.reconnect_every.as_secs_f64().max(0.001),
+            );
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             let now = Instant::now();
@@ -597,7 +616,9 @@ impl User {
     fn broken(&mut self, plan: &Plan, code: Option<u16>) -> End {
         if Instant::now() < plan.deadline {
             let id = self.id;
-            let kind = code.map_or("connection_lost".to_owned(), |c| format!("server_close_{c}"));
+            let kind = code.map_or("connection_lost".to_owned(), |c| {
+                format!("server_close_{c}")
+            });
             self.c
                 .unexpected(kind.clone(), || format!("user {id}: {kind} mid-run"));
         }
@@ -642,16 +663,17 @@ impl User {
         let id = self.id;
         for (pending, _) in std::mem::take(&mut self.pending).into_values() {
             let kind = format!("unanswered_{}", pending.reply_type());
-            self.c
-                .unexpected(kind, || format!("user {id}: no answer by the end to {pending:?}"));
+            self.c.unexpected(kind, || {
+                format!("user {id}: no answer by the end to {pending:?}")
+            });
         }
         for (name, room) in &self.rooms {
-            for (seq, _) in &room.echoes {
+            for seq in room.echoes.keys() {
                 self.c.unexpected.bump("lost_echo".to_owned());
                 if self.c.anomalies.len() < ANOMALIES_KEPT {
-                    self.c
-                        .anomalies
-                        .push(format!("user {id}: no echo of own seq {seq} in {name} by the end"));
+                    self.c.anomalies.push(format!(
+                        "user {id}: no echo of own seq {seq} in {name} by the end"
+                    ));
                 }
             }
         }
@@ -669,18 +691,25 @@ impl User {
         for r in old {
             let (pending, _) = self.pending.remove(&r).expect("listed above");
             let id = self.id;
-            self.c.unexpected(format!("timeout_{}", pending.reply_type()), || {
-                format!("user {id}: no answer in {REQUEST_TIMEOUT:?} to {pending:?}")
-            });
+            self.c
+                .unexpected(format!("timeout_{}", pending.reply_type()), || {
+                    format!("user {id}: no answer in {REQUEST_TIMEOUT:?} to {pending:?}")
+                });
             self.undo(pending);
         }
     }
 
     /// Sends a request with a fresh ref and remembers what answers it.
-    async fn request(&mut self, ws: &mut Ws, mut body: Value, pending: Pending) -> Result<(), Broken> {
+    async fn request(
+        &mut self,
+        ws: &mut Ws,
+        mut body: Value,
+        pending: Pending,
+    ) -> Result<(), Broken> {
         self.next_ref += 1;
         body["ref"] = json!(self.next_ref);
-        self.pending.insert(self.next_ref, (pending, Instant::now()));
+        self.pending
+            .insert(self.next_ref, (pending, Instant::now()));
         self.c.requests += 1;
         client::send_json(ws, &body).await.map_err(|_| Broken)
     }
@@ -704,7 +733,7 @@ impl User {
         if joined.is_empty() {
             return if can_join {
                 let room = outside[self.rng.random_range(0..outside.len())].clone();
-                self.join(ws, room, None).await
+                self.join(ws, room, None, BTreeMap::new()).await
             } else {
                 Ok(())
             };
@@ -714,30 +743,568 @@ impl User {
         if self.rng.random::<f64>() < self.msg_share {
             return self.say(ws, room).await;
         }
-        match self.rng.random_range(0..100) {
-            0..30 if can_join => {
-                let room = outside[self.rng.random_range(0..outside.len())].clone();
-                self.join(ws, room, None).await
+        // A roll below a threshold picks that action when it is possible now,
+        // else falls through to the next.
+        let roll = self.rng.random_range(0..100);
+        if roll < 30 && can_join {
+            let room = outside[self.rng.random_range(0..outside.len())].clone();
+            self.join(ws, room, None, BTreeMap::new()).await
+        } else if roll < 50 && joined.len() > 1 && self.quiet(&room) {
+            self.rooms.get_mut(&room).expect("joined").state = RoomState::Leaving;
+            self.c.leaves += 1;
+            let body = json!({"type":"leave","room":room});
+            self.request(ws, body, Pending::Leave { room }).await
+        } else if roll < 70 {
+            let last = self.rooms[&room].last;
+            let before = (last > 0 && self.rng.random_bool(0.5))
+                .then(|| self.rng.random_range(1..=last + 1));
+            let limit = self.rng.random_range(1..=60u64);
+            self.c.histories += 1;
+            let mut body = json!({"type":"history","room":room,"limit":limit});
+            if let Some(b) = before {
+                body["before"] = json!(b);
             }
-            0..50 if joined.len() > 1 => {
-                self.rooms.get_mut(&room).expect("joined").state = RoomState::Leaving;
-                self.c.leaves += 1;
-                let body = json!({"type":"leave","room":room});
-                self.request(ws, body, Pending::Leave { room }).await
+            self.request(
+                ws,
+                body,
+                Pending::History {
+                    room,
+                    before,
+                    limit,
+                },
+            )
+            .await
+        } else if roll < 80 {
+            self.request(ws, json!({"type":"rooms"}), Pending::Rooms)
+                .await
+        } else {
+            self.misbehave(ws, room, outside.first().cloned()).await
+        }
+    }
+
+    /// No send to `room` awaits its `sent` or its echo: leaving now cannot
+    /// race the fan-out of our own message.
+    fn quiet(&self, room: &str) -> bool {
+        self.rooms.get(room).is_some_and(|r| r.echoes.is_empty())
+            && !self
+                .pending
+                .values()
+                .any(|(p, _)| matches!(p, Pending::Send { room: r, .. } if r == room))
+    }
+
+    async fn join(
+        &mut self,
+        ws: &mut Ws,
+        room: String,
+        since: Option<u64>,
+        echoes: BTreeMap<u64, String>,
+    ) -> Result<(), Broken> {
+        let state = Room {
+            state: RoomState::Joining,
+            last: since.unwrap_or(0),
+            echoes,
+        };
+        self.rooms.insert(room.clone(), state);
+        self.c.joins += 1;
+        let mut body = json!({"type":"join","room":room});
+        if let Some(since) = since {
+            body["since"] = json!(since);
+        }
+        self.request(ws, body, Pending::Join { room, since }).await
+    }
+
+    async fn say(&mut self, ws: &mut Ws, room: String) -> Result<(), Broken> {
+        let text = self.text();
+        self.c.messages_sent += 1;
+        let body = json!({"type":"send","room":room,"text":text});
+        self.request(ws, body, Pending::Send { room, text }).await
+    }
+
+    /// A unique message text of varied length and content; no surrounding
+    /// whitespace, since the server stores the trimmed text.
+    fn text(&mut self) -> String {
+        const ALPHABET: &[char] = &[
+            'a', 'e', 'i', 'o', 'u', 's', 't', 'r', ' ', ' ', 'é', '✓', '字',
+        ];
+        self.message_counter += 1;
+        let len = self.rng.random_range(0..160);
+        let filler: String = (0..len)
+            .map(|_| ALPHABET[self.rng.random_range(0..ALPHABET.len())])
+            .collect();
+        let mut text = format!("{} #{} {filler}", self.name, self.message_counter);
+        if self.rng.random_bool(0.1) {
+            text.push_str("\nsecond line\twith a tab");
+        }
+        text.push('.');
+        text
+    }
+
+    /// A deliberately bad frame; each has a documented error code.
+    async fn misbehave(
+        &mut self,
+        ws: &mut Ws,
+        member_of: String,
+        outside: Option<String>,
+    ) -> Result<(), Broken> {
+        self.c.bad_frames += 1;
+        match self.rng.random_range(0..7) {
+            0 => {
+                // Not JSON: the error cannot carry a ref.
+                self.unref_bad_requests += 1;
+                self.c.requests += 1;
+                client::send_text(ws, "this is not JSON {".to_owned())
+                    .await
+                    .map_err(|_| Broken)
             }
-            0..70 => {
-                let last = self.rooms[&room].last;
-                let before = (last > 0 && self.rng.random_bool(0.5))
-                    .then(|| self.rng.random_range(1..=last + 1));
-                let limit = self.rng.random_range(1..=60u64);
-                self.c.histories += 1;
-                let mut body = json!({"type":"history","room":room,"limit":limit});
-                if let Some(b) = before {
-                    body["before"] = json!(b);
-                }
-                self.request(ws, body, Pending::History { room, before, limit })
+            1 => {
+                self.request(
+                    ws,
+                    json!({"type":"dance"}),
+                    Pending::Refusal("unknown_type"),
+                )
+                .await
+            }
+            2 => {
+                let text = "y".repeat(MAX_TEXT_CHARS + 1 + self.rng.random_range(0..500));
+                let body = json!({"type":"send","room":member_of,"text":text});
+                self.request(ws, body, Pending::Refusal("too_large")).await
+            }
+            3 if outside.is_some() => {
+                let body = json!({"type":"send","room":outside,"text":"not a member"});
+                self.request(ws, body, Pending::Refusal("not_member")).await
+            }
+            4 => {
+                let body = json!({"type":"join","room":"   "});
+                self.request(ws, body, Pending::Refusal("invalid_room"))
                     .await
             }
-            0..80 => self.request(ws, json!({"type":"rooms"}), Pending::Rooms).await,
-            _ => self.misbehave(ws, room, outside.first().cloned()).await,
+            5 => {
+                let body = json!({"type":"hello","name":format!("{}x", self.name)});
+                self.request(ws, body, Pending::Refusal("bad_request"))
+                    .await
+            }
+            _ => {
+                let body = json!({"type":"send","room":member_of});
+                self.request(ws, body, Pending::Refusal("bad_request"))
+                    .await
+            }
         }
+    }
+
+    async fn handle(&mut self, ws: &mut Ws, v: Value) -> Result<(), Broken> {
+        let kind = v["type"].as_str().unwrap_or_default().to_owned();
+        match kind.as_str() {
+            "message" => {
+                self.on_message(&v);
+                return Ok(());
+            }
+            "presence" => {
+                self.on_presence(&v);
+                return Ok(());
+            }
+            "notice" => {
+                self.c.notices += 1;
+                return Ok(());
+            }
+            _ => {}
+        }
+        let id = self.id;
+        let Some(r) = v.get("ref").and_then(Value::as_i64) else {
+            let code = v["code"].as_str().unwrap_or_default();
+            if kind == "error" && self.unref_bad_requests > 0 && code == "bad_request" {
+                self.unref_bad_requests -= 1;
+                self.c.errors_expected.bump("bad_request".to_owned());
+            } else if kind == "error" && self.unref_bad_requests > 0 && code == "rate_limited" {
+                self.unref_bad_requests -= 1;
+                self.rate_limited(&v);
+            } else {
+                self.c
+                    .unexpected(format!("unsolicited_{kind}"), || format!("user {id}: {v}"));
+            }
+            return Ok(());
+        };
+        let Some((pending, _)) = self.pending.remove(&r) else {
+            self.c.unexpected("unmatched_ref", || {
+                format!("user {id}: reply to no request: {v}")
+            });
+            return Ok(());
+        };
+        if kind == "error" {
+            let hello_failed = matches!(pending, Pending::Hello);
+            self.on_error(&v, pending);
+            return if hello_failed { Err(Broken) } else { Ok(()) };
+        }
+        if kind != pending.reply_type() {
+            self.c.unexpected("wrong_reply", || {
+                format!(
+                    "user {id}: {pending:?} answered by {}",
+                    client::truncate(&v.to_string(), 200)
+                )
+            });
+            self.undo(pending);
+            return Ok(());
+        }
+        match pending {
+            Pending::Hello => self.on_welcome(ws, &v).await?,
+            Pending::Join { room, since } => self.on_joined(&room, since, &v),
+            Pending::Send { room, text } => self.on_sent(&room, text, &v),
+            Pending::Leave { room } => self.on_left(&room),
+            Pending::History {
+                room,
+                before,
+                limit,
+            } => self.on_history(&room, before, limit, &v),
+            Pending::Rooms => self.on_rooms(&v),
+            Pending::Refusal(_) => unreachable!("an error reply, handled above"),
+        }
+        Ok(())
+    }
+
+    fn on_error(&mut self, v: &Value, pending: Pending) {
+        let id = self.id;
+        let code = v["code"].as_str().unwrap_or("?").to_owned();
+        if v["message"].as_str().is_none_or(str::is_empty) {
+            self.c
+                .unexpected("error_without_message", || format!("user {id}: {v}"));
+        }
+        match &pending {
+            Pending::Refusal(want) if *want == code => self.c.errors_expected.bump(code),
+            _ if code == "rate_limited" => self.rate_limited(v),
+            _ => self.c.unexpected(format!("error_{code}"), || {
+                format!("user {id}: {pending:?} refused: {v}")
+            }),
+        }
+        self.undo(pending);
+    }
+
+    fn rate_limited(&mut self, v: &Value) {
+        self.c.rate_limited += 1;
+        if let Some(ms) = v["retry_after_ms"].as_u64() {
+            self.hold_until = self
+                .hold_until
+                .max(Instant::now() + Duration::from_millis(ms));
+        }
+    }
+
+    /// Reverts the bookkeeping of a request that did not happen.
+    fn undo(&mut self, pending: Pending) {
+        match pending {
+            Pending::Join { room, .. } => {
+                self.rooms.remove(&room);
+            }
+            Pending::Leave { room } => {
+                if let Some(r) = self.rooms.get_mut(&room) {
+                    r.state = RoomState::Joined;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    async fn on_welcome(&mut self, ws: &mut Ws, v: &Value) -> Result<(), Broken> {
+        let id = self.id;
+        if v["name"] != self.name.as_str() || v["protocol"] != 1 || !v["rooms"].is_array() {
+            self.c
+                .unexpected("bad_welcome", || format!("user {id}: {v}"));
+        }
+        match v["session"].as_str() {
+            Some(token) if !token.is_empty() => self.session = Some(token.to_owned()),
+            _ => self
+                .c
+                .unexpected("welcome_without_session", || format!("user {id}: {v}")),
+        }
+        self.identified = true;
+        for (room, since, echoes) in std::mem::take(&mut self.resume) {
+            if since.is_some() {
+                self.c.resumed_rooms += 1;
+            }
+            self.join(ws, room, since, echoes).await?;
+        }
+        Ok(())
+    }
+
+    /// Checks a `joined`: the catch-up must continue exactly after `since`
+    /// (or, without it, end at `last_seq`), and carry the echoes still owed.
+    fn on_joined(&mut self, room: &str, since: Option<u64>, v: &Value) {
+        let id = self.id;
+        let name = self.name.clone();
+        let c = &mut self.c;
+        let Some(r) = self.rooms.get_mut(room) else {
+            c.unexpected("joined_unknown_room", || format!("user {id}: {v}"));
+            return;
+        };
+        let (Some(last_seq), Some(messages)) = (v["last_seq"].as_u64(), v["messages"].as_array())
+        else {
+            c.unexpected("bad_joined", || format!("user {id}: {v}"));
+            return;
+        };
+        if v["room"] != room
+            || !v["users"]
+                .as_array()
+                .is_some_and(|u| u.iter().any(|n| n == name.as_str()))
+        {
+            c.unexpected("bad_joined", || format!("user {id}: {v}"));
+        }
+        let truncated = v["truncated"] == true;
+        let (mut gaps, mut dups) = (0, 0);
+        let mut prev = since;
+        for (i, m) in messages.iter().enumerate() {
+            let Some(seq) = m["seq"].as_u64() else {
+                c.unexpected("bad_joined", || {
+                    format!("user {id}: message without seq {m}")
+                });
+                continue;
+            };
+            match prev {
+                Some(p) if seq <= p => dups += 1,
+                Some(p) if seq > p + 1 && !(truncated && i == 0) => gaps += seq - p - 1,
+                _ => {}
+            }
+            if seq > last_seq || m["room"] != room {
+                c.unexpected("bad_joined", || {
+                    format!("user {id}: catch-up message {m} vs last_seq {last_seq}")
+                });
+            }
+            prev = Some(prev.map_or(seq, |p| p.max(seq)));
+            if m["from"] == name.as_str() {
+                let text = m["text"].as_str().unwrap_or_default();
+                match r.echoes.remove(&seq) {
+                    Some(sent) if sent == text => c.echoes_verified += 1,
+                    Some(sent) => c.unexpected("echo_text_mismatch", || {
+                        format!("user {id}: sent {sent:?}, got back {text:?} as seq {seq}")
+                    }),
+                    None => {
+                        self.orphans.remove(text);
+                    }
+                }
+            }
+        }
+        c.catch_up_received += messages.len() as u64;
+        match since {
+            Some(s) if s > last_seq => {
+                c.unexpected("since_beyond_last_seq", || {
+                    format!("user {id}: join {room} since {s} but last_seq {last_seq}")
+                });
+            }
+            Some(s) => {
+                let end = prev.unwrap_or(s);
+                if end < last_seq {
+                    gaps += last_seq - end;
+                }
+            }
+            None => {
+                if prev.is_some_and(|p| p != last_seq) {
+                    c.unexpected("joined_last_seq_mismatch", || {
+                        format!("user {id}: {room} history ends at {prev:?}, last_seq {last_seq}")
+                    });
+                }
+            }
+        }
+        if truncated {
+            c.truncated_resumes += 1;
+        }
+        if gaps + dups > 0 {
+            c.gaps += gaps;
+            c.duplicates += dups;
+            note(c, || {
+                format!(
+                    "user {id}: join {room} since {since:?}: {gaps} missing, {dups} repeated (last_seq {last_seq}, {} messages)",
+                    messages.len()
+                )
+            });
+        }
+        // The catch-up holds every message after `since`: owed echoes must be in it.
+        for (seq, _) in std::mem::take(&mut r.echoes) {
+            c.unexpected("lost_echo", || {
+                format!("user {id}: own seq {seq} in {room} missing from the catch-up")
+            });
+        }
+        r.state = RoomState::Joined;
+        r.last = last_seq.max(prev.unwrap_or(0));
+    }
+
+    fn on_message(&mut self, v: &Value) {
+        let id = self.id;
+        let c = &mut self.c;
+        let room = v["room"].as_str().unwrap_or_default();
+        let (Some(seq), Some(text)) = (v["seq"].as_u64(), v["text"].as_str()) else {
+            c.unexpected("bad_message", || format!("user {id}: {v}"));
+            return;
+        };
+        let r = match self.rooms.get_mut(room) {
+            Some(r) if r.state != RoomState::Joining => r,
+            Some(_) => {
+                c.unexpected("message_before_joined", || format!("user {id}: {v}"));
+                return;
+            }
+            None => {
+                c.unexpected("stray_message", || {
+                    format!("user {id}: not in the room: {v}")
+                });
+                return;
+            }
+        };
+        c.messages_received += 1;
+        if seq > r.last + 1 {
+            c.gaps += seq - r.last - 1;
+            let last = r.last;
+            note(c, || {
+                format!("user {id}: {room} jumped from seq {last} to {seq}")
+            });
+        } else if seq <= r.last {
+            c.duplicates += 1;
+            let last = r.last;
+            note(c, || {
+                format!("user {id}: {room} seq {seq} again (already at {last})")
+            });
+        }
+        r.last = r.last.max(seq);
+        if v["from"] != self.name.as_str() {
+            return;
+        }
+        match r.echoes.remove(&seq) {
+            Some(sent) if sent == text => c.echoes_verified += 1,
+            Some(sent) => c.unexpected("echo_text_mismatch", || {
+                format!("user {id}: sent {sent:?}, got back {text:?} as seq {seq}")
+            }),
+            None if self.orphans.remove(text) => {}
+            None if self
+                .pending
+                .values()
+                .any(|(p, _)| matches!(p, Pending::Send { text: t, .. } if t == text)) =>
+            {
+                c.unexpected("echo_before_sent", || format!("user {id}: {v}"));
+            }
+            None => c.unexpected("unknown_own_message", || format!("user {id}: {v}")),
+        }
+    }
+
+    fn on_sent(&mut self, room: &str, text: String, v: &Value) {
+        let id = self.id;
+        self.c.messages_acked += 1;
+        let Some(seq) = v["seq"].as_u64() else {
+            self.c.unexpected("bad_sent", || format!("user {id}: {v}"));
+            return;
+        };
+        if v["room"] != room || !v["id"].is_string() || !v["ts"].is_i64() {
+            self.c.unexpected("bad_sent", || format!("user {id}: {v}"));
+        }
+        match self.rooms.get_mut(room) {
+            // An echo already seen was reported as echo_before_sent.
+            Some(r) if r.state != RoomState::Joining && seq > r.last => {
+                r.echoes.insert(seq, text);
+            }
+            Some(r) if r.state != RoomState::Joining => {}
+            _ => self
+                .c
+                .unexpected("sent_outside_room", || format!("user {id}: {v}")),
+        }
+    }
+
+    fn on_left(&mut self, room: &str) {
+        let id = self.id;
+        match self.rooms.remove(room) {
+            Some(r) if r.state == RoomState::Leaving => {
+                // Leaves are only sent once every echo is in.
+                for (seq, _) in r.echoes {
+                    self.c.unexpected("lost_echo", || {
+                        format!("user {id}: left {room} without the echo of seq {seq}")
+                    });
+                }
+            }
+            _ => self
+                .c
+                .unexpected("left_unexpected", || format!("user {id}: left {room}")),
+        }
+    }
+
+    /// `history`: the newest `limit` messages below `before`, contiguous.
+    fn on_history(&mut self, room: &str, before: Option<u64>, limit: u64, v: &Value) {
+        let id = self.id;
+        let Some(messages) = v["messages"].as_array() else {
+            self.c
+                .unexpected("bad_history", || format!("user {id}: {v}"));
+            return;
+        };
+        let seqs: Vec<u64> = messages.iter().filter_map(|m| m["seq"].as_u64()).collect();
+        let contiguous = seqs.windows(2).all(|w| w[1] == w[0] + 1);
+        let mut ok = v["room"] == room
+            && seqs.len() == messages.len()
+            && contiguous
+            && seqs.len() as u64 <= limit;
+        if let Some(before) = before {
+            // `before` ≤ last seen + 1, so every seq below it exists.
+            let want = limit.min(before - 1);
+            ok &= seqs.len() as u64 == want && seqs.last().is_none_or(|&s| s == before - 1);
+        }
+        if !ok {
+            self.c.unexpected("bad_history", || {
+                format!(
+                    "user {id}: history {room} before {before:?} limit {limit} gave seqs {:?}…{:?} ({})",
+                    seqs.first(),
+                    seqs.last(),
+                    seqs.len()
+                )
+            });
+        }
+    }
+
+    /// `rooms`: every room this connection is in is listed with someone online.
+    fn on_rooms(&mut self, v: &Value) {
+        let id = self.id;
+        let Some(listed) = v["rooms"].as_array() else {
+            self.c.unexpected("bad_rooms", || format!("user {id}: {v}"));
+            return;
+        };
+        for (name, r) in &self.rooms {
+            if r.state != RoomState::Joined {
+                continue;
+            }
+            let online = listed
+                .iter()
+                .find(|e| e["name"] == name.as_str())
+                .and_then(|e| e["online"].as_u64());
+            if online.is_none_or(|n| n == 0) {
+                self.c.unexpected.bump("bad_rooms".to_owned());
+                note(&mut self.c, || {
+                    format!("user {id}: rooms lists {name} with online {online:?} while in it")
+                });
+            }
+        }
+    }
+
+    fn on_presence(&mut self, v: &Value) {
+        let id = self.id;
+        self.c.presences += 1;
+        let room = v["room"].as_str().unwrap_or_default();
+        if !self
+            .rooms
+            .get(room)
+            .is_some_and(|r| r.state != RoomState::Joining)
+        {
+            self.c
+                .unexpected("stray_presence", || format!("user {id}: {v}"));
+            return;
+        }
+        let user = &v["user"];
+        let listed = v["users"]
+            .as_array()
+            .map(|users| users.iter().any(|u| u == user));
+        let consistent = match v["event"].as_str() {
+            Some("join") => listed == Some(true),
+            Some("leave") => listed == Some(false),
+            _ => false,
+        };
+        if !consistent {
+            self.c
+                .unexpected("bad_presence", || format!("user {id}: {v}"));
+        }
+    }
+}
+
+/// Keeps a description of an anomaly counted elsewhere.
+fn note(c: &mut SoakCounts, detail: impl FnOnce() -> String) {
+    if c.anomalies.len() < ANOMALIES_KEPT {
+        c.anomalies.push(detail());
+    }
+}

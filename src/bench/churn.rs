@@ -1,0 +1,422 @@
+//! `bench churn`: people coming and going as fast as they can.
+//!
+//! C clients loop for `--duration`: connect, `hello` under a fresh name,
+//! then one to three rounds of `join` → `send` → `leave` (the last round
+//! sometimes skips the leave), then close — politely or by dropping the
+//! socket. It measures joins and connections per second and join latency,
+//! and checks what is cheap to check about presence: `joined.users` lists
+//! the joiner and is sorted case-insensitively; a `presence` join lists its
+//! user, a leave does not.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::client::{self, AUTO_PER_SOURCE, CallError, ConnectError, Dialer, Target, Ws};
+use super::{Latency, LatencySummary, Tally, default_seed};
+
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Beyond the deadline, how long a client may take to finish its round.
+const HARD_STOP_GRACE: Duration = Duration::from_secs(15);
+
+#[derive(Debug, Clone, Args)]
+pub struct ChurnArgs {
+    #[command(flatten)]
+    pub target: Target,
+
+    /// Clients churning at once. Against a loopback server each gets its own
+    /// source address unless --source-ips says otherwise (the server's
+    /// default allows 120 new connections a minute per address).
+    #[arg(long, default_value_t = 20)]
+    pub clients: usize,
+
+    /// Rooms to join, named PREFIX0, PREFIX1, …
+    #[arg(long, default_value_t = 5)]
+    pub rooms: usize,
+
+    /// Prefix of the room names.
+    #[arg(long, default_value = "bench-")]
+    pub room_prefix: String,
+
+    /// How long to churn.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+
+    /// Seed for the clients' random choices (default: from the clock).
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ChurnCounts {
+    pub connects: u64,
+    pub hellos: u64,
+    pub joins: u64,
+    pub messages_acked: u64,
+    pub leaves: u64,
+    pub closes_polite: u64,
+    pub closes_abrupt: u64,
+    /// Refusals: `http_429`, `http_503` at the upgrade, `rate_limited` replies.
+    pub refused: BTreeMap<String, u64>,
+    /// Errors, timeouts and closes that are no refusal.
+    pub unexpected: BTreeMap<String, u64>,
+    pub presence_checked: u64,
+    pub presence_errors: u64,
+    /// A few descriptions of what went wrong.
+    pub anomalies: Vec<String>,
+}
+
+impl ChurnCounts {
+    fn merge(&mut self, o: ChurnCounts) {
+        self.connects += o.connects;
+        self.hellos += o.hellos;
+        self.joins += o.joins;
+        self.messages_acked += o.messages_acked;
+        self.leaves += o.leaves;
+        self.closes_polite += o.closes_polite;
+        self.closes_abrupt += o.closes_abrupt;
+        self.refused.add_all(o.refused);
+        self.unexpected.add_all(o.unexpected);
+        self.presence_checked += o.presence_checked;
+        self.presence_errors += o.presence_errors;
+        let room = 10usize.saturating_sub(self.anomalies.len());
+        self.anomalies.extend(o.anomalies.into_iter().take(room));
+    }
+
+    fn anomaly(&mut self, detail: String) {
+        if self.anomalies.len() < 10 {
+            self.anomalies.push(detail);
+        }
+    }
+
+    /// Checks one unsolicited frame.
+    fn observe(&mut self, v: &Value) {
+        if v["type"] != "presence" {
+            return;
+        }
+        self.presence_checked += 1;
+        let listed = v["users"]
+            .as_array()
+            .map(|users| users.iter().any(|u| *u == v["user"]));
+        let ok = match v["event"].as_str() {
+            Some("join") => listed == Some(true),
+            Some("leave") => listed == Some(false),
+            _ => false,
+        } && sorted_case_insensitively(&v["users"]);
+        if !ok {
+            self.presence_errors += 1;
+            self.anomaly(format!("presence: {v}"));
+        }
+    }
+}
+
+fn sorted_case_insensitively(users: &Value) -> bool {
+    let Some(users) = users.as_array() else {
+        return false;
+    };
+    let keys: Vec<String> = users
+        .iter()
+        .map(|u| u.as_str().unwrap_or_default().to_lowercase())
+        .collect();
+    keys.windows(2).all(|w| w[0] <= w[1])
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChurnReport {
+    pub scenario: &'static str,
+    pub url: String,
+    pub clients: usize,
+    pub rooms: usize,
+    pub duration_s: f64,
+    pub source_ips: usize,
+    #[serde(flatten)]
+    pub counts: ChurnCounts,
+    pub joins_per_s: f64,
+    pub connects_per_s: f64,
+    pub join_latency: LatencySummary,
+    pub stuck_clients: u64,
+    pub ok: bool,
+}
+
+impl ChurnReport {
+    pub fn failures(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if !self.counts.unexpected.is_empty() {
+            out.push(format!("unexpected: {}", self.counts.unexpected.render()));
+        }
+        if self.counts.presence_errors > 0 {
+            out.push(format!(
+                "{} wrong presence lists",
+                self.counts.presence_errors
+            ));
+        }
+        if self.stuck_clients > 0 {
+            out.push(format!(
+                "{} clients stuck past the deadline",
+                self.stuck_clients
+            ));
+        }
+        if self.counts.joins == 0 {
+            out.push("no join succeeded".to_owned());
+        }
+        out
+    }
+}
+
+impl fmt::Display for ChurnReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &self.counts;
+        writeln!(
+            f,
+            "churn: {} clients over {} rooms for {:.0} s against {}",
+            self.clients, self.rooms, self.duration_s, self.url
+        )?;
+        writeln!(
+            f,
+            "  connections {} ({:.1}/s), joins {} ({:.1}/s), messages acked {}, leaves {}, closes polite {} / abrupt {}",
+            c.connects,
+            self.connects_per_s,
+            c.joins,
+            self.joins_per_s,
+            c.messages_acked,
+            c.leaves,
+            c.closes_polite,
+            c.closes_abrupt
+        )?;
+        writeln!(f, "  join latency: {}", self.join_latency)?;
+        writeln!(
+            f,
+            "  presence frames checked {}, wrong {}; refused {}; unexpected {}",
+            c.presence_checked,
+            c.presence_errors,
+            c.refused.render(),
+            c.unexpected.render()
+        )?;
+        for a in &c.anomalies {
+            writeln!(f, "    ! {a}")?;
+        }
+        let failures = self.failures();
+        if failures.is_empty() {
+            write!(f, "  result: OK")
+        } else {
+            write!(f, "  result: FAILED ({})", failures.join("; "))
+        }
+    }
+}
+
+struct Plan {
+    args: ChurnArgs,
+    dialer: Dialer,
+    run_id: String,
+    seed: u64,
+    deadline: Instant,
+}
+
+pub async fn run(args: ChurnArgs) -> anyhow::Result<ChurnReport> {
+    anyhow::ensure!(
+        args.clients > 0 && args.rooms > 0,
+        "--clients and --rooms must be at least 1"
+    );
+    super::probe::check_fd_budget(args.clients as u64 * 2)?;
+    // One source address per client by default: churn opens many connections.
+    let dialer = Dialer::build(&args.target, args.clients * AUTO_PER_SOURCE).await?;
+    let seed = args.seed.unwrap_or_else(default_seed);
+    let start = Instant::now();
+    let plan = Arc::new(Plan {
+        run_id: format!("{:04x}", seed & 0xffff),
+        seed,
+        deadline: start + args.duration,
+        dialer,
+        args,
+    });
+    let mut clients = JoinSet::new();
+    for id in 0..plan.args.clients {
+        let plan = plan.clone();
+        clients.spawn(async move { churn(&plan, id).await });
+    }
+    let mut counts = ChurnCounts::default();
+    let mut latency = Latency::default();
+    let mut stuck_clients = 0;
+    let hard_stop = plan.deadline + HARD_STOP_GRACE;
+    loop {
+        match tokio::time::timeout_at(hard_stop, clients.join_next()).await {
+            Ok(Some(Ok((c, l)))) => {
+                counts.merge(c);
+                latency.merge(&l);
+            }
+            Ok(Some(Err(e))) => {
+                counts.unexpected.bump("client_task_failed".to_owned());
+                counts.anomaly(e.to_string());
+            }
+            Ok(None) => break,
+            Err(_) => {
+                stuck_clients = clients.len() as u64;
+                clients.abort_all();
+                break;
+            }
+        }
+    }
+    let secs = plan.args.duration.as_secs_f64();
+    let mut report = ChurnReport {
+        scenario: "churn",
+        url: plan.args.target.url.clone(),
+        clients: plan.args.clients,
+        rooms: plan.args.rooms,
+        duration_s: secs,
+        source_ips: plan.dialer.sources().len(),
+        joins_per_s: counts.joins as f64 / secs,
+        connects_per_s: counts.connects as f64 / secs,
+        counts,
+        join_latency: latency.summary(),
+        stuck_clients,
+        ok: false,
+    };
+    report.ok = report.failures().is_empty();
+    Ok(report)
+}
+
+/// What ended a round early.
+enum Stop {
+    /// Refused or broken: counted already; start a new connection.
+    Again,
+}
+
+async fn churn(plan: &Plan, id: usize) -> (ChurnCounts, Latency) {
+    let mut c = ChurnCounts::default();
+    let mut latency = Latency::default();
+    let mut rng =
+        StdRng::seed_from_u64(plan.seed ^ (id as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let mut round = 0u64;
+    let mut backoff = Duration::from_millis(100);
+    while Instant::now() < plan.deadline {
+        let ws = match plan.dialer.connect(id).await {
+            Ok(ws) => {
+                backoff = Duration::from_millis(100);
+                ws
+            }
+            Err(e) => {
+                c.refused.bump(e.key());
+                let wait = match &e {
+                    ConnectError::Refused { retry_after, .. } => {
+                        retry_after.unwrap_or(Duration::from_secs(1))
+                    }
+                    _ => {
+                        c.unexpected.bump(format!("connect_{}", e.key()));
+                        c.anomaly(format!("client {id}: {e}"));
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                        backoff
+                    }
+                };
+                tokio::time::sleep_until((Instant::now() + wait).min(plan.deadline)).await;
+                continue;
+            }
+        };
+        c.connects += 1;
+        round += 1;
+        let name = format!("ch{}-{id}-{round}", plan.run_id);
+        let mut ws = ws;
+        match one_round(plan, &mut ws, &name, &mut rng, &mut c, &mut latency).await {
+            Ok(()) => {
+                if rng.random_bool(0.5) {
+                    c.closes_polite += 1;
+                    client::close(ws).await;
+                } else {
+                    c.closes_abrupt += 1;
+                    drop(ws);
+                }
+            }
+            Err(Stop::Again) => drop(ws),
+        }
+    }
+    (c, latency)
+}
+
+/// hello, then one to three join → send → leave rounds on one connection.
+async fn one_round(
+    plan: &Plan,
+    ws: &mut Ws,
+    name: &str,
+    rng: &mut StdRng,
+    c: &mut ChurnCounts,
+    latency: &mut Latency,
+) -> Result<(), Stop> {
+    let mut next_ref = 0i64;
+    let mut call = async |ws: &mut Ws, body: Value, c: &mut ChurnCounts| {
+        next_ref += 1;
+        let reply = client::call(ws, body, next_ref, REPLY_TIMEOUT, |v| c.observe(v)).await;
+        match reply {
+            Ok(v) if v["type"] == "error" => {
+                let code = v["code"].as_str().unwrap_or("?");
+                if code == "rate_limited" {
+                    c.refused.bump(code.to_owned());
+                    let ms = v["retry_after_ms"].as_u64().unwrap_or(1000);
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                } else {
+                    c.unexpected.bump(format!("error_{code}"));
+                    c.anomaly(format!("{name}: {v}"));
+                }
+                Err(Stop::Again)
+            }
+            Ok(v) => Ok(v),
+            Err(e) => {
+                if Instant::now() < plan.deadline || !matches!(e, CallError::Timeout) {
+                    c.unexpected.bump(e.key());
+                    c.anomaly(format!("{name}: {e:?}"));
+                }
+                Err(Stop::Again)
+            }
+        }
+    };
+    let welcome = call(ws, json!({"type":"hello","name":name}), c).await?;
+    if welcome["type"] != "welcome" || welcome["name"] != name {
+        c.unexpected.bump("bad_welcome".to_owned());
+        return Err(Stop::Again);
+    }
+    c.hellos += 1;
+    let rounds = rng.random_range(1..=3);
+    for i in 0..rounds {
+        if Instant::now() >= plan.deadline {
+            break;
+        }
+        let room = format!(
+            "{}{}",
+            plan.args.room_prefix,
+            rng.random_range(0..plan.args.rooms)
+        );
+        let asked = Instant::now();
+        let joined = call(ws, json!({"type":"join","room":room}), c).await?;
+        latency.record(asked.elapsed());
+        c.joins += 1;
+        let users = &joined["users"];
+        let lists_me = users
+            .as_array()
+            .is_some_and(|u| u.iter().any(|n| n == name));
+        if joined["type"] != "joined" || !lists_me || !sorted_case_insensitively(users) {
+            c.presence_errors += 1;
+            c.anomaly(format!("{name}: joined {room}: {joined}"));
+        }
+        let sent = call(
+            ws,
+            json!({"type":"send","room":room,"text":format!("{name} was here")}),
+            c,
+        )
+        .await?;
+        if sent["type"] == "sent" {
+            c.messages_acked += 1;
+        }
+        if i + 1 < rounds || rng.random_bool(0.5) {
+            call(ws, json!({"type":"leave","room":room}), c).await?;
+            c.leaves += 1;
+        }
+    }
+    Ok(())
+}

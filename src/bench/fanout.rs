@@ -1,0 +1,623 @@
+//! `bench fanout`: end-to-end delivery latency and exactness under a steady
+//! message rate.
+//!
+//! R rooms × M members (one connection each), S of whom per room also send,
+//! together offering `--rate` messages a second for `--duration`. Each text
+//! is `fan <run> <sender> <counter> <µs since start>`, so every receiver can
+//! measure latency (sender and receivers share this process's clock) and
+//! check, per sender, that nothing is lost, repeated or reordered. The
+//! counters a sender's server accepted (`sent`) are compared with what each
+//! member of its room received, so refused messages are not counted as lost.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use clap::Args;
+use rand::Rng;
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use super::client::{self, Dialer, Incoming, Target, Ws};
+use super::{Latency, LatencySummary, Tally, default_seed};
+
+/// How long one set-up reply may take.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(15);
+/// After the sending window: time for acknowledgements and deliveries to land.
+const DRAIN: Duration = Duration::from_secs(5);
+/// The server's default per-connection message rate.
+const SERVER_DEFAULT_MSG_RATE: f64 = 10.0;
+
+#[derive(Debug, Clone, Args)]
+pub struct FanoutArgs {
+    #[command(flatten)]
+    pub target: Target,
+
+    /// Rooms.
+    #[arg(long, default_value_t = 4)]
+    pub rooms: usize,
+
+    /// Members per room, senders included.
+    #[arg(long, default_value_t = 10)]
+    pub members: usize,
+
+    /// Senders per room.
+    #[arg(long, default_value_t = 2)]
+    pub senders: usize,
+
+    /// Messages per second offered in total, over all senders (each sender
+    /// sends rate / (rooms × senders); the server's default limit is 10/s
+    /// per connection).
+    #[arg(long, default_value_t = 40.0)]
+    pub rate: f64,
+
+    /// How long to send.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+
+    /// Prefix of the room names.
+    #[arg(long, default_value = "bench-")]
+    pub room_prefix: String,
+}
+
+/// What a fanout run found.
+#[derive(Debug, Clone, Serialize)]
+pub struct FanoutReport {
+    pub scenario: &'static str,
+    pub url: String,
+    pub rooms: usize,
+    pub members: usize,
+    pub senders: usize,
+    pub duration_s: f64,
+    /// Members that could not connect, hello or join, by reason.
+    pub setup_failed: BTreeMap<String, u64>,
+    pub offered: u64,
+    pub offered_per_s: f64,
+    /// Messages acknowledged with `sent`.
+    pub accepted: u64,
+    /// Message frames received by members (messages × recipients).
+    pub delivered: u64,
+    pub delivered_per_s: f64,
+    pub latency: LatencySummary,
+    /// Accepted messages a member of the room never received.
+    pub lost: u64,
+    pub duplicated: u64,
+    /// Messages received after a later one from the same sender.
+    pub reordered: u64,
+    /// Messages received that their sender never saw acknowledged.
+    pub unacknowledged_received: u64,
+    /// Room seqs skipped or repeated on a connection.
+    pub seq_gaps: u64,
+    pub seq_duplicates: u64,
+    pub rate_limited: u64,
+    /// Errors, closes and timeouts that are no refusal.
+    pub unexpected: BTreeMap<String, u64>,
+    pub ok: bool,
+}
+
+impl FanoutReport {
+    pub fn failures(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (what, n) in [
+            ("lost", self.lost),
+            ("duplicated", self.duplicated),
+            ("reordered", self.reordered),
+            (
+                "received but never acknowledged",
+                self.unacknowledged_received,
+            ),
+            ("seq gaps", self.seq_gaps),
+            ("seq duplicates", self.seq_duplicates),
+        ] {
+            if n > 0 {
+                out.push(format!("{n} {what}"));
+            }
+        }
+        if !self.unexpected.is_empty() {
+            out.push(format!("unexpected: {}", self.unexpected.render()));
+        }
+        let setup_unexpected = self.setup_failed.keys().any(|k| !k.starts_with("http_"));
+        if setup_unexpected {
+            out.push(format!("set-up failed: {}", self.setup_failed.render()));
+        }
+        if self.delivered == 0 {
+            out.push("nothing was delivered".to_owned());
+        }
+        out
+    }
+}
+
+impl fmt::Display for FanoutReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "fanout: {} rooms × {} members, {} senders each, {:.0} s against {}",
+            self.rooms, self.members, self.senders, self.duration_s, self.url
+        )?;
+        writeln!(
+            f,
+            "  offered {} ({:.1} msg/s), accepted {}, delivered {} ({:.1} msg/s incl. fan-out)",
+            self.offered, self.offered_per_s, self.accepted, self.delivered, self.delivered_per_s
+        )?;
+        writeln!(f, "  end-to-end latency: {}", self.latency)?;
+        writeln!(
+            f,
+            "  lost {}, duplicated {}, reordered {}, seq gaps {}, seq duplicates {}, rate_limited {}, unexpected {}, set-up failures {}",
+            self.lost,
+            self.duplicated,
+            self.reordered,
+            self.seq_gaps,
+            self.seq_duplicates,
+            self.rate_limited,
+            self.unexpected.render(),
+            self.setup_failed.render()
+        )?;
+        let failures = self.failures();
+        if failures.is_empty() {
+            write!(f, "  result: OK")
+        } else {
+            write!(f, "  result: FAILED ({})", failures.join("; "))
+        }
+    }
+}
+
+/// The sending window, announced once every member is in its room.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    /// The clock the texts' timestamps count from.
+    epoch: Instant,
+    end: Instant,
+}
+
+/// Running totals the coordinator watches to know when delivery is complete.
+#[derive(Default)]
+struct Progress {
+    /// Sends without an answer yet.
+    in_flight: AtomicU64,
+    /// For each room: accepted messages × members present.
+    expected_deliveries: AtomicU64,
+    delivered: AtomicU64,
+}
+
+/// What one member saw.
+#[derive(Default)]
+struct MemberResult {
+    room: usize,
+    /// Whether it got into its room (otherwise it has no stream to check).
+    joined: bool,
+    /// Global sender index and which of its counters were accepted.
+    sender: Option<(usize, Vec<bool>)>,
+    offered: u64,
+    rate_limited: u64,
+    unexpected: BTreeMap<String, u64>,
+    /// Per sender: how many times each counter arrived.
+    received: BTreeMap<usize, Vec<u32>>,
+    delivered: u64,
+    reordered: u64,
+    seq_gaps: u64,
+    seq_duplicates: u64,
+    latency: Latency,
+}
+
+struct Member {
+    room: usize,
+    room_name: String,
+    /// Global sender index, when this member sends.
+    sender: Option<usize>,
+    members_in_room: Arc<AtomicU64>,
+    progress: Arc<Progress>,
+    run_id: String,
+    period: Duration,
+}
+
+pub async fn run(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
+    anyhow::ensure!(
+        args.rooms > 0 && args.members > 0 && args.senders > 0 && args.senders <= args.members,
+        "need at least one room and member, and 1 ≤ --senders ≤ --members"
+    );
+    anyhow::ensure!(args.rate > 0.0, "--rate must be positive");
+    let total = args.rooms * args.members;
+    super::probe::check_fd_budget(total as u64)?;
+    let per_sender = args.rate / (args.rooms * args.senders) as f64;
+    if per_sender > SERVER_DEFAULT_MSG_RATE {
+        eprintln!(
+            "note: each sender offers {per_sender:.1} msg/s; a server with default limits \
+             allows {SERVER_DEFAULT_MSG_RATE}/s per connection (raise --msg-rate/--msg-burst)"
+        );
+    }
+    let dialer = Arc::new(Dialer::build(&args.target, total).await?);
+    let run_id = format!("{:04x}", default_seed() & 0xffff);
+    let progress = Arc::new(Progress::default());
+    let (window_tx, window_rx) = watch::channel(None::<Window>);
+    let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<Result<(), String>>();
+    let stop = CancellationToken::new();
+    let period = Duration::from_secs_f64(1.0 / per_sender);
+    let mut tasks = JoinSet::new();
+    for room in 0..args.rooms {
+        let members_in_room = Arc::new(AtomicU64::new(0));
+        for m in 0..args.members {
+            let member = Member {
+                room,
+                room_name: format!("{}{room}", args.room_prefix),
+                sender: (m < args.senders).then_some(room * args.senders + m),
+                members_in_room: members_in_room.clone(),
+                progress: progress.clone(),
+                run_id: run_id.clone(),
+                period,
+            };
+            let dialer = dialer.clone();
+            let name = format!("fn{run_id}-{room}-{m}");
+            let (window_rx, ready_tx, stop) = (window_rx.clone(), ready_tx.clone(), stop.clone());
+            let index = room * args.members + m;
+            tasks.spawn(async move {
+                member
+                    .run(&dialer, index, &name, window_rx, ready_tx, stop)
+                    .await
+            });
+        }
+    }
+    drop(ready_tx);
+
+    let mut setup_failed = BTreeMap::new();
+    for _ in 0..total {
+        match ready_rx.recv().await {
+            Some(Ok(())) => {}
+            Some(Err(key)) => setup_failed.bump(key),
+            None => break,
+        }
+    }
+    // A moment for the last presence frames to settle before timing starts.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let epoch = Instant::now();
+    let window = Window {
+        epoch,
+        end: epoch + args.duration,
+    };
+    let _ = window_tx.send(Some(window));
+
+    // Wait for the window, then for every accepted message to reach every member.
+    tokio::time::sleep_until(window.end).await;
+    let drain_end = window.end + DRAIN;
+    loop {
+        let done = progress.in_flight.load(Ordering::SeqCst) == 0
+            && progress.delivered.load(Ordering::SeqCst)
+                >= progress.expected_deliveries.load(Ordering::SeqCst);
+        if done || Instant::now() >= drain_end {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.cancel();
+    let mut results = Vec::new();
+    let mut unexpected = BTreeMap::new();
+    let hard = tokio::time::sleep(Duration::from_secs(10));
+    tokio::pin!(hard);
+    loop {
+        tokio::select! {
+            next = tasks.join_next() => match next {
+                Some(Ok(r)) => results.push(r),
+                Some(Err(_)) => unexpected.bump("member_task_failed".to_owned()),
+                None => break,
+            },
+            () = &mut hard => {
+                unexpected.bump("members_stuck".to_owned());
+                tasks.abort_all();
+                break;
+            }
+        }
+    }
+    Ok(tally(&args, setup_failed, unexpected, results))
+}
+
+fn tally(
+    args: &FanoutArgs,
+    setup_failed: BTreeMap<String, u64>,
+    mut unexpected: BTreeMap<String, u64>,
+    results: Vec<MemberResult>,
+) -> FanoutReport {
+    let accepted_by: BTreeMap<usize, (usize, &Vec<bool>)> = results
+        .iter()
+        .filter_map(|r| r.sender.as_ref().map(|(s, acc)| (*s, (r.room, acc))))
+        .collect();
+    let mut latency = Latency::default();
+    let (mut lost, mut duplicated, mut phantom) = (0, 0, 0);
+    let (mut offered, mut rate_limited, mut delivered, mut reordered) = (0, 0, 0, 0);
+    let (mut seq_gaps, mut seq_duplicates) = (0, 0);
+    for r in &results {
+        offered += r.offered;
+        rate_limited += r.rate_limited;
+        delivered += r.delivered;
+        reordered += r.reordered;
+        seq_gaps += r.seq_gaps;
+        seq_duplicates += r.seq_duplicates;
+        unexpected.add_all(r.unexpected.clone());
+        latency.merge(&r.latency);
+        // Only members that got into their room have a stream to check.
+        if !r.joined {
+            continue;
+        }
+        for (sender, (room, accepted)) in &accepted_by {
+            if *room != r.room {
+                continue;
+            }
+            let got = r.received.get(sender).map_or(&[][..], Vec::as_slice);
+            for (i, &acc) in accepted.iter().enumerate() {
+                let n = got.get(i).copied().unwrap_or(0);
+                match (acc, n) {
+                    (true, 0) => lost += 1,
+                    (true, n) => duplicated += u64::from(n - 1),
+                    (false, 0) => {}
+                    (false, n) => phantom += u64::from(n),
+                }
+            }
+            phantom += got
+                .iter()
+                .skip(accepted.len())
+                .map(|&n| u64::from(n))
+                .sum::<u64>();
+        }
+    }
+    let accepted = accepted_by
+        .values()
+        .map(|(_, acc)| acc.iter().filter(|a| **a).count() as u64)
+        .sum();
+    let secs = args.duration.as_secs_f64();
+    let mut report = FanoutReport {
+        scenario: "fanout",
+        url: args.target.url.clone(),
+        rooms: args.rooms,
+        members: args.members,
+        senders: args.senders,
+        duration_s: secs,
+        setup_failed,
+        offered,
+        offered_per_s: offered as f64 / secs,
+        accepted,
+        delivered,
+        delivered_per_s: delivered as f64 / secs,
+        latency: latency.summary(),
+        lost,
+        duplicated,
+        reordered,
+        unacknowledged_received: phantom,
+        seq_gaps,
+        seq_duplicates,
+        rate_limited,
+        unexpected,
+        ok: false,
+    };
+    report.ok = report.failures().is_empty();
+    report
+}
+
+impl Member {
+    async fn run(
+        self,
+        dialer: &Dialer,
+        index: usize,
+        name: &str,
+        mut window_rx: watch::Receiver<Option<Window>>,
+        ready_tx: mpsc::UnboundedSender<Result<(), String>>,
+        stop: CancellationToken,
+    ) -> MemberResult {
+        let mut out = MemberResult {
+            room: self.room,
+            sender: self.sender.map(|s| (s, Vec::new())),
+            ..MemberResult::default()
+        };
+        let (mut ws, last_seq) = match self.set_up(dialer, index, name).await {
+            Ok(joined) => joined,
+            Err(key) => {
+                // Counted in the report's set-up failures.
+                let _ = ready_tx.send(Err(key));
+                out.sender = None;
+                return out;
+            }
+        };
+        out.joined = true;
+        self.members_in_room.fetch_add(1, Ordering::SeqCst);
+        let _ = ready_tx.send(Ok(()));
+        drop(ready_tx);
+        let mut last_seq = last_seq;
+        // Until the window opens, frames (presence of later joiners) are just drained.
+        let window = loop {
+            tokio::select! {
+                changed = window_rx.changed() => {
+                    if changed.is_err() {
+                        return out;
+                    }
+                    if let Some(w) = *window_rx.borrow() {
+                        break w;
+                    }
+                }
+                incoming = client::next_frame(&mut ws) => {
+                    if let Incoming::Closed(code) = incoming {
+                        out.unexpected.bump(close_key(code));
+                        return out;
+                    }
+                }
+                () = stop.cancelled() => return out,
+            }
+        };
+        // Senders start at a random phase so they do not tick together.
+        let phase = self.period.mul_f64(rand::rng().random::<f64>());
+        let mut tick = tokio::time::interval_at(window.epoch + phase, self.period);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
+        let mut counter: u64 = 0;
+        let mut refs: BTreeMap<i64, u64> = BTreeMap::new();
+        let mut max_seen: BTreeMap<usize, u64> = BTreeMap::new();
+        let sending = self.sender.is_some();
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                _ = tick.tick(), if sending && Instant::now() < window.end => {
+                    let sender = self.sender.expect("sending");
+                    let us = window.epoch.elapsed().as_micros();
+                    let text = format!("fan {} {sender} {counter} {us}", self.run_id);
+                    let r = counter as i64 + 1;
+                    let body = json!({"type":"send","room":self.room_name,"text":text,"ref":r});
+                    refs.insert(r, counter);
+                    if let Some((_, acc)) = out.sender.as_mut() {
+                        acc.push(false);
+                    }
+                    counter += 1;
+                    out.offered += 1;
+                    self.progress.in_flight.fetch_add(1, Ordering::SeqCst);
+                    if client::send_json(&mut ws, &body).await.is_err() {
+                        out.unexpected.bump("connection_lost".to_owned());
+                        break;
+                    }
+                }
+                incoming = client::next_frame(&mut ws) => match incoming {
+                    Incoming::Json(v) => self.on_frame(&v, window, &mut out, &mut refs, &mut max_seen, &mut last_seq),
+                    Incoming::Closed(code) => {
+                        out.unexpected.bump(close_key(code));
+                        break;
+                    }
+                    Incoming::Garbage(_) => out.unexpected.bump("garbage_frame".to_owned()),
+                },
+            }
+        }
+        // Sends never answered no longer hold the coordinator up.
+        self.progress
+            .in_flight
+            .fetch_sub(refs.len() as u64, Ordering::SeqCst);
+        if !refs.is_empty() && !stop.is_cancelled() {
+            out.unexpected.bump("unanswered_send".to_owned());
+        }
+        client::close(ws).await;
+        out
+    }
+
+    fn on_frame(
+        &self,
+        v: &Value,
+        window: Window,
+        out: &mut MemberResult,
+        refs: &mut BTreeMap<i64, u64>,
+        max_seen: &mut BTreeMap<usize, u64>,
+        last_seq: &mut u64,
+    ) {
+        match v["type"].as_str() {
+            Some("message") => {
+                if let Some(seq) = v["seq"].as_u64() {
+                    if seq <= *last_seq {
+                        out.seq_duplicates += 1;
+                    } else if seq > *last_seq + 1 {
+                        out.seq_gaps += seq - *last_seq - 1;
+                    }
+                    *last_seq = (*last_seq).max(seq);
+                }
+                let Some((sender, counter, sent_us)) =
+                    parse_text(v["text"].as_str().unwrap_or_default(), &self.run_id)
+                else {
+                    return; // someone else's traffic
+                };
+                let now_us = window.epoch.elapsed().as_micros() as u64;
+                out.latency.record_us(now_us.saturating_sub(sent_us));
+                out.delivered += 1;
+                self.progress.delivered.fetch_add(1, Ordering::SeqCst);
+                let counts = out.received.entry(sender).or_default();
+                let i = counter as usize;
+                if counts.len() <= i {
+                    counts.resize(i + 1, 0);
+                }
+                counts[i] += 1;
+                let max = max_seen.entry(sender).or_insert(0);
+                if counts[i] == 1 && counter < *max {
+                    out.reordered += 1;
+                }
+                *max = (*max).max(counter);
+            }
+            Some("sent") => {
+                let Some(counter) = v["ref"].as_i64().and_then(|r| refs.remove(&r)) else {
+                    out.unexpected.bump("unmatched_sent".to_owned());
+                    return;
+                };
+                if let Some((_, acc)) = out.sender.as_mut() {
+                    acc[counter as usize] = true;
+                }
+                let members = self.members_in_room.load(Ordering::SeqCst);
+                self.progress
+                    .expected_deliveries
+                    .fetch_add(members, Ordering::SeqCst);
+                self.progress.in_flight.fetch_sub(1, Ordering::SeqCst);
+            }
+            Some("error") => {
+                if let Some(r) = v["ref"].as_i64()
+                    && refs.remove(&r).is_some()
+                {
+                    self.progress.in_flight.fetch_sub(1, Ordering::SeqCst);
+                }
+                match v["code"].as_str() {
+                    Some("rate_limited") => out.rate_limited += 1,
+                    code => out
+                        .unexpected
+                        .bump(format!("error_{}", code.unwrap_or("?"))),
+                }
+            }
+            // Presence of members joining late, notices: not measured.
+            _ => {}
+        }
+    }
+
+    /// Connect, hello, join; returns the socket and the room's `last_seq`.
+    async fn set_up(&self, dialer: &Dialer, index: usize, name: &str) -> Result<(Ws, u64), String> {
+        let mut ws = dialer
+            .connect(index)
+            .await
+            .map_err(|e| format!("connect_{}", e.key()).replace("connect_http", "http"))?;
+        let hello = json!({"type":"hello","name":name});
+        match client::call(&mut ws, hello, -1, REPLY_TIMEOUT, |_| {}).await {
+            Ok(v) if v["type"] == "welcome" => {}
+            Ok(v) => return Err(format!("hello_{}", v["code"].as_str().unwrap_or("?"))),
+            Err(e) => return Err(format!("hello_{}", e.key())),
+        }
+        let join = json!({"type":"join","room":self.room_name});
+        match client::call(&mut ws, join, -2, REPLY_TIMEOUT, |_| {}).await {
+            Ok(v) if v["type"] == "joined" => Ok((ws, v["last_seq"].as_u64().unwrap_or(0))),
+            Ok(v) => Err(format!("join_{}", v["code"].as_str().unwrap_or("?"))),
+            Err(e) => Err(format!("join_{}", e.key())),
+        }
+    }
+}
+
+fn close_key(code: Option<u16>) -> String {
+    code.map_or("connection_lost".to_owned(), |c| {
+        format!("server_close_{c}")
+    })
+}
+
+/// `fan <run> <sender> <counter> <µs>` of this run → (sender, counter, µs).
+fn parse_text(text: &str, run_id: &str) -> Option<(usize, u64, u64)> {
+    let mut parts = text.split(' ');
+    if parts.next()? != "fan" || parts.next()? != run_id {
+        return None;
+    }
+    Some((
+        parts.next()?.parse().ok()?,
+        parts.next()?.parse().ok()?,
+        parts.next()?.parse().ok()?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn texts_carry_sender_counter_and_time() {
+        assert_eq!(
+            parse_text("fan 00ab 3 17 123456", "00ab"),
+            Some((3, 17, 123456))
+        );
+        assert_eq!(parse_text("fan ffff 3 17 123456", "00ab"), None);
+        assert_eq!(parse_text("hello", "00ab"), None);
+    }
+}
