@@ -40,6 +40,8 @@ pub struct Settings {
 const COALESCE_MAX: usize = 64;
 /// How long a closing connection may take to flush its last frames.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// How long the server waits for the client's close frame after its own.
+const CLOSING_HANDSHAKE_GRACE: Duration = Duration::from_secs(2);
 /// How long a write already under way may go on after the connection was
 /// told to close (a slow reader still gets its close code); past it the
 /// socket is considered stuck and dropped without one.
@@ -62,7 +64,7 @@ pub async fn serve(
     let ping = Arc::new(Notify::new());
     let budget = Arc::new(OutboxBudget::new(settings.outbox_bytes));
     let peer = Peer::new(outbox_tx, budget.clone(), kick.clone());
-    let (sink, stream) = socket.split();
+    let (sink, mut stream) = socket.split();
     let outbox = Outbox {
         rx: outbox_rx,
         budget,
@@ -71,7 +73,7 @@ pub async fn serve(
 
     let mut session = Session::new(hub.clone(), peer.clone(), address_limits, permit.ip());
     read_loop(
-        stream,
+        &mut stream,
         &mut session,
         &kick,
         &ping,
@@ -92,6 +94,7 @@ pub async fn serve(
         tracing::debug!("connection writer did not finish in time");
         writer.abort();
     }
+    finish_closing_handshake(&mut stream).await;
     if let Some((code, _)) = kick.reason()
         && code != 1000
     {
@@ -101,8 +104,23 @@ pub async fn serve(
     drop(permit);
 }
 
+/// Reads (and drops) what the client still sends until its close frame or
+/// the end of the stream. Dropping a socket with unread data makes the kernel
+/// reset the connection, and a reset discards our close frame and whatever
+/// was still on its way to the client.
+async fn finish_closing_handshake(stream: &mut SplitStream<WebSocket>) {
+    let drain = async {
+        while let Some(Ok(message)) = stream.next().await {
+            if let Message::Close(_) = message {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(CLOSING_HANDSHAKE_GRACE, drain).await;
+}
+
 async fn read_loop(
-    mut stream: SplitStream<WebSocket>,
+    stream: &mut SplitStream<WebSocket>,
     session: &mut Session,
     kick: &Kick,
     ping: &Notify,
