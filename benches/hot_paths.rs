@@ -1,0 +1,114 @@
+//! Micro-benchmarks of the per-message hot paths: decoding and validating a
+//! request, encoding a broadcast once, and fanning a frame out to 1,000
+//! members' outboxes. `cargo bench --bench hot_paths`.
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use chatterpro::broker::LocalDelivery;
+use chatterpro::domain::{MessageText, Nickname, RoomName};
+use chatterpro::frame::Frame;
+use chatterpro::hub::{Kick, OutboxBudget, Peer, PreparedCatchUp, Registry};
+use chatterpro::metrics::Metrics;
+use chatterpro::protocol::{self, ChatMessage, ClientMsg, EncodedMessages, ServerMsg};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use tokio::sync::mpsc;
+
+const SEND: &str = r#"{"type":"send","room":"Chat Room","text":"hello everyone, how is it going today?","ref":42}"#;
+
+fn decode_and_validate(c: &mut Criterion) {
+    c.bench_function("decode + validate a send", |b| {
+        b.iter(|| {
+            let request = protocol::decode(black_box(SEND)).unwrap();
+            let ClientMsg::Send { room, text } = request.msg else {
+                unreachable!()
+            };
+            (
+                RoomName::parse(&room).unwrap(),
+                MessageText::parse(&text).unwrap(),
+            )
+        })
+    });
+}
+
+fn message() -> ChatMessage {
+    ChatMessage {
+        room: "Chat Room".into(),
+        id: "0193a5b2-7c1d-7e00-8000-000000000001".into(),
+        seq: 123_456,
+        from: "alice".into(),
+        text: "hello everyone, how is it going today?".into(),
+        ts: 1_764_111_111_111,
+    }
+}
+
+fn encode_broadcast(c: &mut Criterion) {
+    c.bench_function("encode a broadcast once", |b| {
+        b.iter_batched(
+            message,
+            |m| {
+                let seq = m.seq;
+                Frame::message(protocol::encode(&ServerMsg::Message(m), None), seq)
+            },
+            BatchSize::SmallInput,
+        )
+    });
+}
+
+fn fanout(c: &mut Criterion) {
+    const MEMBERS: usize = 1000;
+    let registry = Registry::new(Arc::new(Metrics::new()));
+    let room = RoomName::parse("Big Room").unwrap();
+    let mut outboxes = Vec::with_capacity(MEMBERS);
+    for i in 0..MEMBERS {
+        let (tx, rx) = mpsc::channel(1024);
+        let peer = Peer::new(
+            tx,
+            Arc::new(OutboxBudget::new(usize::MAX / 2)),
+            Arc::new(Kick::default()),
+        );
+        let name = Nickname::parse(&format!("member{i}")).unwrap();
+        registry.begin_join(&room, &peer, &name);
+        registry.finish_join(
+            &room,
+            peer.id(),
+            PreparedCatchUp {
+                messages: EncodedMessages::encode(&[]),
+                last_seq: 0,
+                truncated: false,
+            },
+            "welcome",
+            None,
+        );
+        outboxes.push((peer, rx));
+    }
+    // Empty the outboxes of join replies and presence.
+    for (_, rx) in &mut outboxes {
+        while rx.try_recv().is_ok() {}
+    }
+    let text = protocol::encode(&ServerMsg::Message(message()), None);
+    let mut seq = 1;
+    let mut group = c.benchmark_group("fan-out");
+    group.throughput(Throughput::Elements(MEMBERS as u64));
+    group.bench_function("one frame to 1,000 outboxes", |b| {
+        b.iter_custom(|iters| {
+            let mut elapsed = std::time::Duration::ZERO;
+            for _ in 0..iters {
+                let frame = Frame::message(text.clone(), seq);
+                seq += 1;
+                let start = std::time::Instant::now();
+                registry.deliver(&room, &frame);
+                elapsed += start.elapsed();
+                // Drain outside the timed part, as the connections' writers would.
+                for (_, rx) in &mut outboxes {
+                    let _ = rx.try_recv();
+                }
+            }
+            elapsed
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, decode_and_validate, encode_broadcast, fanout);
+criterion_main!(benches);

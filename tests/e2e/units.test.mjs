@@ -1,0 +1,43 @@
+// Unit tests of the browser app's pure modules (no browser needed): time
+// formatting and the per-room de-duplication that makes reconnects lossless.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+
+import { formatTime } from '../../static/js/views.js';
+import { RoomState } from '../../static/js/state.js';
+
+// Local time is what the page shows; pin the zone so the cases are exact.
+process.env.TZ = 'UTC';
+
+test('times read like "1:23 am"', () => {
+  const at = (h, m) => Date.UTC(2026, 10, 26, h, m);
+  assert.equal(formatTime(at(0, 5)), '12:05 am');
+  assert.equal(formatTime(at(1, 23)), '1:23 am');
+  assert.equal(formatTime(at(11, 59)), '11:59 am');
+  assert.equal(formatTime(at(12, 0)), '12:00 pm');
+  assert.equal(formatTime(at(13, 7)), '1:07 pm');
+  assert.equal(formatTime(at(23, 30)), '11:30 pm');
+  assert.equal(formatTime('not a time'), '');
+});
+
+test('a room keeps each seq once and in order, whatever order they arrive in', () => {
+  const room = new RoomState('Chat Room');
+  const m = (seq) => ({ seq, text: `m${seq}` });
+  assert.deepEqual(room.accept([m(3), m(1), m(2)]).map((x) => x.seq), [1, 2, 3]);
+  // A replay after a reconnect overlaps what is shown: only the new ones count.
+  assert.deepEqual(room.accept([m(2), m(3), m(4)]).map((x) => x.seq), [4]);
+  assert.equal(room.minSeq, 1);
+  assert.equal(room.maxSeq, 4);
+  // Frames without a numeric seq are ignored.
+  assert.deepEqual(room.accept([{ text: 'x' }, null, m(5)]).map((x) => x.seq), [5]);
+});
+
+test('presence lists follow the server, or the event when no list came', () => {
+  const room = new RoomState('Chat Room');
+  room.setUsers(['bob', 'alice']);
+  assert.deepEqual(room.users, ['alice', 'bob']);
+  room.applyPresence('join', 'carol', ['alice', 'bob', 'carol']);
+  assert.deepEqual(room.users, ['alice', 'bob', 'carol']);
+  room.applyPresence('leave', 'bob');
+  assert.deepEqual(room.users, ['alice', 'carol']);
+});
