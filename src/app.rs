@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -128,8 +129,11 @@ impl App {
         let server = {
             let stop_accepting = stop_accepting.clone();
             tokio::spawn(async move {
+                // Chat frames are small and latency matters: no Nagle delay.
                 axum::serve(
-                    listener,
+                    listener.tap_io(|tcp| {
+                        let _ = tcp.set_nodelay(true);
+                    }),
                     router.into_make_service_with_connect_info::<SocketAddr>(),
                 )
                 .with_graceful_shutdown(stop_accepting.cancelled_owned())
