@@ -6,6 +6,8 @@
 //! frame is parsed as a JSON object first (to recover `ref` and tell an
 //! unknown `type` from a malformed known one), then into [`ClientMsg`].
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
@@ -40,11 +42,36 @@ pub mod close {
 }
 
 /// The client's correlation id for a request, echoed on the reply.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum Ref {
     Int(i64),
     Str(String),
+}
+
+/// A string or an integer that fits in i64 — nothing else (no floats, no null).
+impl<'de> Deserialize<'de> for Ref {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct RefVisitor;
+        impl serde::de::Visitor<'_> for RefVisitor {
+            type Value = Ref;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string or an integer")
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Ref, E> {
+                Ok(Ref::Int(n))
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Ref, E> {
+                i64::try_from(n)
+                    .map(Ref::Int)
+                    .map_err(|_| E::custom("integer ref out of range"))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Ref, E> {
+                Ok(Ref::Str(s.to_owned()))
+            }
+        }
+        deserializer.deserialize_any(RefVisitor)
+    }
 }
 
 /// A request from a client.
@@ -152,8 +179,81 @@ impl Rejection {
     }
 }
 
+/// Every field any request has, in one flat struct: well-formed requests
+/// (nearly all of them) decode in one pass with borrowed strings, instead of
+/// through a JSON tree. Anything this cannot take — a missing or mistyped
+/// field, an unknown type, a duplicate key — goes the careful way, which
+/// produces the precise error.
+#[derive(Deserialize)]
+struct FlatRequest<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(rename = "ref", default)]
+    r#ref: Option<Ref>,
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    session: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    room: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    text: Option<Cow<'a, str>>,
+    #[serde(default)]
+    since: Option<u64>,
+    #[serde(default)]
+    before: Option<u64>,
+    #[serde(default)]
+    limit: Option<u32>,
+}
+
+fn decode_fast(text: &str) -> Option<Request> {
+    // serde would also fill a struct from a JSON array; a request is an object.
+    if !text.trim_start().starts_with('{') {
+        return None;
+    }
+    let flat: FlatRequest = serde_json::from_str(text).ok()?;
+    let owned = |s: Option<Cow<'_, str>>| s.map(Cow::into_owned);
+    let msg = match flat.kind.as_ref() {
+        "hello" => ClientMsg::Hello {
+            name: owned(flat.name)?,
+            session: owned(flat.session),
+        },
+        "join" => ClientMsg::Join {
+            room: owned(flat.room)?,
+            since: flat.since,
+        },
+        "send" => ClientMsg::Send {
+            room: owned(flat.room)?,
+            text: owned(flat.text)?,
+        },
+        "leave" => ClientMsg::Leave {
+            room: owned(flat.room)?,
+        },
+        "history" => ClientMsg::History {
+            room: owned(flat.room)?,
+            before: flat.before,
+            limit: flat.limit,
+        },
+        "rooms" => ClientMsg::Rooms,
+        _ => return None,
+    };
+    Some(Request {
+        r#ref: flat.r#ref,
+        msg,
+    })
+}
+
 /// Parses one text frame into a request.
 pub fn decode(text: &str) -> Result<Request, Rejection> {
+    if let Some(request) = decode_fast(text) {
+        return Ok(request);
+    }
+    decode_carefully(text)
+}
+
+/// The slow path: a JSON tree first, to recover `ref` and tell an unknown
+/// `type` from a malformed known one.
+fn decode_carefully(text: &str) -> Result<Request, Rejection> {
     let value: Value = serde_json::from_str(text)
         .map_err(|e| Rejection::new(None, ErrorCode::BadRequest, format!("not valid JSON: {e}")))?;
     let Value::Object(mut object) = value else {
@@ -389,6 +489,36 @@ mod tests {
             }
         ));
         assert_eq!(decode(r#"{"type":"rooms"}"#).unwrap().msg, ClientMsg::Rooms);
+    }
+
+    #[test]
+    fn the_fast_path_agrees_with_the_careful_one() {
+        for frame in [
+            r#"{"type":"hello","name":"alice","session":"t","ref":1}"#,
+            r#"{"type":"hello","name":"al\u0069ce","session":null}"#,
+            r#"{"type":"join","room":"Chat Room","since":41,"ref":"a"}"#,
+            r#"{"type":"join","room":"r","since":null}"#,
+            r#"{"type":"send","room":"r","text":"line\nbreak \"quoted\"","extra":[1,2]}"#,
+            r#"{"type":"leave","room":"r","ref":-5}"#,
+            r#"{"type":"history","room":"r","before":9,"limit":3}"#,
+            r#"{"ref":"x","type":"rooms"}"#,
+        ] {
+            let fast = decode_fast(frame).unwrap_or_else(|| panic!("fast path refused {frame}"));
+            assert_eq!(Ok(fast), decode_carefully(frame), "{frame}");
+        }
+        // What the fast path leaves to the careful one.
+        for frame in [
+            r#"{"type":"hello"}"#,
+            r#"{"type":"send","room":"r","text":5}"#,
+            r#"{"type":"dance"}"#,
+            r#"{"type":"rooms","ref":1.5}"#,
+            r#"{"type":"rooms","ref":9223372036854775808}"#,
+            r#"{"type":"rooms","type":"rooms"}"#,
+            "[]",
+            r#"["rooms", 1]"#,
+        ] {
+            assert!(decode_fast(frame).is_none(), "{frame}");
+        }
     }
 
     #[test]

@@ -18,13 +18,13 @@ use std::time::Duration;
 use clap::Args;
 use rand::Rng;
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use super::client::{self, Dialer, Incoming, Target, Ws};
+use super::client::{self, Dialer, Incoming, IncomingText, Target, Ws};
 use super::{Latency, LatencySummary, Tally, default_seed};
 
 /// How long one set-up reply may take.
@@ -396,6 +396,22 @@ fn tally(
     report
 }
 
+/// The fields a fan-out receiver looks at, borrowed from the frame where
+/// possible: parsing a full JSON tree per delivery would make the bench, not
+/// the server, the bottleneck.
+#[derive(serde::Deserialize)]
+struct FanFrame<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: &'a str,
+    seq: Option<u64>,
+    #[serde(borrow)]
+    text: Option<std::borrow::Cow<'a, str>>,
+    #[serde(rename = "ref")]
+    r#ref: Option<i64>,
+    #[serde(borrow)]
+    code: Option<std::borrow::Cow<'a, str>>,
+}
+
 impl Member {
     async fn run(
         self,
@@ -474,13 +490,16 @@ impl Member {
                         break;
                     }
                 }
-                incoming = client::next_frame(&mut ws) => match incoming {
-                    Incoming::Json(v) => self.on_frame(&v, window, &mut out, &mut refs, &mut max_seen, &mut last_seq),
-                    Incoming::Closed(code) => {
+                incoming = client::next_text(&mut ws) => match incoming {
+                    IncomingText::Text(text) => match serde_json::from_str::<FanFrame>(&text) {
+                        Ok(frame) => self.on_frame(&frame, window, &mut out, &mut refs, &mut max_seen, &mut last_seq),
+                        Err(_) => out.unexpected.bump("garbage_frame".to_owned()),
+                    },
+                    IncomingText::Closed(code) => {
                         out.unexpected.bump(close_key(code));
                         break;
                     }
-                    Incoming::Garbage(_) => out.unexpected.bump("garbage_frame".to_owned()),
+                    IncomingText::Garbage(_) => out.unexpected.bump("garbage_frame".to_owned()),
                 },
             }
         }
@@ -497,16 +516,16 @@ impl Member {
 
     fn on_frame(
         &self,
-        v: &Value,
+        v: &FanFrame<'_>,
         window: Window,
         out: &mut MemberResult,
         refs: &mut BTreeMap<i64, u64>,
         max_seen: &mut BTreeMap<usize, u64>,
         last_seq: &mut u64,
     ) {
-        match v["type"].as_str() {
-            Some("message") => {
-                if let Some(seq) = v["seq"].as_u64() {
+        match v.kind {
+            "message" => {
+                if let Some(seq) = v.seq {
                     if seq <= *last_seq {
                         out.seq_duplicates += 1;
                     } else if seq > *last_seq + 1 {
@@ -515,7 +534,7 @@ impl Member {
                     *last_seq = (*last_seq).max(seq);
                 }
                 let Some((sender, counter, sent_us)) =
-                    parse_text(v["text"].as_str().unwrap_or_default(), &self.run_id)
+                    parse_text(v.text.as_deref().unwrap_or_default(), &self.run_id)
                 else {
                     return; // someone else's traffic
                 };
@@ -535,8 +554,8 @@ impl Member {
                 }
                 *max = (*max).max(counter);
             }
-            Some("sent") => {
-                let Some(counter) = v["ref"].as_i64().and_then(|r| refs.remove(&r)) else {
+            "sent" => {
+                let Some(counter) = v.r#ref.and_then(|r| refs.remove(&r)) else {
                     out.unexpected.bump("unmatched_sent".to_owned());
                     return;
                 };
@@ -549,13 +568,13 @@ impl Member {
                     .fetch_add(members, Ordering::SeqCst);
                 self.progress.in_flight.fetch_sub(1, Ordering::SeqCst);
             }
-            Some("error") => {
-                if let Some(r) = v["ref"].as_i64()
+            "error" => {
+                if let Some(r) = v.r#ref
                     && refs.remove(&r).is_some()
                 {
                     self.progress.in_flight.fetch_sub(1, Ordering::SeqCst);
                 }
-                match v["code"].as_str() {
+                match v.code.as_deref() {
                     Some("rate_limited") => out.rate_limited += 1,
                     code => out
                         .unexpected

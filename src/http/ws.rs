@@ -13,6 +13,8 @@ use crate::protocol::MAX_FRAME_BYTES;
 
 /// Initial read buffer per connection; a larger frame grows it as needed.
 const READ_BUFFER_BYTES: usize = 4096;
+/// Frames are gathered up to this many bytes before a write to the socket.
+const WRITE_COALESCE_BYTES: usize = 32 * 1024;
 
 pub async fn upgrade(
     State(state): State<AppState>,
@@ -35,11 +37,13 @@ pub async fn upgrade(
         sessions,
         ..
     } = state;
-    // tungstenite reserves 128 KiB read and write buffers per connection by
-    // default; chat frames are small, so small buffers (grown on demand for
-    // a large frame) cut idle memory per connection by an order of magnitude.
+    // tungstenite reserves a 128 KiB read buffer per connection by default;
+    // chat frames are small, so a small one (grown on demand for a large
+    // frame) cuts idle memory per connection by an order of magnitude. The
+    // write buffer is where queued frames are coalesced into one syscall, so
+    // it stays big enough for a burst; it only grows as frames arrive.
     ws.read_buffer_size(READ_BUFFER_BYTES)
-        .write_buffer_size(0)
+        .write_buffer_size(WRITE_COALESCE_BYTES)
         .max_message_size(MAX_FRAME_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
         .on_upgrade(move |socket| {
