@@ -64,10 +64,10 @@ impl RetryAfter {
     }
 }
 
-fn check(limiter: &DefaultDirectRateLimiter) -> Result<(), RetryAfter> {
+fn check(limiter: &DefaultDirectRateLimiter, clock: &DefaultClock) -> Result<(), RetryAfter> {
     limiter
         .check()
-        .map_err(|not_until| RetryAfter(not_until.wait_time_from(DefaultClock::default().now())))
+        .map_err(|not_until| RetryAfter(not_until.wait_time_from(clock.now())))
 }
 
 fn per_second(rate: NonZeroU32, burst: NonZeroU32) -> Quota {
@@ -84,18 +84,34 @@ pub struct ConnLimits {
     /// that keeps ignoring `retry_after_ms` runs out and is closed with 1008.
     /// A client that waits as told is never struck, however eager.
     strikes: DefaultDirectRateLimiter,
+    clock: DefaultClock,
     /// For each kind of limit, when its last refusal said trying again would work.
     not_before: [Cell<Option<Instant>>; LimitKind::COUNT],
     max_rooms: usize,
 }
 
 impl ConnLimits {
-    pub fn new(config: &LimitsConfig) -> Self {
+    /// `clock` is shared: building a clock calibrates a timer, far too
+    /// costly to do four times per connection.
+    pub fn new(config: &LimitsConfig, clock: &DefaultClock) -> Self {
         Self {
-            messages: RateLimiter::direct(per_second(config.msg_rate, config.msg_burst)),
-            joins: RateLimiter::direct(per_second(config.join_rate, config.join_burst)),
-            requests: RateLimiter::direct(per_second(config.request_rate, config.request_burst)),
-            strikes: RateLimiter::direct(per_second(NonZeroU32::MIN, config.abuse_strikes)),
+            messages: RateLimiter::direct_with_clock(
+                per_second(config.msg_rate, config.msg_burst),
+                clock.clone(),
+            ),
+            joins: RateLimiter::direct_with_clock(
+                per_second(config.join_rate, config.join_burst),
+                clock.clone(),
+            ),
+            requests: RateLimiter::direct_with_clock(
+                per_second(config.request_rate, config.request_burst),
+                clock.clone(),
+            ),
+            strikes: RateLimiter::direct_with_clock(
+                per_second(NonZeroU32::MIN, config.abuse_strikes),
+                clock.clone(),
+            ),
+            clock: clock.clone(),
             not_before: Default::default(),
             max_rooms: config.max_rooms_per_conn,
         }
@@ -103,15 +119,15 @@ impl ConnLimits {
 
     /// Any frame at all.
     pub fn request(&self) -> Result<(), RetryAfter> {
-        check(&self.requests)
+        check(&self.requests, &self.clock)
     }
 
     pub fn message(&self) -> Result<(), RetryAfter> {
-        check(&self.messages)
+        check(&self.messages, &self.clock)
     }
 
     pub fn join(&self) -> Result<(), RetryAfter> {
-        check(&self.joins)
+        check(&self.joins, &self.clock)
     }
 
     pub fn max_rooms(&self) -> usize {
@@ -147,6 +163,7 @@ pub enum Admission {
 /// Connection counts and per-address rates, shared by all connections.
 pub struct AddressLimits {
     config: LimitsConfig,
+    clock: DefaultClock,
     total: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     new_conns: DefaultKeyedRateLimiter<IpAddr>,
@@ -202,9 +219,17 @@ const PRUNE_EVERY: usize = 1024;
 impl AddressLimits {
     pub fn new(config: LimitsConfig) -> Arc<Self> {
         let per_minute = |n: NonZeroU32| Quota::per_minute(n).allow_burst(n);
+        let clock = DefaultClock::default();
         Arc::new(Self {
-            new_conns: RateLimiter::keyed(per_minute(config.conns_per_ip_per_minute)),
-            new_rooms: RateLimiter::keyed(per_minute(config.rooms_per_ip_per_minute)),
+            new_conns: RateLimiter::dashmap_with_clock(
+                per_minute(config.conns_per_ip_per_minute),
+                clock.clone(),
+            ),
+            new_rooms: RateLimiter::dashmap_with_clock(
+                per_minute(config.rooms_per_ip_per_minute),
+                clock.clone(),
+            ),
+            clock,
             config,
             total: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
@@ -214,6 +239,11 @@ impl AddressLimits {
 
     pub fn config(&self) -> &LimitsConfig {
         &self.config
+    }
+
+    /// Fresh per-connection buckets.
+    pub fn conn_limits(&self) -> ConnLimits {
+        ConnLimits::new(&self.config, &self.clock)
     }
 
     /// Admits a new connection from `ip`, or says why not.
@@ -238,9 +268,7 @@ impl AddressLimits {
             return Err(Admission::TooManyFromAddress);
         }
         self.new_conns.check_key(&key).map_err(|not_until| {
-            Admission::TooFastFromAddress(RetryAfter(
-                not_until.wait_time_from(DefaultClock::default().now()),
-            ))
+            Admission::TooFastFromAddress(RetryAfter(not_until.wait_time_from(self.clock.now())))
         })?;
         self.total.fetch_add(1, Ordering::Relaxed);
         per_ip.insert(key, held + 1);
@@ -255,9 +283,7 @@ impl AddressLimits {
     pub fn create_room(&self, ip: IpAddr) -> Result<(), RetryAfter> {
         self.new_rooms
             .check_key(&address_key(ip))
-            .map_err(|not_until| {
-                RetryAfter(not_until.wait_time_from(DefaultClock::default().now()))
-            })
+            .map_err(|not_until| RetryAfter(not_until.wait_time_from(self.clock.now())))
     }
 }
 
@@ -288,7 +314,7 @@ mod tests {
 
     #[test]
     fn messages_allow_a_burst_then_say_when_to_retry() {
-        let limits = ConnLimits::new(&config());
+        let limits = ConnLimits::new(&config(), &DefaultClock::default());
         for _ in 0..20 {
             assert!(limits.message().is_ok());
         }
@@ -298,7 +324,7 @@ mod tests {
 
     #[test]
     fn ignoring_retry_after_runs_out_of_strikes() {
-        let limits = ConnLimits::new(&config());
+        let limits = ConnLimits::new(&config(), &DefaultClock::default());
         let wait = Some(Duration::from_secs(60));
         // The first refusal is no strike; coming back early is, three times.
         for _ in 0..4 {
@@ -309,7 +335,7 @@ mod tests {
 
     #[test]
     fn waiting_as_told_is_never_struck() {
-        let limits = ConnLimits::new(&config());
+        let limits = ConnLimits::new(&config(), &DefaultClock::default());
         // A long wait for one kind does not make another kind's retries early.
         assert!(limits.refused(LimitKind::NewRooms, Some(Duration::from_secs(60))));
         for _ in 0..10 {

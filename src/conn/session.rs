@@ -53,7 +53,7 @@ impl Session {
             hub,
             peer,
             identity: None,
-            limits: ConnLimits::new(address_limits.config()),
+            limits: address_limits.conn_limits(),
             abusive: Cell::new(false),
             address_limits,
             ip,

@@ -21,6 +21,8 @@ pub use registry::{PreparedCatchUp, Refusal, Registry};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use std::time::{Duration, Instant};
+
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -37,6 +39,8 @@ use writer::{SendJob, Writer};
 
 /// Most rooms a room list holds.
 pub const ROOM_LIST_MAX: usize = 100;
+/// How long a room list read from storage is reused.
+const ROOM_LIST_TTL: Duration = Duration::from_secs(1);
 
 /// Settings the hub takes from the configuration.
 #[derive(Debug, Clone)]
@@ -58,6 +62,8 @@ pub struct Hub {
     /// Rooms known to exist in storage (rooms are never deleted), so that
     /// checking before a join does not cost a query each time.
     known_rooms: Mutex<HashSet<RoomName>>,
+    /// The last room-list read from storage, and when.
+    recent_rooms: Mutex<Option<(Instant, Arc<Vec<String>>)>>,
     store: Arc<dyn MessageStore>,
     jobs_tx: mpsc::Sender<SendJob>,
     config: HubConfig,
@@ -100,6 +106,7 @@ impl Hub {
         let hub = Self {
             registry,
             known_rooms: Mutex::new(HashSet::new()),
+            recent_rooms: Mutex::new(None),
             store,
             jobs_tx,
             config,
@@ -137,8 +144,9 @@ impl Hub {
         };
         let catch_up = async {
             // Rooms are never deleted: a known room needs no write.
-            if !self.known_rooms().contains(&room) {
-                self.store.create_room(&room).await?;
+            if !self.known_rooms().contains(&room) && self.store.create_room(&room).await? {
+                // A new room belongs in the next room list at once.
+                *self.recent_rooms_cache() = None;
             }
             self.store.catch_up(&room, since, limit).await
         };
@@ -223,11 +231,7 @@ impl Hub {
     /// order, then rooms with people in them (most first), then the most
     /// recently active; at most [`ROOM_LIST_MAX`], however many rooms exist.
     pub async fn rooms(&self) -> Result<Vec<RoomInfo>, Refusal> {
-        let recent = self
-            .store
-            .recent_rooms(ROOM_LIST_MAX as u32)
-            .await
-            .map_err(internal)?;
+        let recent = self.recent_rooms().await?;
         let online = self.registry.online_counts();
         let mut busy: Vec<(&RoomName, usize)> = online.iter().map(|(r, n)| (r, *n)).collect();
         busy.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
@@ -250,6 +254,28 @@ impl Hub {
                     .unwrap_or(0),
             })
             .collect())
+    }
+
+    /// The most recently active rooms, from storage at most once per
+    /// [`ROOM_LIST_TTL`]: every `hello` wants the list, and its order may lag a little.
+    async fn recent_rooms(&self) -> Result<Arc<Vec<String>>, Refusal> {
+        if let Some((at, names)) = self.recent_rooms_cache().as_ref()
+            && at.elapsed() < ROOM_LIST_TTL
+        {
+            return Ok(names.clone());
+        }
+        let names = Arc::new(
+            self.store
+                .recent_rooms(ROOM_LIST_MAX as u32)
+                .await
+                .map_err(internal)?,
+        );
+        *self.recent_rooms_cache() = Some((Instant::now(), names.clone()));
+        Ok(names)
+    }
+
+    fn recent_rooms_cache(&self) -> MutexGuard<'_, Option<(Instant, Arc<Vec<String>>)>> {
+        self.recent_rooms.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Whether the room exists (joining it would not create it).
