@@ -5,16 +5,21 @@
 //! only a process crash: `sent` promises durability. The cost is one fsync per
 //! transaction, which the hub's writer amortises by committing sends in batches.
 
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{FromRow, SqlitePool};
+use sqlx::{FromRow, QueryBuilder, Sqlite, SqlitePool};
 
 use super::{CatchUp, MessageStore, NewMessage, StorageError};
 use crate::domain::RoomName;
 use crate::protocol::ChatMessage;
+
+/// Rows per multi-row statement: well under SQLite's 32,766 bound
+/// parameters (messages take 6 each).
+const ROWS_PER_STATEMENT: usize = 1000;
 
 /// Reads run concurrently in WAL mode; writes are serialised by SQLite (and
 /// in practice come from the one writer task), so a few connections suffice.
@@ -105,40 +110,113 @@ impl MessageStore for SqliteStore {
     }
 
     async fn append(&self, batch: &[NewMessage]) -> Result<Vec<ChatMessage>, StorageError> {
-        let mut tx = self.pool.begin().await?;
-        let mut stored = Vec::with_capacity(batch.len());
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        // A handful of statements per batch, however many messages it holds:
+        // each statement is a round trip to SQLite's worker thread, and per
+        // message that would cost more than the commit itself.
+        // IMMEDIATE takes the write lock up front, so reading the rooms'
+        // counters and writing the messages is one atomic step.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut rooms: Vec<&RoomName> = Vec::new();
         for message in batch {
-            let (room_id, seq): (i64, i64) = sqlx::query_as(
-                "INSERT INTO rooms (name, last_seq, created_at, last_active) VALUES (?1, 1, ?2, ?2) \
-                 ON CONFLICT (name) DO UPDATE SET last_seq = last_seq + 1, last_active = ?2 \
-                 RETURNING id, last_seq",
+            if !rooms.contains(&&message.room) {
+                rooms.push(&message.room);
+            }
+        }
+        let ts = batch[0].ts;
+        for chunk in rooms.chunks(ROWS_PER_STATEMENT) {
+            QueryBuilder::<Sqlite>::new("INSERT INTO rooms (name, created_at, last_active) ")
+                .push_values(chunk, |mut row, room| {
+                    row.push_bind(room.as_str()).push_bind(ts).push_bind(ts);
+                })
+                .push(" ON CONFLICT (name) DO NOTHING")
+                .build()
+                .persistent(false)
+                .execute(&mut *tx)
+                .await?;
+        }
+        // name -> (id, last seq)
+        let mut counters: HashMap<&str, (i64, i64)> = HashMap::with_capacity(rooms.len());
+        for chunk in rooms.chunks(ROWS_PER_STATEMENT) {
+            let mut query =
+                QueryBuilder::<Sqlite>::new("SELECT id, name, last_seq FROM rooms WHERE name IN (");
+            let mut names = query.separated(", ");
+            for room in chunk {
+                names.push_bind(room.as_str());
+            }
+            query.push(")");
+            let found: Vec<(i64, String, i64)> = query
+                .build_query_as()
+                .persistent(false)
+                .fetch_all(&mut *tx)
+                .await?;
+            for (id, name, last_seq) in found {
+                let key = chunk
+                    .iter()
+                    .find(|r| r.as_str() == name)
+                    .map(|r| r.as_str())
+                    .expect("the rooms just selected");
+                counters.insert(key, (id, last_seq));
+            }
+        }
+        let mut rows = Vec::with_capacity(batch.len());
+        for message in batch {
+            let (room_id, last_seq) = counters
+                .get_mut(message.room.as_str())
+                .expect("every room of the batch exists now");
+            *last_seq += 1;
+            rows.push((*room_id, *last_seq, message));
+        }
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            QueryBuilder::<Sqlite>::new(
+                "INSERT INTO messages (room_id, seq, id, author, body, ts) ",
             )
-            .bind(message.room.as_str())
-            .bind(message.ts)
-            .fetch_one(&mut *tx)
-            .await?;
-            sqlx::query(
-                "INSERT INTO messages (room_id, seq, id, author, body, ts) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )
-            .bind(room_id)
-            .bind(seq)
-            .bind(&message.id)
-            .bind(message.from.as_str())
-            .bind(message.text.as_str())
-            .bind(message.ts)
+            .push_values(chunk, |mut row, (room_id, seq, message)| {
+                row.push_bind(*room_id)
+                    .push_bind(*seq)
+                    .push_bind(message.id.as_str())
+                    .push_bind(message.from.as_str())
+                    .push_bind(message.text.as_str())
+                    .push_bind(message.ts);
+            })
+            .build()
+            .persistent(false)
             .execute(&mut *tx)
             .await?;
-            stored.push(ChatMessage {
+        }
+        let updates: Vec<(i64, i64)> = counters.values().copied().collect();
+        for chunk in updates.chunks(ROWS_PER_STATEMENT) {
+            let mut query = QueryBuilder::<Sqlite>::new("UPDATE rooms SET last_active = ");
+            query.push_bind(ts).push(", last_seq = CASE id");
+            for (id, last_seq) in chunk {
+                query
+                    .push(" WHEN ")
+                    .push_bind(*id)
+                    .push(" THEN ")
+                    .push_bind(*last_seq);
+            }
+            query.push(" END WHERE id IN (");
+            let mut ids = query.separated(", ");
+            for (id, _) in chunk {
+                ids.push_bind(*id);
+            }
+            query.push(")");
+            query.build().persistent(false).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(rows
+            .into_iter()
+            .map(|(_, seq, message)| ChatMessage {
                 room: message.room.as_str().to_owned(),
                 id: message.id.clone(),
                 seq: seq as u64,
                 from: message.from.as_str().to_owned(),
                 text: message.text.as_str().to_owned(),
                 ts: message.ts,
-            });
-        }
-        tx.commit().await?;
-        Ok(stored)
+            })
+            .collect())
     }
 
     async fn catch_up(
