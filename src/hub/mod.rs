@@ -11,6 +11,7 @@
 //! the broker → delivered by the [`Registry`] to each member's outbox.
 
 mod peer;
+mod recent;
 mod registry;
 mod writer;
 
@@ -35,10 +36,13 @@ use crate::protocol::{
     RoomInfo, SINCE_LIMIT,
 };
 use crate::storage::{MessageStore, StorageError};
+use recent::RecentMessages;
 use writer::{SendJob, Writer};
 
 /// Most rooms a room list holds.
 pub const ROOM_LIST_MAX: usize = 100;
+/// Newest messages kept in memory per joined room (at least the join history).
+const RECENT_KEPT: usize = 100;
 /// How long a room list read from storage is reused.
 const ROOM_LIST_TTL: Duration = Duration::from_secs(1);
 
@@ -59,6 +63,8 @@ pub struct HubConfig {
 
 pub struct Hub {
     registry: Arc<Registry>,
+    /// Newest messages of joined rooms: most joins need no storage read.
+    recent: Arc<RecentMessages>,
     /// Rooms known to exist in storage (rooms are never deleted), so that
     /// checking before a join does not cost a query each time.
     known_rooms: Mutex<HashSet<RoomName>>,
@@ -96,7 +102,11 @@ impl Hub {
         writer_stop: CancellationToken,
     ) -> (Self, JoinHandle<()>) {
         let (jobs_tx, jobs_rx) = mpsc::channel(config.write_queue);
+        let recent = Arc::new(RecentMessages::new(
+            (config.history_on_join as usize).max(RECENT_KEPT),
+        ));
         let writer = Writer {
+            recent: recent.clone(),
             store: store.clone(),
             broker,
             metrics: metrics.clone(),
@@ -104,6 +114,7 @@ impl Hub {
         };
         let writer = tokio::spawn(writer.run(jobs_rx, writer_stop));
         let hub = Self {
+            recent,
             registry,
             known_rooms: Mutex::new(HashSet::new()),
             recent_rooms: Mutex::new(None),
@@ -143,12 +154,21 @@ impl Hub {
             self.config.history_on_join
         };
         let catch_up = async {
+            // The gate is up (begin_join), so a snapshot taken now, from
+            // memory or storage, is followed by everything newer, live.
+            if let Some(cached) = self.recent.catch_up(&room, since, limit) {
+                return Ok(cached);
+            }
             // Rooms are never deleted: a known room needs no write.
             if !self.known_rooms().contains(&room) && self.store.create_room(&room).await? {
                 // A new room belongs in the next room list at once.
                 *self.recent_rooms_cache() = None;
             }
-            self.store.catch_up(&room, since, limit).await
+            let stored = self.store.catch_up(&room, since, limit).await?;
+            if since.is_none() {
+                self.recent.offer(&room, &stored, limit);
+            }
+            Ok::<_, StorageError>(stored)
         };
         match catch_up.await {
             Ok(catch_up) => {

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::recent::RecentMessages;
 use super::{Frame, Peer};
 use crate::broker::Broker;
 use crate::clock;
@@ -29,6 +30,7 @@ pub struct SendJob {
 }
 
 pub struct Writer {
+    pub recent: Arc<RecentMessages>,
     pub store: Arc<dyn MessageStore>,
     pub broker: Arc<dyn Broker>,
     pub metrics: Arc<Metrics>,
@@ -74,6 +76,9 @@ impl Writer {
             Ok(stored) => {
                 self.metrics.messages_stored.inc_by(stored.len() as u64);
                 for (job, message) in jobs.drain(..).zip(stored) {
+                    // Before publishing: a joiner that reads the tail after
+                    // this gets the message in its reply, or live — never neither.
+                    self.recent.committed(&message);
                     job.sender.push(Frame::new(encode(
                         &ServerMsg::Sent {
                             room: message.room.clone(),

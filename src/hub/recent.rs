@@ -1,0 +1,244 @@
+//! The newest messages of recently joined rooms, in memory, so that a join —
+//! and a reconnect whose `since` is recent — needs no storage read.
+//!
+//! Correctness rests on one rule: a room's tail is always exactly the newest
+//! messages up to its `last_seq`, with no gap. The writer reports every
+//! commit here (in seq order, before publishing), and a tail that would gap is
+//! dropped; a snapshot read from storage is only adopted if no commit for that
+//! room happened since it was read. The join gate in the registry then works
+//! as with a storage read: everything up to `last_seq` is in the reply, and
+//! everything after arrives live.
+//!
+//! It assumes this server is the only writer of its rooms, which holds for
+//! the SQLite store with the local broker; a deployment of several servers
+//! must feed it every commit (through the broker) or not use it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Mutex, MutexGuard};
+
+use crate::domain::RoomName;
+use crate::protocol::ChatMessage;
+use crate::storage::CatchUp;
+
+/// Rooms whose tails are kept; beyond it an arbitrary tail is dropped
+/// (it is only a cache: storage answers for the room again).
+const ROOMS_KEPT: usize = 4096;
+
+pub struct RecentMessages {
+    keep: usize,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    tails: HashMap<RoomName, Tail>,
+    /// The last seq committed in each room by this process: a snapshot older
+    /// than this is stale. One small entry per room written to.
+    committed: HashMap<RoomName, u64>,
+}
+
+struct Tail {
+    messages: VecDeque<ChatMessage>,
+    last_seq: u64,
+    /// The tail starts at the room's first message.
+    complete: bool,
+}
+
+impl RecentMessages {
+    /// Keeps the newest `keep` messages of each cached room.
+    pub fn new(keep: usize) -> Self {
+        Self {
+            keep: keep.max(1),
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A message was committed. Called by the writer in seq order, before it publishes.
+    pub fn committed(&self, message: &ChatMessage) {
+        let mut inner = self.lock();
+        let Ok(room) = RoomName::parse(&message.room) else {
+            return;
+        };
+        let seq = message.seq;
+        let last = inner.committed.entry(room.clone()).or_insert(0);
+        *last = (*last).max(seq);
+        let keep = self.keep;
+        let Some(tail) = inner.tails.get_mut(&room) else {
+            return;
+        };
+        if seq <= tail.last_seq {
+            return; // the snapshot already had it
+        }
+        if seq != tail.last_seq + 1 {
+            inner.tails.remove(&room);
+            return;
+        }
+        tail.messages.push_back(message.clone());
+        tail.last_seq = seq;
+        if tail.messages.len() > keep {
+            tail.messages.pop_front();
+            tail.complete = false;
+        }
+    }
+
+    /// What `MessageStore::catch_up(room, after, limit)` would answer, if the
+    /// cached tail covers it.
+    pub fn catch_up(&self, room: &RoomName, after: Option<u64>, limit: u32) -> Option<CatchUp> {
+        let inner = self.lock();
+        let tail = inner.tails.get(room)?;
+        let limit = limit as usize;
+        let first = tail.messages.front().map(|m| m.seq);
+        let wanted: Vec<ChatMessage> = match after {
+            None => {
+                if tail.messages.len() < limit && !tail.complete {
+                    return None;
+                }
+                let skip = tail.messages.len().saturating_sub(limit);
+                tail.messages.iter().skip(skip).cloned().collect()
+            }
+            Some(after) => {
+                let missing = tail.last_seq.saturating_sub(after) as usize;
+                if missing > limit {
+                    return None; // a truncated answer: leave it to storage
+                }
+                if missing > 0 && !tail.complete && first.is_none_or(|f| f > after + 1) {
+                    return None;
+                }
+                tail.messages
+                    .iter()
+                    .filter(|m| m.seq > after)
+                    .cloned()
+                    .collect()
+            }
+        };
+        Some(CatchUp {
+            messages: wanted,
+            last_seq: tail.last_seq,
+            truncated: false,
+        })
+    }
+
+    /// Offers the newest messages of a room read from storage with no `since`
+    /// and a `limit` of `asked`. Adopted only if nothing was committed in the
+    /// room after it was read.
+    pub fn offer(&self, room: &RoomName, snapshot: &CatchUp, asked: u32) {
+        let mut inner = self.lock();
+        if inner.tails.contains_key(room) {
+            return;
+        }
+        if inner
+            .committed
+            .get(room)
+            .is_some_and(|&c| c > snapshot.last_seq)
+        {
+            return;
+        }
+        if inner.tails.len() >= ROOMS_KEPT
+            && let Some(victim) = inner.tails.keys().next().cloned()
+        {
+            inner.tails.remove(&victim);
+        }
+        let skip = snapshot.messages.len().saturating_sub(self.keep);
+        let messages: VecDeque<ChatMessage> =
+            snapshot.messages.iter().skip(skip).cloned().collect();
+        let complete = skip == 0 && snapshot.messages.len() < asked as usize
+            || snapshot.last_seq == 0
+            || messages.front().is_some_and(|m| m.seq == 1);
+        inner.tails.insert(
+            room.clone(),
+            Tail {
+                messages,
+                last_seq: snapshot.last_seq,
+                complete,
+            },
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(seq: u64) -> ChatMessage {
+        ChatMessage {
+            room: "r".into(),
+            id: format!("id{seq}"),
+            seq,
+            from: "a".into(),
+            text: format!("m{seq}"),
+            ts: 0,
+        }
+    }
+
+    fn room() -> RoomName {
+        RoomName::parse("r").unwrap()
+    }
+
+    fn snapshot(seqs: std::ops::RangeInclusive<u64>) -> CatchUp {
+        CatchUp {
+            messages: seqs.clone().map(msg).collect(),
+            last_seq: *seqs.end(),
+            truncated: false,
+        }
+    }
+
+    fn seqs(c: &CatchUp) -> Vec<u64> {
+        c.messages.iter().map(|m| m.seq).collect()
+    }
+
+    #[test]
+    fn serves_joins_from_an_adopted_snapshot_and_later_commits() {
+        let recent = RecentMessages::new(5);
+        assert!(recent.catch_up(&room(), None, 5).is_none());
+        recent.offer(&room(), &snapshot(6..=10), 5);
+        recent.committed(&msg(11));
+        let c = recent.catch_up(&room(), None, 5).unwrap();
+        assert_eq!((seqs(&c), c.last_seq), (vec![7, 8, 9, 10, 11], 11));
+        // `since` inside the tail is served; before it, storage must answer.
+        assert_eq!(
+            seqs(&recent.catch_up(&room(), Some(9), 1000).unwrap()),
+            [10, 11]
+        );
+        assert!(recent.catch_up(&room(), Some(2), 1000).is_none());
+        assert_eq!(
+            seqs(&recent.catch_up(&room(), Some(11), 1000).unwrap()),
+            Vec::<u64>::new()
+        );
+    }
+
+    #[test]
+    fn a_snapshot_older_than_a_commit_is_refused() {
+        let recent = RecentMessages::new(5);
+        recent.committed(&msg(11));
+        recent.offer(&room(), &snapshot(6..=10), 5);
+        assert!(recent.catch_up(&room(), None, 5).is_none());
+    }
+
+    #[test]
+    fn a_gap_drops_the_tail() {
+        let recent = RecentMessages::new(5);
+        recent.offer(&room(), &snapshot(6..=10), 5);
+        recent.committed(&msg(12));
+        assert!(recent.catch_up(&room(), None, 5).is_none());
+    }
+
+    #[test]
+    fn a_short_room_is_complete() {
+        let recent = RecentMessages::new(50);
+        recent.offer(&room(), &snapshot(1..=3), 50);
+        let c = recent.catch_up(&room(), None, 50).unwrap();
+        assert_eq!(seqs(&c), [1, 2, 3]);
+        assert_eq!(
+            seqs(&recent.catch_up(&room(), Some(0), 1000).unwrap()),
+            [1, 2, 3]
+        );
+        let empty = RecentMessages::new(50);
+        empty.offer(&room(), &CatchUp::default(), 50);
+        empty.committed(&msg(1));
+        assert_eq!(seqs(&empty.catch_up(&room(), Some(0), 1000).unwrap()), [1]);
+    }
+}
