@@ -7,8 +7,10 @@
 //! [`MessageStore`] and [`Broker`] traits, chosen once in `app.rs`.
 //!
 //! The order of events for a send: membership checked here → queued to the
-//! [`writer`] → stored (group commit) → `sent` to the sender → published via
-//! the broker → delivered by the [`Registry`] to each member's outbox.
+//! [`writer`] → stored (group commit) → recorded in [`recent`] → `sent` to
+//! the sender → published via the broker → delivered by the [`Registry`] to
+//! each member's outbox. A join reads its catch-up from [`recent`] when it can,
+//! from storage otherwise.
 
 mod peer;
 mod recent;
@@ -21,7 +23,6 @@ pub use registry::{PreparedCatchUp, Refusal, Registry};
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard};
-
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
