@@ -7,9 +7,9 @@
 //! [`MessageStore`] and [`Broker`] traits, chosen once in `app.rs`.
 //!
 //! The order of events for a send: membership checked here → queued to the
-//! [`writer`] → stored (group commit) → recorded in [`recent`] → `sent` to
+//! `writer` → stored (group commit) → recorded in `recent` → `sent` to
 //! the sender → published via the broker → delivered by the [`Registry`] to
-//! each member's outbox. A join reads its catch-up from [`recent`] when it can,
+//! each member's outbox. A join reads its catch-up from `recent` when it can,
 //! from storage otherwise.
 
 mod peer;
