@@ -473,6 +473,12 @@ impl Member {
             tokio::select! {
                 () = stop.cancelled() => break,
                 _ = tick.tick(), if sending && Instant::now() < window.end => {
+                    // The tick may fire after the window closed (the guard was
+                    // checked when the select began): a send now would race
+                    // the coordinator's drain.
+                    if Instant::now() >= window.end {
+                        continue;
+                    }
                     let sender = self.sender.expect("sending");
                     let us = window.epoch.elapsed().as_micros();
                     let text = format!("fan {} {sender} {counter} {us}", self.run_id);

@@ -15,6 +15,7 @@ pub mod client;
 pub mod connections;
 pub mod fanout;
 pub mod probe;
+pub mod rate_search;
 pub mod soak;
 
 use std::collections::BTreeMap;
@@ -72,6 +73,8 @@ pub enum Scenario {
     /// Clients that connect, hello, join, send, leave and close as fast as
     /// they can: joins/s, errors, presence lists.
     Churn(churn::ChurnArgs),
+    /// Repeated fan-out runs: the highest rate whose p99 stays under a bound.
+    RateSearch(rate_search::RateSearchArgs),
 }
 
 /// Runs a scenario; prints a human summary and one JSON line. Fails (non-zero
@@ -95,6 +98,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         Scenario::Churn(args) => {
             let report = churn::run(args).await?;
+            emit(&report)?;
+            report.failures()
+        }
+        Scenario::RateSearch(args) => {
+            let report = rate_search::run(args).await?;
             emit(&report)?;
             report.failures()
         }

@@ -8,6 +8,7 @@ use chatterpro::bench::churn::{self, ChurnArgs};
 use chatterpro::bench::client::Target;
 use chatterpro::bench::connections::{self, ConnectionsArgs};
 use chatterpro::bench::fanout::{self, FanoutArgs};
+use chatterpro::bench::rate_search::{self, RateSearchArgs};
 use chatterpro::bench::soak::{self, SoakArgs};
 
 use crate::helpers::{spawn_app_with, unlimited};
@@ -109,4 +110,29 @@ async fn churn_joins_and_leaves_with_consistent_presence() {
     assert!(c.presence_checked > 0 && c.presence_errors == 0, "{c:?}");
     assert!(c.unexpected.is_empty() && c.refused.is_empty(), "{c:?}");
     assert!(report.join_latency.count > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_search_finds_a_passing_rate_and_doubles_it() {
+    let app = spawn_app_with(unlimited).await;
+    let args = RateSearchArgs {
+        fanout: FanoutArgs {
+            target: target(app.ws_url()),
+            rooms: 2,
+            members: 3,
+            senders: 1,
+            rate: 10.0,
+            duration: Duration::from_secs(1),
+            room_prefix: "search-".into(),
+        },
+        // Generous: a debug build on a busy machine must pass at these rates.
+        p99: Duration::from_secs(2),
+        steps: 2,
+    };
+    let report = rate_search::run(args).await.expect("rate search runs");
+    println!("{report}");
+    assert!(report.failures().is_empty(), "{:?}", report.failures());
+    let rates: Vec<f64> = report.steps.iter().map(|s| s.rate).collect();
+    assert_eq!(rates, [10.0, 20.0], "a passing step doubles the rate");
+    assert!(report.best_rate >= 10.0 && report.best_delivered_per_s > 0.0);
 }
