@@ -29,6 +29,10 @@ use super::{Latency, LatencySummary, Tally, default_seed};
 
 /// How long one set-up reply may take.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(15);
+/// Set-up traffic counts as drained after this long without a frame.
+const SETTLE_QUIET: Duration = Duration::from_millis(300);
+/// The longest the set-up traffic may take to drain.
+const SETTLE_MAX: Duration = Duration::from_secs(60);
 /// After the sending window: time for acknowledgements and deliveries to land.
 const DRAIN: Duration = Duration::from_secs(5);
 /// The server's default per-connection message rate.
@@ -178,6 +182,8 @@ struct Window {
 /// Running totals the coordinator watches to know when delivery is complete.
 #[derive(Default)]
 struct Progress {
+    /// Frames received before the window opens (presence of later joiners).
+    setup_frames: AtomicU64,
     /// Sends without an answer yet.
     in_flight: AtomicU64,
     /// For each room: accepted messages × members present.
@@ -272,8 +278,20 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
             None => break,
         }
     }
-    // A moment for the last presence frames to settle before timing starts.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Every join tells every member already in the room, so a big room's
+    // set-up leaves a backlog of presence frames (half a million for 1,000
+    // members). Timing starts once it has drained — quiet for a moment —
+    // or the first messages would measure the backlog, not the server.
+    let settle_deadline = Instant::now() + SETTLE_MAX;
+    let mut last = progress.setup_frames.load(Ordering::SeqCst);
+    loop {
+        tokio::time::sleep(SETTLE_QUIET).await;
+        let now = progress.setup_frames.load(Ordering::SeqCst);
+        if now == last || Instant::now() >= settle_deadline {
+            break;
+        }
+        last = now;
+    }
     let epoch = Instant::now();
     let window = Window {
         epoch,
@@ -457,6 +475,7 @@ impl Member {
                         out.unexpected.bump(close_key(code));
                         return out;
                     }
+                    self.progress.setup_frames.fetch_add(1, Ordering::Relaxed);
                 }
                 () = stop.cancelled() => return out,
             }
