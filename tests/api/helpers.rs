@@ -117,6 +117,21 @@ impl TestApp {
         c
     }
 
+    /// The value of the first `/metrics` line starting with `series`
+    /// (e.g. `chatterpro_errors_total{code="not_member"}`), if any.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let text = reqwest::get(self.http("/metrics"))
+            .await
+            .expect("metrics answer")
+            .text()
+            .await
+            .expect("metrics text");
+        text.lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+
     /// Graceful shutdown, as on SIGTERM; waits until the server has stopped.
     pub async fn stop(&mut self) {
         if let Some(stop) = self.stop.take() {

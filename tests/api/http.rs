@@ -72,29 +72,24 @@ async fn metrics_count_connections_messages_and_errors() {
     alice.say("Chat Room", "hi").await;
     alice.send_json(json!({"type":"nope"})).await;
     alice.recv_until("error").await;
-    let text = reqwest::get(app.http("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let value = |line_start: &str| -> f64 {
-        text.lines()
-            .find(|l| l.starts_with(line_start))
-            .unwrap_or_else(|| panic!("no {line_start} in\n{text}"))
-            .rsplit(' ')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
+    let value = async |series: &str| -> f64 {
+        app.metric(series)
+            .await
+            .unwrap_or_else(|| panic!("no {series} in /metrics"))
     };
-    assert_eq!(value("chatterpro_connections "), 2.0);
-    assert_eq!(value("chatterpro_rooms_active "), 1.0);
-    assert_eq!(value("chatterpro_messages_stored_total "), 1.0);
-    assert_eq!(value("chatterpro_errors_total{code=\"unknown_type\"}"), 1.0);
-    assert_eq!(value("chatterpro_errors_total{code=\"not_member\"}"), 0.0);
+    assert_eq!(value("chatterpro_connections ").await, 2.0);
+    assert_eq!(value("chatterpro_rooms_active ").await, 1.0);
+    assert_eq!(value("chatterpro_messages_stored_total ").await, 1.0);
+    assert_eq!(
+        value("chatterpro_errors_total{code=\"unknown_type\"}").await,
+        1.0
+    );
+    assert_eq!(
+        value("chatterpro_errors_total{code=\"not_member\"}").await,
+        0.0
+    );
     // bob's join presence to alice + the message to both.
-    assert!(value("chatterpro_frames_delivered_total ") >= 3.0);
+    assert!(value("chatterpro_frames_delivered_total ").await >= 3.0);
 }
 
 #[tokio::test]
