@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -126,20 +125,7 @@ impl App {
         tracing::info!(addr = %listener.local_addr()?, "serving");
         let router = http::router(state.clone());
         let stop_accepting = CancellationToken::new();
-        let server = {
-            let stop_accepting = stop_accepting.clone();
-            tokio::spawn(async move {
-                // Chat frames are small and latency matters: no Nagle delay.
-                axum::serve(
-                    listener.tap_io(|tcp| {
-                        let _ = tcp.set_nodelay(true);
-                    }),
-                    router.into_make_service_with_connect_info::<SocketAddr>(),
-                )
-                .with_graceful_shutdown(stop_accepting.cancelled_owned())
-                .await
-            })
-        };
+        let server = tokio::spawn(http::serve(listener, router, stop_accepting.clone()));
         shutdown.await;
         stop_accepting.cancel();
         // Store everything queued before any connection is told to go.
@@ -158,8 +144,7 @@ impl App {
             tracing::warn!("some connections did not close in time");
         }
         match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => tracing::error!(error = %e, "HTTP server failed"),
+            Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!(error = %e, "HTTP server task failed"),
             Err(_) => tracing::warn!("HTTP server did not stop in time"),
         }

@@ -1,27 +1,41 @@
-//! One WebSocket session: a reader loop that turns frames into hub calls, and
-//! a writer task that drains the connection's bounded outbox onto the socket.
+//! One WebSocket session on a raw TCP socket: one task, two halves joined
+//! with `join!` — a reader that turns client frames into hub calls and a
+//! writer that drains the connection's bounded outbox onto the socket.
+//!
+//! Why not a WebSocket library's stream type: a connection must cost as
+//! little as possible while idle (thousands of them sit idle) and a
+//! broadcast as little as possible per recipient. So reads are readiness
+//! based and allocate only while bytes are being decoded (an idle connection
+//! holds no buffer); frames arrive in the outbox already framed (see
+//! [`Frame`]) and go out with one vectored write per wake-up, with no copy,
+//! no per-recipient UTF-8 check and no intermediate buffer. tungstenite still
+//! parses frame headers and builds control frames ([`wire`]), hyper still
+//! does the HTTP handshake.
 //!
 //! Replies and room frames share the outbox, so a client sees them in the
-//! order the hub queued them. The writer coalesces whatever is queued into
-//! one flush. Closing is always the writer's job: the reader, the hub (slow
-//! consumer) and shutdown all ask for it through the connection's [`Kick`].
+//! order the hub queued them. Closing is always the writer's job: the reader,
+//! the hub (slow consumer) and shutdown all ask for it through the
+//! connection's [`Kick`].
 
 mod session;
+mod wire;
 
+use std::io::{self, IoSlice};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
-use tokio::sync::{Notify, mpsc};
+use bytes::{Bytes, BytesMut};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::{Frame, Hub, Kick, OutboxBudget, Peer};
 use crate::limits::{AddressLimits, ConnPermit};
-use crate::protocol::close;
+use crate::protocol::{MAX_FRAME_BYTES, close};
 use session::Session;
+use wire::{Decoder, Incoming};
 
 /// Per-connection settings from the configuration.
 #[derive(Debug, Clone, Copy)]
@@ -34,10 +48,11 @@ pub struct Settings {
     pub ping_interval: Duration,
 }
 
-/// Most frames written before one flush (one `write` syscall, ideally).
-const COALESCE_MAX: usize = 64;
-/// How long a closing connection may take to flush its last frames.
-const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// Most frames taken off the outbox for one vectored write (well under the
+/// kernel's 1024-slice limit; 256 small frames are ~50 KiB).
+const COALESCE_MAX: usize = 256;
+/// Bytes read at a time (more when a large frame is on its way).
+const READ_CHUNK: usize = 4096;
 /// How long the server waits for the client's close frame after its own.
 const CLOSING_HANDSHAKE_GRACE: Duration = Duration::from_secs(2);
 /// How long a write already under way may go on after the connection was
@@ -45,11 +60,13 @@ const CLOSING_HANDSHAKE_GRACE: Duration = Duration::from_secs(2);
 /// socket is considered stuck and dropped without one.
 const STALLED_WRITE_GRACE: Duration = Duration::from_secs(3);
 
-/// Runs one connection until it closes. `close_all` asks every connection to
+/// Runs one connection until it closes. `pre_read` holds bytes the HTTP
+/// layer read past the handshake. `close_all` asks every connection to
 /// close with 1001 (server shutdown), after flushing what is queued. The
 /// `permit` holds the connection's place in the connection limits.
 pub async fn serve(
-    socket: WebSocket,
+    stream: TcpStream,
+    pre_read: Bytes,
     hub: Arc<Hub>,
     settings: Settings,
     permit: ConnPermit,
@@ -59,40 +76,46 @@ pub async fn serve(
     let metrics_guard = ConnectionGauge::new(&hub);
     let (outbox_tx, outbox_rx) = mpsc::channel(settings.outbox_capacity);
     let kick = Arc::new(Kick::default());
-    let ping = Arc::new(Notify::new());
     let budget = Arc::new(OutboxBudget::new(settings.outbox_bytes));
     let peer = Peer::new(outbox_tx, budget.clone(), kick.clone());
-    let (sink, mut stream) = socket.split();
+    let heard = AtomicBool::new(false);
+    let mut input = BytesMut::from(&pre_read[..]);
+    let mut decoder = Decoder::default();
+
+    let reader = async {
+        let session = Session::new(hub.clone(), peer.clone(), address_limits, permit.ip());
+        let end = read_loop(
+            &stream,
+            &mut input,
+            &mut decoder,
+            session,
+            &peer,
+            &kick,
+            &heard,
+            &close_all,
+        )
+        .await;
+        // The session is gone (rooms left, name released); the writer
+        // finishes with the most specific code asked for.
+        match end {
+            ReadEnd::Violation(v) => kick.kick(v.code, v.reason),
+            _ => kick.kick(1000, ""),
+        }
+        end
+    };
     let outbox = Outbox {
         rx: outbox_rx,
         budget,
     };
-    let mut writer = tokio::spawn(write_loop(sink, outbox, kick.clone(), ping.clone()));
-
-    let mut session = Session::new(hub.clone(), peer.clone(), address_limits, permit.ip());
-    read_loop(
-        &mut stream,
-        &mut session,
-        &kick,
-        &ping,
-        settings.ping_interval,
-        &close_all,
-    )
-    .await;
-    // Leaves the rooms and releases the name.
-    drop(session);
-
-    // Normal end: ask the writer to finish (it keeps an earlier, more specific code).
-    kick.kick(1000, "");
+    let writer = write_loop(&stream, outbox, &kick, &heard, settings.ping_interval);
+    let (end, closed_sent) = tokio::join!(reader, writer);
     drop(peer);
-    if tokio::time::timeout(CLOSE_GRACE, &mut writer)
-        .await
-        .is_err()
-    {
-        tracing::debug!("connection writer did not finish in time");
-        writer.abort();
+
+    // The client may still be talking; wait for its close frame so the
+    // socket is not reset (a reset discards what is still on its way).
+    if closed_sent && matches!(end, ReadEnd::Kicked | ReadEnd::Violation(_)) {
+        finish_closing_handshake(&stream, &mut input, &mut decoder).await;
     }
-    finish_closing_handshake(&mut stream).await;
     if let Some((code, _)) = kick.reason()
         && code != 1000
     {
@@ -102,176 +125,253 @@ pub async fn serve(
     drop(permit);
 }
 
+/// Why the reader stopped.
+#[derive(Debug, Clone, Copy)]
+enum ReadEnd {
+    /// The client closed the TCP connection, or reading failed.
+    Gone,
+    /// The client sent its close frame.
+    ClientClosed,
+    /// The client broke the WebSocket rules.
+    Violation(wire::Violation),
+    /// Something else asked the connection to close.
+    Kicked,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn read_loop(
+    stream: &TcpStream,
+    input: &mut BytesMut,
+    decoder: &mut Decoder,
+    mut session: Session,
+    peer: &Peer,
+    kick: &Kick,
+    heard: &AtomicBool,
+    close_all: &CancellationToken,
+) -> ReadEnd {
+    loop {
+        loop {
+            match decoder.next(input) {
+                Ok(Some(Incoming::Text(text))) => {
+                    let text = std::str::from_utf8(&text).expect("the decoder checked UTF-8");
+                    session.handle(text).await;
+                    if kick.is_kicked() {
+                        return ReadEnd::Kicked;
+                    }
+                }
+                Ok(Some(Incoming::Ping(payload))) => {
+                    peer.push(Frame::pong(payload));
+                }
+                Ok(Some(Incoming::Pong)) => {}
+                Ok(Some(Incoming::Close)) => return ReadEnd::ClientClosed,
+                Ok(None) => break,
+                Err(violation) => return ReadEnd::Violation(violation),
+            }
+        }
+        // An idle connection holds no read buffer.
+        if input.is_empty() {
+            *input = BytesMut::new();
+        }
+        tokio::select! {
+            () = kick.kicked() => return ReadEnd::Kicked,
+            () = close_all.cancelled() => {
+                kick.kick(close::GOING_AWAY, "server shutting down");
+                return ReadEnd::Kicked;
+            }
+            ready = stream.readable() => if ready.is_err() { return ReadEnd::Gone },
+        }
+        match read_some(stream, input) {
+            Ok(0) => return ReadEnd::Gone,
+            // Any frame counts as a sign of life, pongs included.
+            Ok(_) => heard.store(true, Ordering::Relaxed),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return ReadEnd::Gone,
+        }
+    }
+}
+
+/// Reads what the socket has, growing `input` for a large frame on its way.
+fn read_some(stream: &TcpStream, input: &mut BytesMut) -> io::Result<usize> {
+    let wanted = Decoder::wanted(input).clamp(READ_CHUNK, MAX_FRAME_BYTES + 14);
+    input.reserve(wanted);
+    stream.try_read_buf(input)
+}
+
 /// Reads (and drops) what the client still sends until its close frame or
 /// the end of the stream. Dropping a socket with unread data makes the kernel
 /// reset the connection, and a reset discards our close frame and whatever
 /// was still on its way to the client.
-async fn finish_closing_handshake(stream: &mut SplitStream<WebSocket>) {
+async fn finish_closing_handshake(stream: &TcpStream, input: &mut BytesMut, decoder: &mut Decoder) {
     let drain = async {
-        while let Some(Ok(message)) = stream.next().await {
-            if let Message::Close(_) = message {
-                break;
+        loop {
+            loop {
+                match decoder.next(input) {
+                    Ok(Some(Incoming::Close)) | Err(_) => return,
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                }
+            }
+            if stream.readable().await.is_err() {
+                return;
+            }
+            match read_some(stream, input) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
             }
         }
     };
     let _ = tokio::time::timeout(CLOSING_HANDSHAKE_GRACE, drain).await;
 }
 
-async fn read_loop(
-    stream: &mut SplitStream<WebSocket>,
-    session: &mut Session,
-    kick: &Kick,
-    ping: &Notify,
-    ping_interval: Duration,
-    close_all: &CancellationToken,
-) {
-    let mut heartbeat = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
-    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut last_heard = Instant::now();
-    loop {
-        let next = tokio::select! {
-            () = kick.kicked() => return,
-            () = close_all.cancelled() => {
-                kick.kick(close::GOING_AWAY, "server shutting down");
-                return;
-            }
-            _ = heartbeat.tick() => {
-                // Any frame counts as a sign of life, pongs included.
-                if last_heard.elapsed() >= 2 * ping_interval {
-                    kick.kick(close::PING_TIMEOUT, "ping timeout");
-                    return;
-                }
-                ping.notify_one();
-                continue;
-            }
-            next = stream.next() => next,
-        };
-        last_heard = Instant::now();
-        match next {
-            None | Some(Ok(Message::Close(_))) => return,
-            Some(Ok(Message::Text(text))) => session.handle(text.as_str()).await,
-            Some(Ok(Message::Binary(_))) => {
-                kick.kick(close::UNSUPPORTED_DATA, "binary frames are not supported");
-                return;
-            }
-            // Pings are answered by the WebSocket layer itself.
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-            Some(Err(e)) => {
-                if is_too_big(e) {
-                    kick.kick(close::TOO_BIG, "frame larger than 64 KiB");
-                }
-                return;
-            }
-        }
-    }
-}
-
-fn is_too_big(e: axum::Error) -> bool {
-    let inner = e.into_inner();
-    matches!(
-        inner.downcast_ref::<tungstenite::Error>(),
-        Some(tungstenite::Error::Capacity(_))
-    )
-}
-
 /// The receiving end of a connection's outbox, with its byte count. Bytes
-/// stay counted until they are flushed to the socket, not merely taken off
-/// the queue: frames handed to the WebSocket layer sit in its write buffer
-/// until the peer reads.
+/// stay counted until they are written to the socket, not merely taken off
+/// the queue.
 struct Outbox {
     rx: mpsc::Receiver<Frame>,
     budget: Arc<OutboxBudget>,
 }
 
 impl Outbox {
-    async fn recv(&mut self) -> Option<Frame> {
-        self.rx.recv().await
-    }
-
-    fn try_recv(&mut self) -> Option<Frame> {
-        self.rx.try_recv().ok()
+    /// Everything queued right now, up to [`COALESCE_MAX`] frames.
+    fn take_queued(&mut self) -> Vec<Frame> {
+        let mut batch = Vec::new();
+        while batch.len() < COALESCE_MAX {
+            match self.rx.try_recv() {
+                Ok(frame) => batch.push(frame),
+                Err(_) => break,
+            }
+        }
+        batch
     }
 }
 
+/// What the writer does next.
+enum Work {
+    /// Frames from the outbox (their bytes are counted in its budget).
+    Frames(Vec<Frame>),
+    Ping,
+    Stop,
+}
+
+/// Writes until the connection is told to close, then flushes (unless the
+/// client is too slow) and sends the close frame. Returns whether the close
+/// frame went out.
 async fn write_loop(
-    mut sink: SplitSink<WebSocket, Message>,
+    stream: &TcpStream,
     mut outbox: Outbox,
-    kick: Arc<Kick>,
-    ping: Arc<Notify>,
-) {
+    kick: &Kick,
+    heard: &AtomicBool,
+    ping_interval: Duration,
+) -> bool {
+    let mut heartbeat = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
+    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut silent_intervals = 0;
     loop {
-        let written = tokio::select! {
+        let mut batch = Vec::new();
+        let work = tokio::select! {
             biased;
-            () = kick.kicked() => break,
-            () = ping.notified() => sink.send(Message::Ping(Default::default())).await,
-            frame = outbox.recv() => {
-                let Some(frame) = frame else { break };
-                // A client that stopped reading can block a write forever;
-                // once the connection is told to close, give it a moment, then drop it.
-                let stalled = async {
-                    kick.kicked().await;
-                    tokio::time::sleep(STALLED_WRITE_GRACE).await;
-                };
-                tokio::select! {
-                    written = write_batch(&mut sink, frame, &mut outbox) => written,
-                    () = stalled => return,
+            () = kick.kicked() => Work::Stop,
+            n = outbox.rx.recv_many(&mut batch, COALESCE_MAX) => {
+                if n == 0 { Work::Stop } else { Work::Frames(batch) }
+            }
+            _ = heartbeat.tick() => {
+                if heard.swap(false, Ordering::Relaxed) {
+                    silent_intervals = 0;
+                } else {
+                    silent_intervals += 1;
+                }
+                if silent_intervals >= 2 {
+                    kick.kick(close::PING_TIMEOUT, "ping timeout");
+                    Work::Stop
+                } else {
+                    Work::Ping
                 }
             }
         };
+        let (frames, counted) = match work {
+            Work::Stop => break,
+            Work::Frames(frames) => (frames, true),
+            Work::Ping => (vec![Frame::ping()], false),
+        };
+        // A client that stopped reading can block a write forever; once the
+        // connection is told to close, give it a moment, then drop it.
+        let stalled = async {
+            kick.kicked().await;
+            tokio::time::sleep(STALLED_WRITE_GRACE).await;
+        };
+        let written = tokio::select! {
+            written = write_frames(stream, &frames) => written,
+            () = stalled => return false,
+        };
         if written.is_err() {
             kick.kick(1000, "");
-            return;
+            return false;
+        }
+        if counted {
+            outbox.budget.release(frames.iter().map(Frame::len).sum());
         }
     }
     let (code, reason) = kick.reason().unwrap_or((1000, ""));
     // A slow consumer is cut off at once. Otherwise everything queued (the
     // last `sent`s and messages before a shutdown) is flushed first, within
     // the grace a stuck socket gets.
-    if code != close::TRY_AGAIN_LATER {
-        let flush_all = async {
-            while let Some(frame) = outbox.try_recv() {
-                write_batch(&mut sink, frame, &mut outbox).await?;
+    let finish = async {
+        if code != close::TRY_AGAIN_LATER {
+            loop {
+                let frames = outbox.take_queued();
+                if frames.is_empty() {
+                    break;
+                }
+                write_frames(stream, &frames).await?;
+                outbox.budget.release(frames.iter().map(Frame::len).sum());
             }
-            Ok::<(), axum::Error>(())
-        };
-        match tokio::time::timeout(STALLED_WRITE_GRACE, flush_all).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) | Err(_) => return,
         }
-    }
-    let close = CloseFrame {
-        code,
-        reason: Utf8Bytes::from_static(reason),
+        write_frames(stream, &[Frame::close(code, reason)]).await
     };
-    let _ = sink.send(Message::Close(Some(close))).await;
+    matches!(
+        tokio::time::timeout(STALLED_WRITE_GRACE, finish).await,
+        Ok(Ok(()))
+    )
 }
 
-/// Writes `first` and whatever else is already queued, then flushes once.
-async fn write_batch(
-    sink: &mut SplitSink<WebSocket, Message>,
-    first: Frame,
-    outbox: &mut Outbox,
-) -> Result<(), axum::Error> {
-    let mut bytes = first.len();
-    sink.feed(to_message(first)).await?;
-    for _ in 1..COALESCE_MAX {
-        match outbox.try_recv() {
-            Some(frame) => {
-                bytes += frame.len();
-                sink.feed(to_message(frame)).await?;
+/// Writes every frame, with as few syscalls as the socket allows.
+async fn write_frames(stream: &TcpStream, frames: &[Frame]) -> io::Result<()> {
+    let mut next = 0;
+    let mut offset = 0;
+    while next < frames.len() {
+        match write_some(stream, &frames[next..], offset) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(mut written) => {
+                while written > 0 {
+                    let left = frames[next].len() - offset;
+                    if written >= left {
+                        written -= left;
+                        next += 1;
+                        offset = 0;
+                    } else {
+                        offset += written;
+                        written = 0;
+                    }
+                }
             }
-            None => break,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => stream.writable().await?,
+            Err(e) => return Err(e),
         }
     }
-    sink.flush().await?;
-    outbox.budget.release(bytes);
     Ok(())
 }
 
-fn to_message(frame: Frame) -> Message {
-    // Frames are built from Strings, so this never fails; an empty frame would be a bug.
-    let text = Utf8Bytes::try_from(frame.bytes().clone()).unwrap_or_default();
-    Message::Text(text)
+/// One vectored write of `frames`, the first from `offset` on.
+fn write_some(stream: &TcpStream, frames: &[Frame], offset: usize) -> io::Result<usize> {
+    let mut slices = [IoSlice::new(&[]); COALESCE_MAX];
+    let count = frames.len().min(COALESCE_MAX);
+    for (slice, frame) in slices.iter_mut().zip(&frames[..count]) {
+        *slice = IoSlice::new(frame.wire());
+    }
+    slices[0] = IoSlice::new(&frames[0].wire()[offset..]);
+    stream.try_write_vectored(&slices[..count])
 }
 
 /// Counts a connection in the gauge for exactly as long as it lives.

@@ -5,7 +5,10 @@
 mod api;
 mod assets;
 mod health;
+mod server;
 mod ws;
+
+pub use server::serve;
 
 use std::sync::Arc;
 

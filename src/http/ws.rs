@@ -2,35 +2,37 @@
 
 use std::net::SocketAddr;
 
-use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 
 use super::AppState;
 use crate::conn;
 use crate::limits::Admission;
-use crate::protocol::MAX_FRAME_BYTES;
 
-/// Read buffer per connection. Client frames are small; a larger one grows
-/// the buffer and is read in chunks of this size (a few more syscalls for a
-/// long message, 3 KiB less per idle connection than 4 KiB).
-const READ_BUFFER_BYTES: usize = 1024;
-/// Frames are gathered up to this many bytes before a write to the socket.
-const WRITE_COALESCE_BYTES: usize = 32 * 1024;
-
+/// Answers a WebSocket handshake (RFC 6455 §4.2) and hands the upgraded TCP
+/// socket to `conn`. The socket is taken back from hyper as the plain
+/// `TcpStream` it accepted, so a connection costs only what `conn` keeps.
 pub async fn upgrade(
     State(state): State<AppState>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    ws: WebSocketUpgrade,
+    mut request: Request,
 ) -> Response {
-    if !origin_allowed(&headers, &state.allowed_origins) {
+    let headers = request.headers();
+    if !origin_allowed(headers, &state.allowed_origins) {
         return (StatusCode::FORBIDDEN, "cross-origin WebSocket refused").into_response();
     }
+    let accept = match handshake_accept(headers) {
+        Ok(accept) => accept,
+        Err(refusal) => return refusal,
+    };
     let permit = match state.limits.admit(remote.ip()) {
         Ok(permit) => permit,
         Err(refusal) => return refused(refusal),
     };
+    let on_upgrade = hyper::upgrade::on(&mut request);
     let AppState {
         hub,
         conn_settings,
@@ -39,25 +41,75 @@ pub async fn upgrade(
         sessions,
         ..
     } = state;
-    // tungstenite reserves a 128 KiB read buffer per connection by default;
-    // chat frames are small, so a small one (grown on demand for a large
-    // frame) cuts idle memory per connection by an order of magnitude. The
-    // write buffer is where queued frames are coalesced into one syscall, so
-    // it stays big enough for a burst; it only grows as frames arrive.
-    ws.read_buffer_size(READ_BUFFER_BYTES)
-        .write_buffer_size(WRITE_COALESCE_BYTES)
-        .max_message_size(MAX_FRAME_BYTES)
-        .max_frame_size(MAX_FRAME_BYTES)
-        .on_upgrade(move |socket| {
-            sessions.track_future(conn::serve(
-                socket,
-                hub,
-                conn_settings,
-                permit,
-                limits,
-                close_connections,
-            ))
+    sessions.spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => {
+                tracing::debug!(error = %e, "WebSocket upgrade failed");
+                return;
+            }
+        };
+        let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
+            tracing::error!("an upgraded connection is not a TCP stream");
+            return;
+        };
+        conn::serve(
+            parts.io.into_inner(),
+            parts.read_buf,
+            hub,
+            conn_settings,
+            permit,
+            limits,
+            close_connections,
+        )
+        .await;
+    });
+    (
+        StatusCode::SWITCHING_PROTOCOLS,
+        [
+            (header::CONNECTION, HeaderValue::from_static("upgrade")),
+            (header::UPGRADE, HeaderValue::from_static("websocket")),
+            (header::SEC_WEBSOCKET_ACCEPT, accept),
+        ],
+    )
+        .into_response()
+}
+
+/// Checks the upgrade request and computes `Sec-WebSocket-Accept`.
+#[allow(clippy::result_large_err)]
+fn handshake_accept(headers: &HeaderMap) -> Result<HeaderValue, Response> {
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|value| {
+            value.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case(token))
+            })
         })
+    };
+    if !has_token(header::CONNECTION, "upgrade") || !has_token(header::UPGRADE, "websocket") {
+        return Err((
+            StatusCode::UPGRADE_REQUIRED,
+            [(header::UPGRADE, "websocket")],
+            "this endpoint speaks WebSocket only\n",
+        )
+            .into_response());
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v != "13")
+    {
+        return Err((
+            StatusCode::UPGRADE_REQUIRED,
+            [(header::SEC_WEBSOCKET_VERSION, "13")],
+            "WebSocket version 13 is required\n",
+        )
+            .into_response());
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return Err((StatusCode::BAD_REQUEST, "Sec-WebSocket-Key is missing\n").into_response());
+    };
+    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    Ok(HeaderValue::from_str(&accept).expect("base64 is a valid header value"))
 }
 
 fn refused(admission: Admission) -> Response {

@@ -1,0 +1,289 @@
+//! Reading client WebSocket frames (RFC 6455) out of a connection's input bytes.
+//!
+//! tungstenite parses each frame header; this module applies the rules a
+//! server must enforce on top (client frames are masked, control frames are
+//! short and unfragmented, text is UTF-8, no extensions were negotiated) and
+//! joins fragments. It owns no socket: the connection feeds it bytes, which
+//! keeps it testable and lets an idle connection hold no buffer at all.
+
+use std::io::Cursor;
+
+use bytes::{Bytes, BytesMut};
+use tungstenite::protocol::frame::FrameHeader;
+use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+
+use crate::protocol::{MAX_FRAME_BYTES, close};
+
+/// One complete thing the client said.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Incoming {
+    /// A whole text message (fragments joined), checked to be UTF-8.
+    Text(Bytes),
+    Ping(Bytes),
+    Pong,
+    /// The client's close frame: it will send nothing more.
+    Close,
+}
+
+/// Why the connection must close; `code` is the close code to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Violation {
+    pub code: u16,
+    pub reason: &'static str,
+}
+
+const fn violation(code: u16, reason: &'static str) -> Violation {
+    Violation { code, reason }
+}
+
+/// The close code for a protocol error (RFC 6455 §7.4.1).
+const PROTOCOL_ERROR: u16 = 1002;
+/// The close code for text that is not UTF-8.
+const INVALID_PAYLOAD: u16 = 1007;
+
+/// Longest control-frame payload (RFC 6455 §5.5).
+const MAX_CONTROL_PAYLOAD: u64 = 125;
+
+/// Splits input into [`Incoming`] items. Holds only the fragments of a
+/// message still being received, which is empty (unallocated) almost always.
+#[derive(Debug, Default)]
+pub struct Decoder {
+    fragments: Option<BytesMut>,
+}
+
+impl Decoder {
+    /// How many more bytes the frame at the start of `input` needs, at
+    /// least; lets the reader size one read for a large frame.
+    pub fn wanted(input: &[u8]) -> usize {
+        match FrameHeader::parse(&mut Cursor::new(input)) {
+            Ok(Some((header, len))) => {
+                let total = header.len(len) as u64 + len;
+                usize::try_from(total)
+                    .unwrap_or(usize::MAX)
+                    .saturating_sub(input.len())
+            }
+            _ => 0,
+        }
+    }
+
+    /// Takes the next complete item off the front of `input`, or `None`
+    /// when more bytes are needed (nothing is consumed then).
+    pub fn next(&mut self, input: &mut BytesMut) -> Result<Option<Incoming>, Violation> {
+        loop {
+            let mut cursor = Cursor::new(&input[..]);
+            let (header, len) = match FrameHeader::parse(&mut cursor) {
+                Ok(Some(parsed)) => parsed,
+                Ok(None) => return Ok(None),
+                Err(_) => return Err(violation(PROTOCOL_ERROR, "invalid frame header")),
+            };
+            let header_len = cursor.position() as usize;
+            self.check(&header, len)?;
+            // `check` bounds `len` by the frame limit, so this cannot overflow.
+            let len = len as usize;
+            if input.len() < header_len + len {
+                return Ok(None);
+            }
+            let _ = input.split_to(header_len);
+            let mut payload = input.split_to(len);
+            let mask = header.mask.expect("checked: client frames are masked");
+            unmask(&mut payload, mask);
+            match header.opcode {
+                OpCode::Control(Control::Ping) => return Ok(Some(Incoming::Ping(payload.freeze()))),
+                OpCode::Control(Control::Pong) => return Ok(Some(Incoming::Pong)),
+                OpCode::Control(_) => return Ok(Some(Incoming::Close)),
+                OpCode::Data(Data::Binary) => {
+                    return Err(violation(
+                        close::UNSUPPORTED_DATA,
+                        "binary frames are not supported",
+                    ));
+                }
+                OpCode::Data(Data::Text) if header.is_final => return text(payload),
+                OpCode::Data(Data::Text) => self.fragments = Some(payload),
+                OpCode::Data(_) => {
+                    let Some(mut fragments) = self.fragments.take() else {
+                        unreachable!("checked: a continuation follows a first fragment");
+                    };
+                    fragments.unsplit(payload);
+                    if header.is_final {
+                        return text(fragments);
+                    }
+                    self.fragments = Some(fragments);
+                }
+            }
+        }
+    }
+
+    fn check(&self, header: &FrameHeader, len: u64) -> Result<(), Violation> {
+        if header.rsv1 || header.rsv2 || header.rsv3 {
+            return Err(violation(PROTOCOL_ERROR, "no extension was negotiated"));
+        }
+        if header.mask.is_none() {
+            return Err(violation(PROTOCOL_ERROR, "client frames must be masked"));
+        }
+        match header.opcode {
+            OpCode::Control(_) => {
+                if !header.is_final || len > MAX_CONTROL_PAYLOAD {
+                    return Err(violation(PROTOCOL_ERROR, "invalid control frame"));
+                }
+            }
+            OpCode::Data(data) => {
+                let continuation = matches!(data, Data::Continue);
+                if continuation != self.fragments.is_some() {
+                    return Err(violation(PROTOCOL_ERROR, "unexpected fragment"));
+                }
+                let so_far = self.fragments.as_ref().map_or(0, |f| f.len()) as u64;
+                if so_far + len > MAX_FRAME_BYTES as u64 {
+                    return Err(violation(close::TOO_BIG, "frame larger than 64 KiB"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn text(payload: BytesMut) -> Result<Option<Incoming>, Violation> {
+    if std::str::from_utf8(&payload).is_err() {
+        return Err(violation(INVALID_PAYLOAD, "text is not UTF-8"));
+    }
+    Ok(Some(Incoming::Text(payload.freeze())))
+}
+
+fn unmask(payload: &mut [u8], mask: [u8; 4]) {
+    for (i, byte) in payload.iter_mut().enumerate() {
+        *byte ^= mask[i & 3];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client frame: FIN flag, opcode, masked payload.
+    fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [1, 2, 3, 4];
+        let mut out = vec![(u8::from(fin) << 7) | opcode];
+        match payload.len() {
+            n if n < 126 => out.push(0x80 | n as u8),
+            n if n <= 0xffff => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(0x80 | 127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+        out
+    }
+
+    fn decode_all(bytes: &[u8]) -> (Vec<Incoming>, Option<Violation>, usize) {
+        let mut input = BytesMut::from(bytes);
+        let mut decoder = Decoder::default();
+        let mut items = Vec::new();
+        loop {
+            match decoder.next(&mut input) {
+                Ok(Some(item)) => items.push(item),
+                Ok(None) => return (items, None, input.len()),
+                Err(v) => return (items, Some(v), input.len()),
+            }
+        }
+    }
+
+    #[test]
+    fn texts_pings_and_close_come_out_in_order() {
+        let mut bytes = frame(true, 1, b"{\"type\":\"rooms\"}");
+        bytes.extend(frame(true, 9, b"p"));
+        bytes.extend(frame(true, 10, b""));
+        bytes.extend(frame(true, 8, &[3, 232]));
+        let (items, violation, left) = decode_all(&bytes);
+        assert_eq!(
+            items,
+            vec![
+                Incoming::Text(Bytes::from_static(b"{\"type\":\"rooms\"}")),
+                Incoming::Ping(Bytes::from_static(b"p")),
+                Incoming::Pong,
+                Incoming::Close,
+            ]
+        );
+        assert_eq!((violation, left), (None, 0));
+    }
+
+    #[test]
+    fn a_partial_frame_waits_for_the_rest() {
+        let bytes = frame(true, 1, "héllo".as_bytes());
+        for cut in 0..bytes.len() {
+            let (items, violation, left) = decode_all(&bytes[..cut]);
+            assert!(items.is_empty() && violation.is_none() && left == cut);
+            // Header (2 bytes) and mask (4) known: the rest is.
+            if cut >= 6 {
+                assert_eq!(Decoder::wanted(&bytes[..cut]), bytes.len() - cut);
+            }
+        }
+    }
+
+    #[test]
+    fn fragments_are_joined_and_may_carry_control_frames_between() {
+        let mut bytes = frame(false, 1, b"hel");
+        bytes.extend(frame(true, 9, b""));
+        bytes.extend(frame(false, 0, b"lo "));
+        bytes.extend(frame(true, 0, b"there"));
+        let (items, violation, _) = decode_all(&bytes);
+        assert_eq!(violation, None);
+        assert_eq!(
+            items,
+            vec![
+                Incoming::Ping(Bytes::new()),
+                Incoming::Text(Bytes::from_static(b"hello there")),
+            ]
+        );
+    }
+
+    #[test]
+    fn rule_breakers_get_the_right_close_code() {
+        let unmasked = b"\x81\x02{}".to_vec();
+        let cases: Vec<(Vec<u8>, u16)> = vec![
+            (unmasked, PROTOCOL_ERROR),
+            (frame(true, 2, b"bin"), close::UNSUPPORTED_DATA),
+            (frame(true, 1, &[0xff, 0xfe]), INVALID_PAYLOAD),
+            (frame(true, 0, b"orphan"), PROTOCOL_ERROR),
+            (frame(false, 9, b""), PROTOCOL_ERROR),
+            (frame(true, 9, &[0; 126]), PROTOCOL_ERROR),
+            (frame(true, 3, b""), PROTOCOL_ERROR),
+            (frame(true, 0x41, b"x"), PROTOCOL_ERROR),
+            (frame(true, 1, &vec![b'a'; MAX_FRAME_BYTES + 1]), close::TOO_BIG),
+            (
+                [frame(false, 1, b"a"), frame(true, 1, b"b")].concat(),
+                PROTOCOL_ERROR,
+            ),
+            (
+                [
+                    frame(false, 1, &vec![b'a'; MAX_FRAME_BYTES]),
+                    frame(true, 0, b"b"),
+                ]
+                .concat(),
+                close::TOO_BIG,
+            ),
+        ];
+        for (bytes, code) in cases {
+            let (items, violation, _) = decode_all(&bytes);
+            assert!(items.is_empty(), "{items:?}");
+            assert_eq!(violation.map(|v| v.code), Some(code), "{:x?}", &bytes[..2]);
+        }
+    }
+
+    #[test]
+    fn an_oversize_frame_is_refused_from_its_header_alone() {
+        let bytes = frame(true, 1, &vec![b'a'; MAX_FRAME_BYTES + 1]);
+        let (_, violation, _) = decode_all(&bytes[..14]);
+        assert_eq!(violation.map(|v| v.code), Some(close::TOO_BIG));
+    }
+
+    #[test]
+    fn the_largest_allowed_frame_passes() {
+        let bytes = frame(true, 1, &vec![b'a'; MAX_FRAME_BYTES]);
+        let (items, violation, _) = decode_all(&bytes);
+        assert_eq!((items.len(), violation), (1, None));
+    }
+}
