@@ -88,7 +88,9 @@ impl Decoder {
             let mask = header.mask.expect("checked: client frames are masked");
             unmask(&mut payload, mask);
             match header.opcode {
-                OpCode::Control(Control::Ping) => return Ok(Some(Incoming::Ping(payload.freeze()))),
+                OpCode::Control(Control::Ping) => {
+                    return Ok(Some(Incoming::Ping(payload.freeze())));
+                }
                 OpCode::Control(Control::Pong) => return Ok(Some(Incoming::Pong)),
                 OpCode::Control(_) => return Ok(Some(Incoming::Close)),
                 OpCode::Data(Data::Binary) => {
@@ -252,7 +254,10 @@ mod tests {
             (frame(true, 9, &[0; 126]), PROTOCOL_ERROR),
             (frame(true, 3, b""), PROTOCOL_ERROR),
             (frame(true, 0x41, b"x"), PROTOCOL_ERROR),
-            (frame(true, 1, &vec![b'a'; MAX_FRAME_BYTES + 1]), close::TOO_BIG),
+            (
+                frame(true, 1, &vec![b'a'; MAX_FRAME_BYTES + 1]),
+                close::TOO_BIG,
+            ),
             (
                 [frame(false, 1, b"a"), frame(true, 1, b"b")].concat(),
                 PROTOCOL_ERROR,

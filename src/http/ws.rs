@@ -80,10 +80,9 @@ pub async fn upgrade(
 fn handshake_accept(headers: &HeaderMap) -> Result<HeaderValue, Response> {
     let has_token = |name: header::HeaderName, token: &str| {
         headers.get_all(name).iter().any(|value| {
-            value.to_str().is_ok_and(|v| {
-                v.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case(token))
-            })
+            value
+                .to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
         })
     };
     if !has_token(header::CONNECTION, "upgrade") || !has_token(header::UPGRADE, "websocket") {

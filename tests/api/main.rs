@@ -10,3 +10,4 @@ mod properties;
 mod protocol;
 mod rooms;
 mod transport;
+mod wire;
