@@ -8,11 +8,10 @@ use std::sync::Arc;
 use chatterpro::broker::LocalDelivery;
 use chatterpro::domain::{MessageText, Nickname, RoomName};
 use chatterpro::frame::Frame;
-use chatterpro::hub::{Kick, OutboxBudget, Peer, PreparedCatchUp, Registry};
+use chatterpro::hub::{Outbox, Peer, PreparedCatchUp, Registry};
 use chatterpro::metrics::Metrics;
 use chatterpro::protocol::{self, ChatMessage, ClientMsg, EncodedMessages, ServerMsg};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use tokio::sync::mpsc;
 
 const SEND: &str = r#"{"type":"send","room":"Chat Room","text":"hello everyone, how is it going today?","ref":42}"#;
 
@@ -61,12 +60,8 @@ fn fanout(c: &mut Criterion) {
     let room = RoomName::parse("Big Room").unwrap();
     let mut outboxes = Vec::with_capacity(MEMBERS);
     for i in 0..MEMBERS {
-        let (tx, rx) = mpsc::channel(1024);
-        let peer = Peer::new(
-            tx,
-            Arc::new(OutboxBudget::new(usize::MAX / 2)),
-            Arc::new(Kick::default()),
-        );
+        let outbox = Arc::new(Outbox::new(1024, usize::MAX / 2));
+        let peer = Peer::new(outbox.clone());
         let name = Nickname::parse(&format!("member{i}")).unwrap();
         registry.begin_join(&room, &peer, &name);
         registry.finish_join(
@@ -80,11 +75,12 @@ fn fanout(c: &mut Criterion) {
             "welcome",
             None,
         );
-        outboxes.push((peer, rx));
+        outboxes.push((peer, outbox));
     }
     // Empty the outboxes of join replies and presence.
-    for (_, rx) in &mut outboxes {
-        while rx.try_recv().is_ok() {}
+    for (_, outbox) in &outboxes {
+        let taken = outbox.take(usize::MAX);
+        outbox.written(taken.iter().map(Frame::len).sum());
     }
     let text = protocol::encode(&ServerMsg::Message(message()), None);
     let mut seq = 1;
@@ -100,8 +96,9 @@ fn fanout(c: &mut Criterion) {
                 registry.deliver(&room, &frame);
                 elapsed += start.elapsed();
                 // Drain outside the timed part, as the connections' writers would.
-                for (_, rx) in &mut outboxes {
-                    let _ = rx.try_recv();
+                for (_, outbox) in &outboxes {
+                    let taken = outbox.take(usize::MAX);
+                    outbox.written(taken.iter().map(Frame::len).sum());
                 }
             }
             elapsed

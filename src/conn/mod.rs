@@ -27,11 +27,10 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::{Frame, Hub, Kick, OutboxBudget, Peer};
+use crate::hub::{Frame, Hub, Kick, Outbox, Peer};
 use crate::limits::{AddressLimits, ConnPermit};
 use crate::protocol::{MAX_FRAME_BYTES, close};
 use session::Session;
@@ -64,7 +63,11 @@ const STALLED_WRITE_GRACE: Duration = Duration::from_secs(3);
 /// layer read past the handshake. `close_all` asks every connection to
 /// close with 1001 (server shutdown), after flushing what is queued. The
 /// `permit` holds the connection's place in the connection limits.
-pub async fn serve(
+///
+/// Not an `async fn`: the connection's state is built here and moved into
+/// the returned future once (an `async fn` would keep its arguments twice,
+/// and every byte of this future is paid by every idle connection).
+pub fn serve(
     stream: TcpStream,
     pre_read: Bytes,
     hub: Arc<Hub>,
@@ -72,57 +75,94 @@ pub async fn serve(
     permit: ConnPermit,
     address_limits: Arc<AddressLimits>,
     close_all: CancellationToken,
-) {
-    let metrics_guard = ConnectionGauge::new(&hub);
-    let (outbox_tx, outbox_rx) = mpsc::channel(settings.outbox_capacity);
-    let kick = Arc::new(Kick::default());
-    let budget = Arc::new(OutboxBudget::new(settings.outbox_bytes));
-    let peer = Peer::new(outbox_tx, budget.clone(), kick.clone());
-    let heard = AtomicBool::new(false);
-    let mut input = BytesMut::from(&pre_read[..]);
-    let mut decoder = Decoder::default();
+) -> impl Future<Output = ()> + Send {
+    let outbox = Arc::new(Outbox::new(settings.outbox_capacity, settings.outbox_bytes));
+    let peer = Peer::new(outbox.clone());
+    let session = Session::new(hub.clone(), peer.clone(), address_limits, permit.ip());
+    let mut connection = Connection {
+        stream,
+        reader: Reader {
+            // `pre_read` shares the HTTP layer's whole read buffer (8 KiB):
+            // copied and dropped here, not kept for the connection's life.
+            input: BytesMut::from(&pre_read[..]),
+            decoder: Decoder::default(),
+            session: Some(session),
+            close_all,
+        },
+        writer: Writer {
+            ping_interval: settings.ping_interval,
+        },
+        shared: Shared {
+            outbox,
+            peer,
+            heard: AtomicBool::new(false),
+        },
+        _gauge: ConnectionGauge::new(&hub),
+        hub,
+        _permit: permit,
+    };
+    async move { connection.run().await }
+}
 
-    let reader = async {
-        let session = Session::new(hub.clone(), peer.clone(), address_limits, permit.ip());
-        let end = read_loop(
-            &stream,
-            &mut input,
-            &mut decoder,
-            session,
-            &peer,
-            &kick,
-            &heard,
-            &close_all,
-        )
-        .await;
-        // The session is gone (rooms left, name released); the writer
-        // finishes with the most specific code asked for.
-        match end {
-            ReadEnd::Violation(v) => kick.kick(v.code, v.reason),
-            _ => kick.kick(1000, ""),
+/// Everything one connection owns, in one place (the task's future).
+struct Connection {
+    stream: TcpStream,
+    reader: Reader,
+    writer: Writer,
+    shared: Shared,
+    hub: Arc<Hub>,
+    _gauge: ConnectionGauge,
+    /// The connection's place in the connection limits, held to the end.
+    _permit: ConnPermit,
+}
+
+/// What the reader and the writer both use.
+struct Shared {
+    outbox: Arc<Outbox>,
+    /// The connection's own handle, for pongs.
+    peer: Peer,
+    /// Set by the reader whenever bytes arrive; the heartbeat clears it.
+    heard: AtomicBool,
+}
+
+struct Reader {
+    /// Bytes read and not yet decoded; unallocated while idle.
+    input: BytesMut,
+    decoder: Decoder,
+    /// Dropped when reading ends: the connection leaves its rooms then.
+    session: Option<Session>,
+    close_all: CancellationToken,
+}
+
+struct Writer {
+    ping_interval: Duration,
+}
+
+impl Connection {
+    async fn run(&mut self) {
+        let Self {
+            stream,
+            reader,
+            writer,
+            shared,
+            ..
+        } = self;
+        // Two halves in one task: the writer keeps draining the outbox while
+        // the reader awaits the hub. Both end once the connection is kicked.
+        let (end, closed_sent) =
+            tokio::join!(reader.run(stream, shared), writer.run(stream, shared));
+        shared.outbox.close();
+        // The client may still be talking; wait for its close frame so the
+        // socket is not reset (a reset discards what is still on its way).
+        if closed_sent && matches!(end, ReadEnd::Kicked | ReadEnd::Violation(_)) {
+            Box::pin(reader.finish_closing_handshake(stream)).await;
         }
-        end
-    };
-    let outbox = Outbox {
-        rx: outbox_rx,
-        budget,
-    };
-    let writer = write_loop(&stream, outbox, &kick, &heard, settings.ping_interval);
-    let (end, closed_sent) = tokio::join!(reader, writer);
-    drop(peer);
-
-    // The client may still be talking; wait for its close frame so the
-    // socket is not reset (a reset discards what is still on its way).
-    if closed_sent && matches!(end, ReadEnd::Kicked | ReadEnd::Violation(_)) {
-        finish_closing_handshake(&stream, &mut input, &mut decoder).await;
+        if let Some((code, _)) = shared.outbox.kick().reason()
+            && code != 1000
+        {
+            self.hub.metrics().count_close(code);
+        }
     }
-    if let Some((code, _)) = kick.reason()
-        && code != 1000
-    {
-        hub.metrics().count_close(code);
-    }
-    drop(metrics_guard);
-    drop(permit);
 }
 
 /// Why the reader stopped.
@@ -138,55 +178,96 @@ enum ReadEnd {
     Kicked,
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn read_loop(
-    stream: &TcpStream,
-    input: &mut BytesMut,
-    decoder: &mut Decoder,
-    mut session: Session,
-    peer: &Peer,
-    kick: &Kick,
-    heard: &AtomicBool,
-    close_all: &CancellationToken,
-) -> ReadEnd {
-    loop {
+impl Reader {
+    /// Reads until the connection ends, then asks the writer to finish with
+    /// the most specific code (the session is gone by then: rooms left,
+    /// name released).
+    async fn run(&mut self, stream: &TcpStream, shared: &Shared) -> ReadEnd {
+        let end = self.read_loop(stream, shared).await;
+        self.session = None;
+        let kick = shared.outbox.kick();
+        match end {
+            ReadEnd::Violation(v) => kick.kick(v.code, v.reason),
+            _ => kick.kick(1000, ""),
+        }
+        end
+    }
+
+    async fn read_loop(&mut self, stream: &TcpStream, shared: &Shared) -> ReadEnd {
+        let kick = shared.outbox.kick();
+        let Some(session) = self.session.as_mut() else {
+            return ReadEnd::Kicked;
+        };
         loop {
-            match decoder.next(input) {
-                Ok(Some(Incoming::Text(text))) => {
-                    let text = std::str::from_utf8(&text).expect("the decoder checked UTF-8");
-                    session.handle(text).await;
-                    if kick.is_kicked() {
-                        return ReadEnd::Kicked;
+            loop {
+                match self.decoder.next(&mut self.input) {
+                    Ok(Some(Incoming::Text(text))) => {
+                        let text = std::str::from_utf8(&text).expect("the decoder checked UTF-8");
+                        // Boxed: handling a request awaits storage and the
+                        // hub, a deep future that would otherwise sit in
+                        // every idle connection's task.
+                        Box::pin(session.handle(text)).await;
+                        if kick.is_kicked() {
+                            return ReadEnd::Kicked;
+                        }
+                    }
+                    Ok(Some(Incoming::Ping(payload))) => {
+                        shared.peer.push(Frame::pong(payload));
+                    }
+                    Ok(Some(Incoming::Pong)) => {}
+                    Ok(Some(Incoming::Close)) => return ReadEnd::ClientClosed,
+                    Ok(None) => break,
+                    Err(violation) => return ReadEnd::Violation(violation),
+                }
+            }
+            // An idle connection holds no read buffer.
+            if self.input.is_empty() {
+                self.input = BytesMut::new();
+            }
+            tokio::select! {
+                () = kick.kicked() => return ReadEnd::Kicked,
+                () = self.close_all.cancelled() => {
+                    kick.kick(close::GOING_AWAY, "server shutting down");
+                    return ReadEnd::Kicked;
+                }
+                ready = stream.readable() => if ready.is_err() { return ReadEnd::Gone },
+            }
+            match read_some(stream, &mut self.input) {
+                Ok(0) => return ReadEnd::Gone,
+                // Any frame counts as a sign of life, pongs included.
+                Ok(_) => shared.heard.store(true, Ordering::Relaxed),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return ReadEnd::Gone,
+            }
+        }
+    }
+
+    /// Reads (and drops) what the client still sends until its close frame
+    /// or the end of the stream. Dropping a socket with unread data makes the
+    /// kernel reset the connection, and a reset discards our close frame and
+    /// whatever was still on its way to the client.
+    async fn finish_closing_handshake(&mut self, stream: &TcpStream) {
+        let drain = async {
+            loop {
+                loop {
+                    match self.decoder.next(&mut self.input) {
+                        Ok(Some(Incoming::Close)) | Err(_) => return,
+                        Ok(Some(_)) => {}
+                        Ok(None) => break,
                     }
                 }
-                Ok(Some(Incoming::Ping(payload))) => {
-                    peer.push(Frame::pong(payload));
+                if stream.readable().await.is_err() {
+                    return;
                 }
-                Ok(Some(Incoming::Pong)) => {}
-                Ok(Some(Incoming::Close)) => return ReadEnd::ClientClosed,
-                Ok(None) => break,
-                Err(violation) => return ReadEnd::Violation(violation),
+                match read_some(stream, &mut self.input) {
+                    Ok(0) => return,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => return,
+                }
             }
-        }
-        // An idle connection holds no read buffer.
-        if input.is_empty() {
-            *input = BytesMut::new();
-        }
-        tokio::select! {
-            () = kick.kicked() => return ReadEnd::Kicked,
-            () = close_all.cancelled() => {
-                kick.kick(close::GOING_AWAY, "server shutting down");
-                return ReadEnd::Kicked;
-            }
-            ready = stream.readable() => if ready.is_err() { return ReadEnd::Gone },
-        }
-        match read_some(stream, input) {
-            Ok(0) => return ReadEnd::Gone,
-            // Any frame counts as a sign of life, pongs included.
-            Ok(_) => heard.store(true, Ordering::Relaxed),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(_) => return ReadEnd::Gone,
-        }
+        };
+        let _ = tokio::time::timeout(CLOSING_HANDSHAKE_GRACE, drain).await;
     }
 }
 
@@ -197,170 +278,158 @@ fn read_some(stream: &TcpStream, input: &mut BytesMut) -> io::Result<usize> {
     stream.try_read_buf(input)
 }
 
-/// Reads (and drops) what the client still sends until its close frame or
-/// the end of the stream. Dropping a socket with unread data makes the kernel
-/// reset the connection, and a reset discards our close frame and whatever
-/// was still on its way to the client.
-async fn finish_closing_handshake(stream: &TcpStream, input: &mut BytesMut, decoder: &mut Decoder) {
-    let drain = async {
-        loop {
-            loop {
-                match decoder.next(input) {
-                    Ok(Some(Incoming::Close)) | Err(_) => return,
-                    Ok(Some(_)) => {}
-                    Ok(None) => break,
-                }
-            }
-            if stream.readable().await.is_err() {
-                return;
-            }
-            match read_some(stream, input) {
-                Ok(0) => return,
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(_) => return,
-            }
-        }
-    };
-    let _ = tokio::time::timeout(CLOSING_HANDSHAKE_GRACE, drain).await;
-}
-
-/// The receiving end of a connection's outbox, with its byte count. Bytes
-/// stay counted until they are written to the socket, not merely taken off
-/// the queue.
-struct Outbox {
-    rx: mpsc::Receiver<Frame>,
-    budget: Arc<OutboxBudget>,
-}
-
-impl Outbox {
-    /// Everything queued right now, up to [`COALESCE_MAX`] frames.
-    fn take_queued(&mut self) -> Vec<Frame> {
-        let mut batch = Vec::new();
-        while batch.len() < COALESCE_MAX {
-            match self.rx.try_recv() {
-                Ok(frame) => batch.push(frame),
-                Err(_) => break,
-            }
-        }
-        batch
-    }
-}
-
 /// What the writer does next.
 enum Work {
     /// Frames from the outbox (their bytes are counted in its budget).
-    Frames(Vec<Frame>),
+    Frames,
     Ping,
     Stop,
 }
 
-/// Writes until the connection is told to close, then flushes (unless the
-/// client is too slow) and sends the close frame. Returns whether the close
-/// frame went out.
-async fn write_loop(
-    stream: &TcpStream,
-    mut outbox: Outbox,
-    kick: &Kick,
-    heard: &AtomicBool,
-    ping_interval: Duration,
-) -> bool {
-    let mut heartbeat = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
-    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut silent_intervals = 0;
-    loop {
-        let mut batch = Vec::new();
-        let work = tokio::select! {
-            biased;
-            () = kick.kicked() => Work::Stop,
-            n = outbox.rx.recv_many(&mut batch, COALESCE_MAX) => {
-                if n == 0 { Work::Stop } else { Work::Frames(batch) }
-            }
-            _ = heartbeat.tick() => {
-                if heard.swap(false, Ordering::Relaxed) {
-                    silent_intervals = 0;
-                } else {
-                    silent_intervals += 1;
+impl Writer {
+    /// Writes until the connection is told to close, then flushes (unless
+    /// the client is too slow) and sends the close frame. Returns whether the
+    /// close frame went out.
+    async fn run(&mut self, stream: &TcpStream, shared: &Shared) -> bool {
+        let outbox = &*shared.outbox;
+        let kick = outbox.kick();
+        let interval = self.ping_interval;
+        let mut heartbeat = tokio::time::interval_at(Instant::now() + interval, interval);
+        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut silent_intervals = 0;
+        loop {
+            let work = tokio::select! {
+                biased;
+                () = kick.kicked() => Work::Stop,
+                () = outbox.ready() => Work::Frames,
+                _ = heartbeat.tick() => {
+                    if shared.heard.swap(false, Ordering::Relaxed) {
+                        silent_intervals = 0;
+                    } else {
+                        silent_intervals += 1;
+                    }
+                    if silent_intervals >= 2 {
+                        kick.kick(close::PING_TIMEOUT, "ping timeout");
+                        Work::Stop
+                    } else {
+                        Work::Ping
+                    }
                 }
-                if silent_intervals >= 2 {
-                    kick.kick(close::PING_TIMEOUT, "ping timeout");
-                    Work::Stop
-                } else {
-                    Work::Ping
-                }
+            };
+            let (frames, counted) = match work {
+                Work::Stop => break,
+                Work::Frames => (outbox.take(COALESCE_MAX), true),
+                Work::Ping => (vec![Frame::ping()], false),
+            };
+            if frames.is_empty() {
+                continue;
             }
-        };
-        let (frames, counted) = match work {
-            Work::Stop => break,
-            Work::Frames(frames) => (frames, true),
-            Work::Ping => (vec![Frame::ping()], false),
-        };
-        // A client that stopped reading can block a write forever; once the
-        // connection is told to close, give it a moment, then drop it.
-        let stalled = async {
-            kick.kicked().await;
-            tokio::time::sleep(STALLED_WRITE_GRACE).await;
-        };
-        let written = tokio::select! {
-            written = write_frames(stream, &frames) => written,
-            () = stalled => return false,
-        };
-        if written.is_err() {
-            kick.kick(1000, "");
-            return false;
+            let written = match write_now(stream, &frames) {
+                Ok(None) => Ok(()),
+                // The socket is full: wait for it (boxed, this slow path
+                // takes no room in an idle connection's task).
+                Ok(Some(rest)) => Box::pin(write_rest(stream, &frames, rest, kick)).await,
+                Err(e) => Err(e),
+            };
+            if written.is_err() {
+                kick.kick(1000, "");
+                return false;
+            }
+            if counted {
+                outbox.written(frames.iter().map(Frame::len).sum());
+            }
         }
-        if counted {
-            outbox.budget.release(frames.iter().map(Frame::len).sum());
-        }
+        Box::pin(finish(stream, outbox)).await
     }
-    let (code, reason) = kick.reason().unwrap_or((1000, ""));
+}
+
+/// After the kick: flushes what is queued (unless the client is too slow)
+/// and sends the close frame, within the grace a stuck socket gets.
+async fn finish(stream: &TcpStream, outbox: &Outbox) -> bool {
+    let (code, reason) = outbox.kick().reason().unwrap_or((1000, ""));
     // A slow consumer is cut off at once. Otherwise everything queued (the
-    // last `sent`s and messages before a shutdown) is flushed first, within
-    // the grace a stuck socket gets.
-    let finish = async {
+    // last `sent`s and messages before a shutdown) is flushed first.
+    let flush = async {
         if code != close::TRY_AGAIN_LATER {
             loop {
-                let frames = outbox.take_queued();
+                let frames = outbox.take(COALESCE_MAX);
                 if frames.is_empty() {
                     break;
                 }
-                write_frames(stream, &frames).await?;
-                outbox.budget.release(frames.iter().map(Frame::len).sum());
+                write_frames(stream, &frames, (0, 0)).await?;
+                outbox.written(frames.iter().map(Frame::len).sum());
             }
         }
-        write_frames(stream, &[Frame::close(code, reason)]).await
+        write_frames(stream, &[Frame::close(code, reason)], (0, 0)).await
     };
     matches!(
-        tokio::time::timeout(STALLED_WRITE_GRACE, finish).await,
+        tokio::time::timeout(STALLED_WRITE_GRACE, flush).await,
         Ok(Ok(()))
     )
 }
 
-/// Writes every frame, with as few syscalls as the socket allows.
-async fn write_frames(stream: &TcpStream, frames: &[Frame]) -> io::Result<()> {
-    let mut next = 0;
-    let mut offset = 0;
-    while next < frames.len() {
-        match write_some(stream, &frames[next..], offset) {
+/// Where a write stopped: the next frame and the bytes of it already written.
+type Position = (usize, usize);
+
+/// Writes as much as the socket takes now. `None` when everything went out.
+fn write_now(stream: &TcpStream, frames: &[Frame]) -> io::Result<Option<Position>> {
+    let mut at = (0, 0);
+    while at.0 < frames.len() {
+        match write_some(stream, &frames[at.0..], at.1) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(mut written) => {
-                while written > 0 {
-                    let left = frames[next].len() - offset;
-                    if written >= left {
-                        written -= left;
-                        next += 1;
-                        offset = 0;
-                    } else {
-                        offset += written;
-                        written = 0;
-                    }
-                }
-            }
+            Ok(written) => at = advance(frames, at, written),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Some(at)),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
+/// Finishes a write the socket could not take at once. A client that stopped
+/// reading can block it forever; once the connection is told to close, it
+/// gets a moment, then the write fails.
+async fn write_rest(
+    stream: &TcpStream,
+    frames: &[Frame],
+    at: Position,
+    kick: &Kick,
+) -> io::Result<()> {
+    let stalled = async {
+        kick.kicked().await;
+        tokio::time::sleep(STALLED_WRITE_GRACE).await;
+    };
+    tokio::select! {
+        written = write_frames(stream, frames, at) => written,
+        () = stalled => Err(io::ErrorKind::TimedOut.into()),
+    }
+}
+
+/// Writes every frame from `at` on, waiting for the socket as needed.
+async fn write_frames(stream: &TcpStream, frames: &[Frame], mut at: Position) -> io::Result<()> {
+    while at.0 < frames.len() {
+        match write_some(stream, &frames[at.0..], at.1) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(written) => at = advance(frames, at, written),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => stream.writable().await?,
             Err(e) => return Err(e),
         }
     }
     Ok(())
+}
+
+fn advance(frames: &[Frame], (mut next, mut offset): Position, mut written: usize) -> Position {
+    while written > 0 {
+        let left = frames[next].len() - offset;
+        if written >= left {
+            written -= left;
+            next += 1;
+            offset = 0;
+        } else {
+            offset += written;
+            written = 0;
+        }
+    }
+    (next, offset)
 }
 
 /// One vectored write of `frames`, the first from `offset` on.

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
@@ -41,21 +42,13 @@ pub async fn upgrade(
         sessions,
         ..
     } = state;
-    sessions.spawn(async move {
-        let upgraded = match on_upgrade.await {
-            Ok(upgraded) => upgraded,
-            Err(e) => {
-                tracing::debug!(error = %e, "WebSocket upgrade failed");
-                return;
-            }
-        };
-        let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
-            tracing::error!("an upgraded connection is not a TCP stream");
+    let session = async move {
+        let Some((tcp, pre_read)) = take_socket(on_upgrade).await else {
             return;
         };
         conn::serve(
-            parts.io.into_inner(),
-            parts.read_buf,
+            tcp,
+            pre_read,
             hub,
             conn_settings,
             permit,
@@ -63,7 +56,8 @@ pub async fn upgrade(
             close_connections,
         )
         .await;
-    });
+    };
+    sessions.spawn(session);
     (
         StatusCode::SWITCHING_PROTOCOLS,
         [
@@ -73,6 +67,24 @@ pub async fn upgrade(
         ],
     )
         .into_response()
+}
+
+/// Waits for hyper to hand the connection over after the 101 response, and
+/// takes it back as the TCP stream it accepted, with any bytes read past the
+/// handshake.
+async fn take_socket(on_upgrade: hyper::upgrade::OnUpgrade) -> Option<(TcpStream, Bytes)> {
+    let upgraded = match on_upgrade.await {
+        Ok(upgraded) => upgraded,
+        Err(e) => {
+            tracing::debug!(error = %e, "WebSocket upgrade failed");
+            return None;
+        }
+    };
+    let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
+        tracing::error!("an upgraded connection is not a TCP stream");
+        return None;
+    };
+    Some((parts.io.into_inner(), parts.read_buf))
 }
 
 /// Checks the upgrade request and computes `Sec-WebSocket-Accept`.

@@ -18,7 +18,7 @@ mod registry;
 mod writer;
 
 pub use crate::frame::Frame;
-pub use peer::{ConnId, Kick, OutboxBudget, Peer, Pushed};
+pub use peer::{ConnId, Kick, Outbox, Peer, Pushed};
 pub use registry::{PreparedCatchUp, Refusal, Registry};
 
 use std::collections::HashSet;
