@@ -459,7 +459,12 @@ impl Member {
         let _ = ready_tx.send(Ok(()));
         drop(ready_tx);
         let mut last_seq = last_seq;
-        // Until the window opens, frames (presence of later joiners) are just drained.
+        // Until this task sees the window open, frames (presence of later
+        // joiners) are drained — except messages: a sender that saw the
+        // window first may already be sending, and its first messages must
+        // be counted, not dropped (that once showed up as a lost first
+        // message per room).
+        let mut early = Vec::new();
         let window = loop {
             tokio::select! {
                 changed = window_rx.changed() => {
@@ -470,23 +475,38 @@ impl Member {
                         break w;
                     }
                 }
-                incoming = client::next_frame(&mut ws) => {
-                    if let Incoming::Closed(code) = incoming {
+                incoming = client::next_frame(&mut ws) => match incoming {
+                    Incoming::Closed(code) => {
                         out.unexpected.bump(close_key(code));
                         return out;
                     }
-                    self.progress.setup_frames.fetch_add(1, Ordering::Relaxed);
-                }
+                    Incoming::Json(v) if v["type"] == "message" => early.push(v.to_string()),
+                    _ => {
+                        self.progress.setup_frames.fetch_add(1, Ordering::Relaxed);
+                    }
+                },
                 () = stop.cancelled() => return out,
             }
         };
+        let (mut refs, mut max_seen) = (BTreeMap::new(), BTreeMap::new());
+        for text in &early {
+            match serde_json::from_str::<FanFrame>(text) {
+                Ok(frame) => self.on_frame(
+                    &frame,
+                    window,
+                    &mut out,
+                    &mut refs,
+                    &mut max_seen,
+                    &mut last_seq,
+                ),
+                Err(_) => out.unexpected.bump("garbage_frame".to_owned()),
+            }
+        }
         // Senders start at a random phase so they do not tick together.
         let phase = self.period.mul_f64(rand::rng().random::<f64>());
         let mut tick = tokio::time::interval_at(window.epoch + phase, self.period);
         tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
         let mut counter: u64 = 0;
-        let mut refs: BTreeMap<i64, u64> = BTreeMap::new();
-        let mut max_seen: BTreeMap<usize, u64> = BTreeMap::new();
         let sending = self.sender.is_some();
         loop {
             tokio::select! {
