@@ -90,6 +90,7 @@ impl App {
                 outbox_capacity: config.outbox_capacity as usize,
                 outbox_bytes: config.outbox_bytes,
                 ping_interval: config.ping_interval,
+                write_coalesce: config.write_coalesce,
             },
             limits: AddressLimits::new(config.limits()),
             allowed_origins: Arc::new(config.allowed_origins.clone()),

@@ -82,6 +82,15 @@ pub struct Config {
     #[arg(long, env = "CHATTERPRO_OUTBOX_BYTES", default_value_t = 8 * 1024 * 1024)]
     pub outbox_bytes: usize,
 
+    /// A connection written to less than this long ago waits out the rest
+    /// before its next write, so frames arriving meanwhile share one write
+    /// (0 turns it off). Only busy connections wait — one getting a frame
+    /// now and then is written at once — and under a heavy fan-out it turns
+    /// one syscall per frame into one per window.
+    #[arg(long, env = "CHATTERPRO_WRITE_COALESCE", default_value = "5ms",
+          value_parser = parse_write_coalesce)]
+    pub write_coalesce: Duration,
+
     /// Most messages stored in one transaction (group commit). One commit
     /// delivers up to this many frames at once, so --outbox-capacity must be
     /// at least twice this.
@@ -162,6 +171,14 @@ fn parse_ping_interval(raw: &str) -> Result<Duration, String> {
         return Err("must be at least 100ms".into());
     }
     Ok(interval)
+}
+
+fn parse_write_coalesce(raw: &str) -> Result<Duration, String> {
+    let window = humantime::parse_duration(raw).map_err(|e| e.to_string())?;
+    if window > Duration::from_secs(1) {
+        return Err("must be at most 1s".into());
+    }
+    Ok(window)
 }
 
 impl Config {

@@ -17,6 +17,8 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{self, Message};
 
+use super::raw::RawWs;
+
 /// A client WebSocket (plain `ws://`; the bench does not speak TLS).
 pub type Ws = WebSocketStream<TcpStream>;
 
@@ -92,6 +94,9 @@ impl std::fmt::Display for ConnectError {
 #[derive(Debug, Clone)]
 pub struct Dialer {
     url: String,
+    /// `Host` header and path, for the lean client's own handshake.
+    host: String,
+    path: String,
     server: SocketAddr,
     sources: Vec<IpAddr>,
 }
@@ -109,6 +114,14 @@ impl Dialer {
         if uri.scheme_str() != Some("ws") {
             bail!("--url must be a ws:// URL (the bench does not speak TLS)");
         }
+        let authority = uri
+            .authority()
+            .context("--url has no host")?
+            .as_str()
+            .to_owned();
+        let path = uri
+            .path_and_query()
+            .map_or("/".to_owned(), |p| p.as_str().to_owned());
         let host = uri.host().context("--url has no host")?;
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let port = uri.port_u16().unwrap_or(80);
@@ -127,6 +140,8 @@ impl Dialer {
         };
         Ok(Self {
             url: target.url.clone(),
+            host: authority,
+            path,
             server,
             sources: loopback_sources(count),
         })
@@ -146,25 +161,21 @@ impl Dialer {
         }
     }
 
+    /// Like [`Dialer::connect`], with the lean client (see [`RawWs`]).
+    pub async fn connect_raw(&self, index: usize) -> Result<RawWs, ConnectError> {
+        let source = (!self.sources.is_empty()).then(|| self.sources[index % self.sources.len()]);
+        let dial = async {
+            let stream = self.tcp(source).await?;
+            RawWs::handshake(stream, &self.host, &self.path).await
+        };
+        match tokio::time::timeout(CONNECT_TIMEOUT, dial).await {
+            Ok(result) => result,
+            Err(_) => Err(ConnectError::Timeout),
+        }
+    }
+
     async fn dial(&self, source: Option<IpAddr>) -> Result<Ws, ConnectError> {
-        let failed = |what: &str, e: std::io::Error| ConnectError::Failed(format!("{what}: {e}"));
-        let socket = if self.server.is_ipv4() {
-            TcpSocket::new_v4()
-        } else {
-            TcpSocket::new_v6()
-        }
-        .map_err(|e| failed("socket", e))?;
-        if let Some(ip) = source {
-            socket
-                .bind(SocketAddr::new(ip, 0))
-                .map_err(|e| failed(&format!("bind {ip}"), e))?;
-        }
-        let stream = socket
-            .connect(self.server)
-            .await
-            .map_err(|e| failed("connect", e))?;
-        // Chat frames are small and latency matters more than packet count.
-        let _ = stream.set_nodelay(true);
+        let stream = self.tcp(source).await?;
         let request = self
             .url
             .as_str()
@@ -186,6 +197,29 @@ impl Dialer {
             }
             Err(e) => Err(ConnectError::Failed(format!("handshake: {e}"))),
         }
+    }
+
+    /// A TCP connection to the server from `source`, Nagle off.
+    async fn tcp(&self, source: Option<IpAddr>) -> Result<TcpStream, ConnectError> {
+        let failed = |what: &str, e: std::io::Error| ConnectError::Failed(format!("{what}: {e}"));
+        let socket = if self.server.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .map_err(|e| failed("socket", e))?;
+        if let Some(ip) = source {
+            socket
+                .bind(SocketAddr::new(ip, 0))
+                .map_err(|e| failed(&format!("bind {ip}"), e))?;
+        }
+        let stream = socket
+            .connect(self.server)
+            .await
+            .map_err(|e| failed("connect", e))?;
+        // Chat frames are small and latency matters more than packet count.
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
     }
 }
 
@@ -234,8 +268,8 @@ pub async fn next_frame(ws: &mut Ws) -> Incoming {
 
 /// What came in, unparsed: for hot receive loops that pick only the fields
 /// they need out of each frame instead of building a JSON tree.
-pub enum IncomingText {
-    Text(tungstenite::Utf8Bytes),
+pub enum IncomingText<T = tungstenite::Utf8Bytes> {
+    Text(T),
     Closed(Option<u16>),
     Garbage(String),
 }

@@ -24,7 +24,8 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use super::client::{self, Dialer, Incoming, IncomingText, Target, Ws};
+use super::client::{Dialer, IncomingText, Target};
+use super::raw::RawWs;
 use super::{Latency, LatencySummary, Tally, default_seed};
 
 /// How long one set-up reply may take.
@@ -475,12 +476,19 @@ impl Member {
                         break w;
                     }
                 }
-                incoming = client::next_frame(&mut ws) => match incoming {
-                    Incoming::Closed(code) => {
+                // Only the type is looked at: a presence frame in a big
+                // room carries a thousand names, not worth a JSON tree.
+                incoming = ws.next_text() => match incoming {
+                    IncomingText::Closed(code) => {
                         out.unexpected.bump(close_key(code));
                         return out;
                     }
-                    Incoming::Json(v) if v["type"] == "message" => early.push(v.to_string()),
+                    IncomingText::Text(text)
+                        if serde_json::from_slice::<FanFrame>(&text)
+                            .is_ok_and(|f| f.kind == "message") =>
+                    {
+                        early.push(text);
+                    }
                     _ => {
                         self.progress.setup_frames.fetch_add(1, Ordering::Relaxed);
                     }
@@ -490,7 +498,7 @@ impl Member {
         };
         let (mut refs, mut max_seen) = (BTreeMap::new(), BTreeMap::new());
         for text in &early {
-            match serde_json::from_str::<FanFrame>(text) {
+            match serde_json::from_slice::<FanFrame>(text) {
                 Ok(frame) => self.on_frame(
                     &frame,
                     window,
@@ -530,13 +538,13 @@ impl Member {
                     counter += 1;
                     out.offered += 1;
                     self.progress.in_flight.fetch_add(1, Ordering::SeqCst);
-                    if client::send_json(&mut ws, &body).await.is_err() {
+                    if ws.send_json(&body).await.is_err() {
                         out.unexpected.bump("connection_lost".to_owned());
                         break;
                     }
                 }
-                incoming = client::next_text(&mut ws) => match incoming {
-                    IncomingText::Text(text) => match serde_json::from_str::<FanFrame>(&text) {
+                incoming = ws.next_text() => match incoming {
+                    IncomingText::Text(text) => match serde_json::from_slice::<FanFrame>(&text) {
                         Ok(frame) => self.on_frame(&frame, window, &mut out, &mut refs, &mut max_seen, &mut last_seq),
                         Err(_) => out.unexpected.bump("garbage_frame".to_owned()),
                     },
@@ -555,7 +563,7 @@ impl Member {
         if !refs.is_empty() && !stop.is_cancelled() {
             out.unexpected.bump("unanswered_send".to_owned());
         }
-        client::close(ws).await;
+        ws.close().await;
         out
     }
 
@@ -632,19 +640,24 @@ impl Member {
     }
 
     /// Connect, hello, join; returns the socket and the room's `last_seq`.
-    async fn set_up(&self, dialer: &Dialer, index: usize, name: &str) -> Result<(Ws, u64), String> {
+    async fn set_up(
+        &self,
+        dialer: &Dialer,
+        index: usize,
+        name: &str,
+    ) -> Result<(RawWs, u64), String> {
         let mut ws = dialer
-            .connect(index)
+            .connect_raw(index)
             .await
             .map_err(|e| format!("connect_{}", e.key()).replace("connect_http", "http"))?;
         let hello = json!({"type":"hello","name":name});
-        match client::call(&mut ws, hello, -1, REPLY_TIMEOUT, |_| {}).await {
+        match ws.call(hello, -1, REPLY_TIMEOUT).await {
             Ok(v) if v["type"] == "welcome" => {}
             Ok(v) => return Err(format!("hello_{}", v["code"].as_str().unwrap_or("?"))),
             Err(e) => return Err(format!("hello_{}", e.key())),
         }
         let join = json!({"type":"join","room":self.room_name});
-        match client::call(&mut ws, join, -2, REPLY_TIMEOUT, |_| {}).await {
+        match ws.call(join, -2, REPLY_TIMEOUT).await {
             Ok(v) if v["type"] == "joined" => Ok((ws, v["last_seq"].as_u64().unwrap_or(0))),
             Ok(v) => Err(format!("join_{}", v["code"].as_str().unwrap_or("?"))),
             Err(e) => Err(format!("join_{}", e.key())),

@@ -45,11 +45,16 @@ pub struct Settings {
     pub outbox_bytes: usize,
     /// How often to ping; two intervals without hearing from the client close it.
     pub ping_interval: Duration,
+    /// How long after a write the next one waits for more frames to gather.
+    pub write_coalesce: Duration,
 }
 
 /// Most frames taken off the outbox for one vectored write (well under the
 /// kernel's 1024-slice limit; 256 small frames are ~50 KiB).
 const COALESCE_MAX: usize = 256;
+/// Batches smaller than this, written without waiting, make the next write
+/// wait for more frames to gather (see `Settings::write_coalesce`).
+const GATHER_BELOW: usize = 16;
 /// Bytes read at a time (more when a large frame is on its way).
 const READ_CHUNK: usize = 4096;
 /// How long the server waits for the client's close frame after its own.
@@ -91,6 +96,8 @@ pub fn serve(
         },
         writer: Writer {
             ping_interval: settings.ping_interval,
+            coalesce: settings.write_coalesce,
+            last_write: None,
         },
         shared: Shared {
             outbox,
@@ -136,6 +143,8 @@ struct Reader {
 
 struct Writer {
     ping_interval: Duration,
+    coalesce: Duration,
+    last_write: Option<Instant>,
 }
 
 impl Connection {
@@ -318,17 +327,29 @@ impl Writer {
             };
             let (frames, counted) = match work {
                 Work::Stop => break,
-                Work::Frames => (outbox.take(COALESCE_MAX), true),
+                Work::Frames => {
+                    // Busy connection: let what else is on its way join this write.
+                    if let Some(last) = self.last_write
+                        && last.elapsed() < self.coalesce
+                    {
+                        Box::pin(gather(outbox, last + self.coalesce)).await;
+                    }
+                    (outbox.take(COALESCE_MAX), true)
+                }
                 Work::Ping => (vec![Frame::ping()], false),
             };
             if frames.is_empty() {
                 continue;
             }
+            let mut waited = false;
             let written = match write_now(stream, &frames) {
                 Ok(None) => Ok(()),
                 // The socket is full: wait for it (boxed, this slow path
                 // takes no room in an idle connection's task).
-                Ok(Some(rest)) => Box::pin(write_rest(stream, &frames, rest, kick)).await,
+                Ok(Some(rest)) => {
+                    waited = true;
+                    Box::pin(write_rest(stream, &frames, rest, kick)).await
+                }
                 Err(e) => Err(e),
             };
             if written.is_err() {
@@ -338,8 +359,28 @@ impl Writer {
             if counted {
                 outbox.written(frames.iter().map(Frame::len).sum());
             }
+            // Gathering is for a trickle of frames. A connection already
+            // behind (the socket was full, or a big batch was waiting) gets
+            // its frames batched anyway and must not be slowed further.
+            self.last_write = (!waited && frames.len() < GATHER_BELOW).then(Instant::now);
         }
         Box::pin(finish(stream, outbox)).await
+    }
+}
+
+/// Waits until `until` for more frames to join the next write; less if the
+/// connection is told to close, or if the outbox fills up (waiting must
+/// never turn a reading client into one that looks too slow).
+async fn gather(outbox: &Outbox, until: Instant) {
+    let filled = async {
+        while !outbox.filling() {
+            outbox.ready().await;
+        }
+    };
+    tokio::select! {
+        () = outbox.kick().kicked() => {}
+        () = tokio::time::sleep_until(until) => {}
+        () = filled => {}
     }
 }
 

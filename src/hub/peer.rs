@@ -182,6 +182,12 @@ impl Outbox {
         batch
     }
 
+    /// Whether at least half of the frame bound is queued: past this, the
+    /// writer must not wait for more to gather.
+    pub fn filling(&self) -> bool {
+        self.lock().frames.len() >= self.max_frames / 2
+    }
+
     /// Called by the writer once `bytes` taken with [`Outbox::take`] are on the socket.
     pub fn written(&self, bytes: usize) {
         self.lock().bytes -= bytes;

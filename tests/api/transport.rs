@@ -85,8 +85,17 @@ async fn a_client_that_stops_reading_is_closed_with_1013_and_others_are_unaffect
     let total = 3000;
     use futures_util::StreamExt;
     let (mut sender_tx, mut sender_rx) = sender.ws.split();
+    // The honest clients read as they go: the flood stays at most 64
+    // messages ahead of the slower of them, so only the stalled client can
+    // fill its outbox (the sender gets two frames per message, `sent` and
+    // the message itself).
+    let reader_seen = std::cell::Cell::new(0);
+    let sender_seen = std::cell::Cell::new(0);
     let flood = async {
         for i in 0..total {
+            while i > reader_seen.get().min(sender_seen.get()) + 64 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
             let frame = json!({"type":"send","room":"Chat Room","text":format!("{i} {text}")});
             sender_tx
                 .send(Message::Text(frame.to_string().into()))
@@ -104,6 +113,7 @@ async fn a_client_that_stops_reading_is_closed_with_1013_and_others_are_unaffect
             if v["type"] == "message" {
                 assert_eq!(v["seq"], seen + 1, "reader saw messages out of order");
                 seen += 1;
+                reader_seen.set(seen);
             } else if v["type"] == "presence" {
                 assert_eq!(v["event"], "leave");
                 left.push(v["user"].as_str().unwrap().to_owned());
@@ -127,6 +137,7 @@ async fn a_client_that_stops_reading_is_closed_with_1013_and_others_are_unaffect
                 && t.contains(r#""type":"message""#)
             {
                 seen += 1;
+                sender_seen.set(seen);
             }
         }
     };
@@ -313,4 +324,39 @@ async fn large_replies_requested_without_reading_hit_the_byte_budget() {
     // 1013 if it read in time to take the close frame, else without one.
     let close = hoarder.recv_close().await;
     assert!(matches!(close, Some(1013) | None), "{close:?}");
+}
+
+/// A connection written to moments ago waits out `--write-coalesce` so the
+/// frames arriving meanwhile share one write; an idle one is written at once.
+#[tokio::test]
+async fn busy_connections_gather_frames_and_idle_ones_are_written_at_once() {
+    let window = Duration::from_millis(400);
+    let app = spawn_app_with(|c| {
+        unlimited(c);
+        c.write_coalesce = window;
+    })
+    .await;
+    let mut member = app.member("member", "Chat Room").await;
+    let mut sender = app.member("sender", "Chat Room").await;
+    member.recv_type("presence").await;
+    // Let the member's last write age past the window.
+    tokio::time::sleep(window + Duration::from_millis(100)).await;
+
+    let sent_at = tokio::time::Instant::now();
+    sender
+        .send_json(json!({"type":"send","room":"Chat Room","text":"first"}))
+        .await;
+    member.recv_type("message").await;
+    let first = sent_at.elapsed();
+    sender
+        .send_json(json!({"type":"send","room":"Chat Room","text":"second"}))
+        .await;
+    let second = member.recv_type("message").await;
+    let gap = sent_at.elapsed() - first;
+    assert_eq!(second["text"], "second");
+    assert!(first < window, "an idle connection waited {first:?}");
+    assert!(
+        gap >= window - Duration::from_millis(100),
+        "a busy connection was written after {gap:?}"
+    );
 }
