@@ -68,7 +68,7 @@ fn fanout(c: &mut Criterion) {
             &room,
             peer.id(),
             PreparedCatchUp {
-                messages: EncodedMessages::encode(&[]),
+                messages: EncodedMessages::encode::<ChatMessage>(&[]),
                 last_seq: 0,
                 truncated: false,
             },

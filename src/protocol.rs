@@ -325,17 +325,26 @@ pub struct ChatMessage {
 
 /// A list of messages serialized ahead of time, so that a large `joined`
 /// reply is encoded outside any lock and spliced in as it is.
-#[derive(Debug, Clone, Serialize)]
-#[serde(transparent)]
-pub struct EncodedMessages(Box<RawValue>);
+/// Shared, so a room's newest messages serialized once serve every join
+/// until the next message arrives.
+#[derive(Debug, Clone)]
+pub struct EncodedMessages(std::sync::Arc<RawValue>);
 
 impl EncodedMessages {
-    pub fn encode(messages: &[ChatMessage]) -> Self {
-        Self(serde_json::value::to_raw_value(messages).expect("messages always serialize"))
+    /// Serializes messages (`ChatMessage`s or references to them).
+    pub fn encode<M: Serialize>(messages: &[M]) -> Self {
+        let raw = serde_json::value::to_raw_value(messages).expect("messages always serialize");
+        Self(raw.into())
     }
 
     pub fn as_json(&self) -> &str {
         self.0.get()
+    }
+}
+
+impl Serialize for EncodedMessages {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.as_ref().serialize(serializer)
     }
 }
 
@@ -595,7 +604,7 @@ mod tests {
         let mut msg = ServerMsg::Joined {
             room: "r".into(),
             users: vec![],
-            messages: EncodedMessages::encode(&[]),
+            messages: EncodedMessages::encode::<ChatMessage>(&[]),
             last_seq: 0,
             truncated: false,
         };

@@ -157,29 +157,40 @@ impl Hub {
         let catch_up = async {
             // The gate is up (begin_join), so a snapshot taken now, from
             // memory or storage, is followed by everything newer, live.
-            if let Some(cached) = self.recent.catch_up(&room, since, limit) {
-                return Ok(cached);
+            if since.is_none()
+                && let Some((messages, last_seq)) = self.recent.encoded(&room, limit)
+            {
+                return Ok(PreparedCatchUp {
+                    messages,
+                    last_seq,
+                    truncated: false,
+                });
             }
-            // Rooms are never deleted: a known room needs no write.
-            if !self.known_rooms().contains(&room) && self.store.create_room(&room).await? {
-                // A new room belongs in the next room list at once.
-                *self.recent_rooms_cache() = None;
-            }
-            let stored = self.store.catch_up(&room, since, limit).await?;
-            if since.is_none() {
-                self.recent.offer(&room, &stored, limit);
-            }
-            Ok::<_, StorageError>(stored)
+            let catch_up = match self.recent.catch_up(&room, since, limit) {
+                Some(cached) => cached,
+                None => {
+                    // Rooms are never deleted: a known room needs no write.
+                    if !self.known_rooms().contains(&room) && self.store.create_room(&room).await? {
+                        // A new room belongs in the next room list at once.
+                        *self.recent_rooms_cache() = None;
+                    }
+                    let stored = self.store.catch_up(&room, since, limit).await?;
+                    if since.is_none() {
+                        self.recent.offer(&room, &stored, limit);
+                    }
+                    stored
+                }
+            };
+            // Serialized here, outside the registry's lock.
+            Ok::<_, StorageError>(PreparedCatchUp {
+                messages: EncodedMessages::encode(&catch_up.messages),
+                last_seq: catch_up.last_seq,
+                truncated: catch_up.truncated,
+            })
         };
         match catch_up.await {
             Ok(catch_up) => {
                 self.remember_room(&room);
-                // Serialized here, outside the registry's lock.
-                let catch_up = PreparedCatchUp {
-                    messages: EncodedMessages::encode(&catch_up.messages),
-                    last_seq: catch_up.last_seq,
-                    truncated: catch_up.truncated,
-                };
                 let welcome = self.config.welcome.replace("{name}", name.as_str());
                 self.registry
                     .finish_join(&room, peer.id(), catch_up, &welcome, r#ref);

@@ -17,7 +17,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::domain::RoomName;
-use crate::protocol::ChatMessage;
+use crate::protocol::{ChatMessage, EncodedMessages};
 use crate::storage::CatchUp;
 
 /// Rooms whose tails are kept; beyond it an arbitrary tail is dropped
@@ -42,6 +42,10 @@ struct Tail {
     last_seq: u64,
     /// The tail starts at the room's first message.
     complete: bool,
+    /// The newest messages serialized for a join without `since` (with the
+    /// limit they were cut to), until the tail changes: a busy room's joiners
+    /// share one serialization instead of cloning and encoding each time.
+    encoded: Option<(u32, EncodedMessages)>,
 }
 
 impl RecentMessages {
@@ -77,6 +81,7 @@ impl RecentMessages {
             inner.tails.remove(&room);
             return;
         }
+        tail.encoded = None;
         tail.messages.push_back(message.clone());
         tail.last_seq = seq;
         if tail.messages.len() > keep {
@@ -122,6 +127,27 @@ impl RecentMessages {
         })
     }
 
+    /// The newest `limit` messages, serialized, and the room's `last_seq`:
+    /// what a join without `since` sends, if the cached tail covers it.
+    pub fn encoded(&self, room: &RoomName, limit: u32) -> Option<(EncodedMessages, u64)> {
+        let mut inner = self.lock();
+        let tail = inner.tails.get_mut(room)?;
+        if let Some((cut, encoded)) = &tail.encoded
+            && *cut == limit
+        {
+            return Some((encoded.clone(), tail.last_seq));
+        }
+        let wanted = limit as usize;
+        if tail.messages.len() < wanted && !tail.complete {
+            return None;
+        }
+        let skip = tail.messages.len().saturating_sub(wanted);
+        let newest: Vec<&ChatMessage> = tail.messages.iter().skip(skip).collect();
+        let encoded = EncodedMessages::encode(&newest);
+        tail.encoded = Some((limit, encoded.clone()));
+        Some((encoded, tail.last_seq))
+    }
+
     /// Offers the newest messages of a room read from storage with no `since`
     /// and a `limit` of `asked`. Adopted only if nothing was committed in the
     /// room after it was read.
@@ -154,6 +180,7 @@ impl RecentMessages {
                 messages,
                 last_seq: snapshot.last_seq,
                 complete,
+                encoded: None,
             },
         );
     }
@@ -207,6 +234,37 @@ mod tests {
         assert_eq!(
             seqs(&recent.catch_up(&room(), Some(11), 1000).unwrap()),
             Vec::<u64>::new()
+        );
+    }
+
+    #[test]
+    fn the_serialized_join_tail_is_shared_until_the_next_commit() {
+        let recent = RecentMessages::new(5);
+        assert!(recent.encoded(&room(), 3).is_none());
+        recent.offer(&room(), &snapshot(1..=10), 5);
+        let (first, last_seq) = recent.encoded(&room(), 3).unwrap();
+        assert_eq!(last_seq, 10);
+        let newest: Vec<ChatMessage> = serde_json::from_str(first.as_json()).unwrap();
+        assert_eq!(newest.iter().map(|m| m.seq).collect::<Vec<_>>(), [8, 9, 10]);
+        // The same bytes again, not a new serialization.
+        let (again, _) = recent.encoded(&room(), 3).unwrap();
+        assert!(std::ptr::eq(first.as_json(), again.as_json()));
+
+        recent.committed(&msg(11));
+        let (after, last_seq) = recent.encoded(&room(), 3).unwrap();
+        let newest: Vec<ChatMessage> = serde_json::from_str(after.as_json()).unwrap();
+        assert_eq!(
+            newest.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            [9, 10, 11]
+        );
+        assert_eq!(last_seq, 11);
+        // Another limit is served too (and replaces the cached one).
+        let (two, _) = recent.encoded(&room(), 2).unwrap();
+        assert_eq!(
+            serde_json::from_str::<Vec<ChatMessage>>(two.as_json())
+                .unwrap()
+                .len(),
+            2
         );
     }
 
