@@ -3,14 +3,17 @@
 //! Module map (dependencies point down this list, never up):
 //! - [`app`]: builds everything from [`config`], binds, runs until shutdown.
 //! - [`bench`]: the `chatterpro bench` load generator (a client; uses nothing of the server).
-//! - [`http`]: the router — WebSocket upgrade, embedded assets, health, metrics.
-//! - [`conn`]: one WebSocket session: reader loop, writer task, bounded outbox.
+//! - [`http`]: the accept loop (hyper, HTTP/1.1) and the router — WebSocket
+//!   handshake, embedded assets, health, metrics.
+//! - [`conn`]: one WebSocket session on its TCP socket, one task: a reader
+//!   (frames decoded in `conn::wire`) and a writer draining the outbox.
 //! - [`hub`]: names, rooms, presence, the group-commit writer — who is where.
 //! - [`storage`]: the `MessageStore` trait and its SQLite implementation.
 //! - [`broker`]: the `Broker` trait (fan-out between servers) and its in-process implementation.
 //! - [`protocol`]: the wire format (requests, replies, error codes, limits).
-//! - [`domain`]: validated names and texts; [`frame`]: a serialized frame shared by
-//!   its recipients; [`clock`], [`metrics`], [`telemetry`].
+//! - [`domain`]: validated names and texts; [`frame`]: a server frame, encoded
+//!   and WebSocket-framed once, shared by its recipients; [`clock`],
+//!   [`metrics`], [`telemetry`].
 
 pub mod app;
 pub mod bench;
