@@ -144,6 +144,10 @@ pub struct ChurnReport {
     pub connects_per_s: f64,
     pub join_latency: LatencySummary,
     pub stuck_clients: u64,
+    /// With `--server-pid`: the server's CPU time during the run, and per
+    /// join (each join comes with its share of connects, sends and leaves).
+    pub server_cpu_s: Option<f64>,
+    pub server_cpu_us_per_join: Option<f64>,
     pub ok: bool,
 }
 
@@ -193,6 +197,9 @@ impl fmt::Display for ChurnReport {
             c.closes_abrupt
         )?;
         writeln!(f, "  join latency: {}", self.join_latency)?;
+        if let (Some(cpu), Some(per)) = (self.server_cpu_s, self.server_cpu_us_per_join) {
+            writeln!(f, "  server CPU: {cpu:.2} s, {per:.0} µs per join")?;
+        }
         writeln!(
             f,
             "  presence frames checked {}, wrong {}; refused {}; unexpected {}",
@@ -230,6 +237,8 @@ pub async fn run(args: ChurnArgs) -> anyhow::Result<ChurnReport> {
     // One source address per client by default: churn opens many connections.
     let dialer = Dialer::build(&args.target, args.clients * AUTO_PER_SOURCE).await?;
     let seed = args.seed.unwrap_or_else(default_seed);
+    let server_pid = args.target.server_pid;
+    let cpu_at_start = server_pid.and_then(super::probe::cpu_time);
     let start = Instant::now();
     let plan = Arc::new(Plan {
         run_id: format!("{:04x}", seed & 0xffff),
@@ -265,6 +274,10 @@ pub async fn run(args: ChurnArgs) -> anyhow::Result<ChurnReport> {
             }
         }
     }
+    let server_cpu = cpu_at_start
+        .zip(server_pid.and_then(super::probe::cpu_time))
+        .map(|(start, end)| end.saturating_sub(start).as_secs_f64());
+    let counts_joins = counts.joins;
     let secs = plan.args.duration.as_secs_f64();
     let mut report = ChurnReport {
         scenario: "churn",
@@ -278,6 +291,10 @@ pub async fn run(args: ChurnArgs) -> anyhow::Result<ChurnReport> {
         counts,
         join_latency: latency.summary(),
         stuck_clients,
+        server_cpu_s: server_cpu,
+        server_cpu_us_per_join: server_cpu
+            .filter(|_| counts_joins > 0)
+            .map(|cpu| cpu * 1e6 / counts_joins as f64),
         ok: false,
     };
     report.ok = report.failures().is_empty();

@@ -103,6 +103,13 @@ pub struct FanoutReport {
     pub rate_limited: u64,
     /// Errors, closes and timeouts that are no refusal.
     pub unexpected: BTreeMap<String, u64>,
+    /// With `--server-pid`: the server's CPU time from the window's start
+    /// to the end of the drain, and per delivery. Far steadier than latency
+    /// on a shared machine: it says what a delivery costs, not how long it waited.
+    pub server_cpu_s: Option<f64>,
+    pub server_cpu_us_per_delivery: Option<f64>,
+    /// Seconds from the window's start to the end of the drain.
+    pub measured_s: f64,
     pub ok: bool,
 }
 
@@ -163,6 +170,13 @@ impl fmt::Display for FanoutReport {
             self.unexpected.render(),
             self.setup_failed.render()
         )?;
+        if let (Some(cpu), Some(per)) = (self.server_cpu_s, self.server_cpu_us_per_delivery) {
+            writeln!(
+                f,
+                "  server CPU: {cpu:.2} s ({:.0} % of one core over the window and drain), {per:.2} µs per delivery",
+                100.0 * cpu / self.measured_s
+            )?;
+        }
         let failures = self.failures();
         if failures.is_empty() {
             write!(f, "  result: OK")
@@ -293,6 +307,8 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
         }
         last = now;
     }
+    let server_pid = args.target.server_pid;
+    let cpu_at_start = server_pid.and_then(super::probe::cpu_time);
     let epoch = Instant::now();
     let window = Window {
         epoch,
@@ -312,6 +328,10 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let server_cpu = cpu_at_start
+        .zip(server_pid.and_then(super::probe::cpu_time))
+        .map(|(start, end)| end.saturating_sub(start));
+    let measured_s = epoch.elapsed().as_secs_f64();
     stop.cancel();
     let mut results = Vec::new();
     let mut unexpected = BTreeMap::new();
@@ -331,7 +351,14 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
             }
         }
     }
-    Ok(tally(&args, setup_failed, unexpected, results))
+    let mut report = tally(&args, setup_failed, unexpected, results);
+    report.measured_s = measured_s;
+    if let Some(cpu) = server_cpu {
+        report.server_cpu_s = Some(cpu.as_secs_f64());
+        report.server_cpu_us_per_delivery =
+            (report.delivered > 0).then(|| cpu.as_secs_f64() * 1e6 / report.delivered as f64);
+    }
+    Ok(report)
 }
 
 fn tally(
@@ -409,6 +436,9 @@ fn tally(
         seq_duplicates,
         rate_limited,
         unexpected,
+        server_cpu_s: None,
+        server_cpu_us_per_delivery: None,
+        measured_s: secs,
         ok: false,
     };
     report.ok = report.failures().is_empty();

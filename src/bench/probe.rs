@@ -17,6 +17,21 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|kib| kib.parse().ok())
 }
 
+/// CPU time a process has used, user plus system (fields 14 and 15 of
+/// /proc/PID/stat, in clock ticks of 1/100 s: Linux's `USER_HZ` on every
+/// mainstream architecture). Time spent by the kernel on the process's
+/// behalf — its syscalls, and on loopback much of the receiving side's TCP
+/// work — is included: that is what the machine pays per delivery.
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; fields after it do not.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after_name.split_whitespace().skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    Some(Duration::from_millis((user + system) * 10))
+}
+
 /// The soft and hard "Max open files" of a process (`self` or a pid);
 /// `None` for unlimited or unknown.
 pub fn open_file_limit(pid: &str) -> (Option<u64>, Option<u64>) {
@@ -151,6 +166,28 @@ mod tests {
         let (soft, _) = open_file_limit("self");
         assert!(soft.is_some_and(|s| s > 0));
         assert!(open_files().is_some_and(|n| n >= 3));
+    }
+
+    #[test]
+    fn cpu_time_counts_work_done() {
+        let pid = std::process::id();
+        let before = cpu_time(pid).expect("our own /proc/PID/stat");
+        // Spin until the process has used 30 ms more (bounded in wall time:
+        // on a loaded machine the spinning thread gets less than all of it).
+        let spin = Instant::now();
+        let mut x = 0u64;
+        loop {
+            for _ in 0..100_000 {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+            if cpu_time(pid).unwrap() >= before + Duration::from_millis(30) {
+                break;
+            }
+            assert!(
+                spin.elapsed() < Duration::from_secs(10),
+                "CPU time never grew"
+            );
+        }
     }
 
     #[test]
