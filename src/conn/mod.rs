@@ -473,15 +473,27 @@ fn advance(frames: &[Frame], (mut next, mut offset): Position, mut written: usiz
     (next, offset)
 }
 
-/// One vectored write of `frames`, the first from `offset` on.
+/// One vectored write of `frames`, the first from `offset` on. Most writes
+/// carry a handful of frames: their slices live on the stack; only a big
+/// batch pays for a `Vec` (filling 256 slices for every write would cost
+/// more than the usual write's own bookkeeping).
 fn write_some(stream: &TcpStream, frames: &[Frame], offset: usize) -> io::Result<usize> {
-    let mut slices = [IoSlice::new(&[]); COALESCE_MAX];
+    const ON_STACK: usize = 16;
     let count = frames.len().min(COALESCE_MAX);
-    for (slice, frame) in slices.iter_mut().zip(&frames[..count]) {
-        *slice = IoSlice::new(frame.wire());
+    let slice = |i: usize| -> IoSlice<'_> {
+        let wire = frames[i].wire();
+        IoSlice::new(if i == 0 { &wire[offset..] } else { wire })
+    };
+    if count <= ON_STACK {
+        let mut slices = [IoSlice::new(&[]); ON_STACK];
+        for (i, out) in slices[..count].iter_mut().enumerate() {
+            *out = slice(i);
+        }
+        stream.try_write_vectored(&slices[..count])
+    } else {
+        let slices: Vec<IoSlice<'_>> = (0..count).map(slice).collect();
+        stream.try_write_vectored(&slices)
     }
-    slices[0] = IoSlice::new(&frames[0].wire()[offset..]);
-    stream.try_write_vectored(&slices[..count])
 }
 
 /// Counts a connection in the gauge for exactly as long as it lives.
