@@ -2,8 +2,8 @@
 //!
 //! Shutdown order matters for "nothing acknowledged is lost": stop accepting
 //! connections, let the writer store every send already queued (so every
-//! `sent` is true), then close each connection with 1001 after flushing its
-//! outbox, and wait for them.
+//! `sent` is true), hand every member what pacing still holds, then close
+//! each connection with 1001 after flushing its outbox, and wait for them.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::conn;
 use crate::domain::RoomName;
 use crate::http::{self, AppState};
-use crate::hub::{Hub, HubConfig, Registry};
+use crate::hub::{Hub, HubConfig, Pacing, Registry};
 use crate::limits::AddressLimits;
 use crate::metrics::Metrics;
 use crate::storage::{MessageStore, SqliteStore, StorageError};
@@ -35,6 +35,7 @@ const WRITER_GRACE: Duration = Duration::from_secs(30);
 pub struct App {
     listener: TcpListener,
     state: AppState,
+    registry: Arc<Registry>,
     writer: JoinHandle<()>,
     writer_stop: CancellationToken,
 }
@@ -63,7 +64,13 @@ impl App {
             default_rooms.push(room);
         }
         let metrics = Arc::new(Metrics::new());
-        let registry = Arc::new(Registry::new(metrics.clone()));
+        let registry = Registry::new(
+            metrics.clone(),
+            Pacing {
+                per_member: config.broadcast_per_member,
+                max_window: config.broadcast_window,
+            },
+        );
         let broker: Arc<dyn Broker> = Arc::new(LocalBroker::new(registry.clone()));
         let writer_stop = CancellationToken::new();
         let hub_config = HubConfig {
@@ -75,7 +82,7 @@ impl App {
         };
         let (hub, writer) = Hub::start(
             hub_config,
-            registry,
+            registry.clone(),
             store,
             broker,
             metrics,
@@ -90,7 +97,6 @@ impl App {
                 outbox_capacity: config.outbox_capacity as usize,
                 outbox_bytes: config.outbox_bytes,
                 ping_interval: config.ping_interval,
-                write_coalesce: config.write_coalesce,
             },
             limits: AddressLimits::new(config.limits()),
             allowed_origins: Arc::new(config.allowed_origins.clone()),
@@ -100,6 +106,7 @@ impl App {
         Ok(Self {
             listener,
             state,
+            registry,
             writer,
             writer_stop,
         })
@@ -120,6 +127,7 @@ impl App {
         let Self {
             listener,
             state,
+            registry,
             writer,
             writer_stop,
         } = self;
@@ -136,6 +144,9 @@ impl App {
             Ok(Err(e)) => tracing::error!(error = %e, "writer task failed"),
             Err(_) => tracing::error!("storage did not finish the queued writes in time"),
         }
+        // Messages held back by pacing go to the outboxes now, to be flushed
+        // with everything else before the close frame.
+        registry.flush_all();
         state.close_connections.cancel();
         state.sessions.close();
         if tokio::time::timeout(SHUTDOWN_GRACE, state.sessions.wait())

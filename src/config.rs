@@ -82,14 +82,20 @@ pub struct Config {
     #[arg(long, env = "CHATTERPRO_OUTBOX_BYTES", default_value_t = 8 * 1024 * 1024)]
     pub outbox_bytes: usize,
 
-    /// A connection written to less than this long ago waits out the rest
-    /// before its next write, so frames arriving meanwhile share one write
-    /// (0 turns it off). Only busy connections wait — one getting a frame
-    /// now and then is written at once — and under a heavy fan-out it turns
-    /// one syscall per frame into one per window.
-    #[arg(long, env = "CHATTERPRO_WRITE_COALESCE", default_value = "5ms",
-          value_parser = parse_write_coalesce)]
-    pub write_coalesce: Duration,
+    /// Longest a room's new message may wait to go out with the next ones.
+    /// A room delivered to less than (members × --broadcast-per-member) ago,
+    /// capped by this, holds new messages until that much has passed, so a
+    /// busy big room costs one write per member per window instead of one
+    /// per message; a quiet room's message goes out at once (0 turns it off).
+    #[arg(long, env = "CHATTERPRO_BROADCAST_WINDOW", default_value = "10ms",
+          value_parser = parse_window)]
+    pub broadcast_window: Duration,
+
+    /// A room's pacing window per member (see --broadcast-window): about
+    /// half what one small socket write costs on this kind of machine.
+    #[arg(long, env = "CHATTERPRO_BROADCAST_PER_MEMBER", default_value = "5us",
+          value_parser = parse_window)]
+    pub broadcast_per_member: Duration,
 
     /// Most messages stored in one transaction (group commit). One commit
     /// delivers up to this many frames at once, so --outbox-capacity must be
@@ -173,7 +179,7 @@ fn parse_ping_interval(raw: &str) -> Result<Duration, String> {
     Ok(interval)
 }
 
-fn parse_write_coalesce(raw: &str) -> Result<Duration, String> {
+fn parse_window(raw: &str) -> Result<Duration, String> {
     let window = humantime::parse_duration(raw).map_err(|e| e.to_string())?;
     if window > Duration::from_secs(1) {
         return Err("must be at most 1s".into());

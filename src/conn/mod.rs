@@ -30,7 +30,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::{Frame, Hub, Kick, Outbox, Peer};
+use crate::hub::{DirectWrite, Frame, Hub, Kick, Outbox, Peer};
 use crate::limits::{AddressLimits, ConnPermit};
 use crate::protocol::{MAX_FRAME_BYTES, close};
 use session::Session;
@@ -45,16 +45,11 @@ pub struct Settings {
     pub outbox_bytes: usize,
     /// How often to ping; two intervals without hearing from the client close it.
     pub ping_interval: Duration,
-    /// How long after a write the next one waits for more frames to gather.
-    pub write_coalesce: Duration,
 }
 
 /// Most frames taken off the outbox for one vectored write (well under the
 /// kernel's 1024-slice limit; 256 small frames are ~50 KiB).
 const COALESCE_MAX: usize = 256;
-/// Batches smaller than this, written without waiting, make the next write
-/// wait for more frames to gather (see `Settings::write_coalesce`).
-const GATHER_BELOW: usize = 16;
 /// Bytes read at a time (more when a large frame is on its way).
 const READ_CHUNK: usize = 4096;
 /// How long the server waits for the client's close frame after its own.
@@ -81,7 +76,14 @@ pub fn serve(
     address_limits: Arc<AddressLimits>,
     close_all: CancellationToken,
 ) -> impl Future<Output = ()> + Send {
-    let outbox = Arc::new(Outbox::new(settings.outbox_capacity, settings.outbox_bytes));
+    // Shared with the outbox, which writes pushes straight through when
+    // nothing is queued (hub/peer.rs).
+    let stream = Arc::new(Socket(stream));
+    let outbox = Arc::new(Outbox::with_socket(
+        settings.outbox_capacity,
+        settings.outbox_bytes,
+        Some(stream.clone()),
+    ));
     let peer = Peer::new(outbox.clone());
     let session = Session::new(hub.clone(), peer.clone(), address_limits, permit.ip());
     let mut connection = Connection {
@@ -96,8 +98,6 @@ pub fn serve(
         },
         writer: Writer {
             ping_interval: settings.ping_interval,
-            coalesce: settings.write_coalesce,
-            last_write: None,
         },
         shared: Shared {
             outbox,
@@ -113,7 +113,7 @@ pub fn serve(
 
 /// Everything one connection owns, in one place (the task's future).
 struct Connection {
-    stream: TcpStream,
+    stream: Arc<Socket>,
     reader: Reader,
     writer: Writer,
     shared: Shared,
@@ -143,8 +143,16 @@ struct Reader {
 
 struct Writer {
     ping_interval: Duration,
-    coalesce: Duration,
-    last_write: Option<Instant>,
+}
+
+/// The connection's socket, written by its own writer and, through the
+/// outbox, by whoever pushes while nothing is queued.
+struct Socket(TcpStream);
+
+impl DirectWrite for Socket {
+    fn write_now(&self, frames: &[Frame], offset: usize) -> io::Result<(usize, usize)> {
+        Ok(write_now(&self.0, frames, (0, offset))?.unwrap_or((frames.len(), 0)))
+    }
 }
 
 impl Connection {
@@ -158,6 +166,7 @@ impl Connection {
         } = self;
         // Two halves in one task: the writer keeps draining the outbox while
         // the reader awaits the hub. Both end once the connection is kicked.
+        let stream = &stream.0;
         let (end, closed_sent) =
             tokio::join!(reader.run(stream, shared), writer.run(stream, shared));
         shared.outbox.close();
@@ -289,9 +298,8 @@ fn read_some(stream: &TcpStream, input: &mut BytesMut) -> io::Result<usize> {
 
 /// What the writer does next.
 enum Work {
-    /// Frames from the outbox (their bytes are counted in its budget).
+    /// Frames the outbox could not write through.
     Frames,
-    Ping,
     Stop,
 }
 
@@ -321,66 +329,33 @@ impl Writer {
                         kick.kick(close::PING_TIMEOUT, "ping timeout");
                         Work::Stop
                     } else {
-                        Work::Ping
+                        // Through the outbox: only one party writes at a time.
+                        shared.peer.push(Frame::ping());
+                        continue;
                     }
                 }
             };
-            let (frames, counted) = match work {
-                Work::Stop => break,
-                Work::Frames => {
-                    // Busy connection: let what else is on its way join this write.
-                    if let Some(last) = self.last_write
-                        && last.elapsed() < self.coalesce
-                    {
-                        Box::pin(gather(outbox, last + self.coalesce)).await;
-                    }
-                    (outbox.take(COALESCE_MAX), true)
-                }
-                Work::Ping => (vec![Frame::ping()], false),
-            };
+            if let Work::Stop = work {
+                break;
+            }
+            let (frames, offset) = outbox.take(COALESCE_MAX);
             if frames.is_empty() {
                 continue;
             }
-            let mut waited = false;
-            let written = match write_now(stream, &frames) {
+            let written = match write_now(stream, &frames, (0, offset)) {
                 Ok(None) => Ok(()),
                 // The socket is full: wait for it (boxed, this slow path
                 // takes no room in an idle connection's task).
-                Ok(Some(rest)) => {
-                    waited = true;
-                    Box::pin(write_rest(stream, &frames, rest, kick)).await
-                }
+                Ok(Some(rest)) => Box::pin(write_rest(stream, &frames, rest, kick)).await,
                 Err(e) => Err(e),
             };
             if written.is_err() {
                 kick.kick(1000, "");
                 return false;
             }
-            if counted {
-                outbox.written(frames.iter().map(Frame::len).sum());
-            }
-            // Gathering is for a trickle of frames. A connection already
-            // behind (the socket was full, or a big batch was waiting) gets
-            // its frames batched anyway and must not be slowed further.
-            self.last_write = (!waited && frames.len() < GATHER_BELOW).then(Instant::now);
+            outbox.written(frames.iter().map(Frame::len).sum());
         }
         Box::pin(finish(stream, outbox)).await
-    }
-}
-
-/// Waits until `until` for more frames to join the next write; less if the
-/// connection is told to close, or if the outbox fills up (waiting must
-/// never turn a reading client into one that looks too slow).
-async fn gather(outbox: &Outbox, until: Instant) {
-    let filled = async {
-        while !outbox.filling() {
-            outbox.ready().await;
-        }
-    };
-    tokio::select! {
-        () = outbox.kick().kicked() => {}
-        () = tokio::time::sleep_until(until) => {}
-        () = filled => {}
     }
 }
 
@@ -391,15 +366,21 @@ async fn finish(stream: &TcpStream, outbox: &Outbox) -> bool {
     // A slow consumer is cut off at once. Otherwise everything queued (the
     // last `sent`s and messages before a shutdown) is flushed first.
     let flush = async {
-        if code != close::TRY_AGAIN_LATER {
-            loop {
-                let frames = outbox.take(COALESCE_MAX);
-                if frames.is_empty() {
-                    break;
-                }
-                write_frames(stream, &frames, (0, 0)).await?;
-                outbox.written(frames.iter().map(Frame::len).sum());
+        loop {
+            let (frames, offset) = outbox.take(COALESCE_MAX);
+            if frames.is_empty() {
+                break;
             }
+            if code == close::TRY_AGAIN_LATER {
+                // Only the frame a direct write left half-way, so that the
+                // close frame does not land inside it.
+                if offset > 0 {
+                    write_frames(stream, &frames[..1], (0, offset)).await?;
+                }
+                break;
+            }
+            write_frames(stream, &frames, (0, offset)).await?;
+            outbox.written(frames.iter().map(Frame::len).sum());
         }
         write_frames(stream, &[Frame::close(code, reason)], (0, 0)).await
     };
@@ -412,9 +393,13 @@ async fn finish(stream: &TcpStream, outbox: &Outbox) -> bool {
 /// Where a write stopped: the next frame and the bytes of it already written.
 type Position = (usize, usize);
 
-/// Writes as much as the socket takes now. `None` when everything went out.
-fn write_now(stream: &TcpStream, frames: &[Frame]) -> io::Result<Option<Position>> {
-    let mut at = (0, 0);
+/// Writes as much as the socket takes now, from `at` on. `None` when
+/// everything went out.
+fn write_now(
+    stream: &TcpStream,
+    frames: &[Frame],
+    mut at: Position,
+) -> io::Result<Option<Position>> {
     while at.0 < frames.len() {
         match write_some(stream, &frames[at.0..], at.1) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),

@@ -18,8 +18,8 @@ mod registry;
 mod writer;
 
 pub use crate::frame::Frame;
-pub use peer::{ConnId, Kick, Outbox, Peer, Pushed};
-pub use registry::{PreparedCatchUp, Refusal, Registry};
+pub use peer::{ConnId, DirectWrite, Kick, Outbox, Peer, Pushed};
+pub use registry::{Pacing, PreparedCatchUp, Refusal, Registry};
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -3,9 +3,19 @@
 //! Everything a connection shares with the rest of the server lives in one
 //! allocation, [`Outbox`], which holds no buffer while it is empty: thousands
 //! of idle connections cost a few dozen bytes here each.
+//!
+//! **Writing through.** When the connection's writer is not busy, a push
+//! writes the queue straight to the socket ([`DirectWrite`]) from the
+//! pushing task: handing a message to a thousand members is then a thousand
+//! `writev`s in one loop, instead of a thousand connection tasks woken,
+//! scheduled and polled to make the same calls. Only what the socket does
+//! not take at once is left for the connection's own writer. The queue's
+//! lock is held across the direct write, so bytes of two writes never mix
+//! and frames leave in the order they were queued, whoever writes them.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
+use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::Poll;
@@ -65,6 +75,18 @@ impl Kick {
     }
 }
 
+/// The connection's socket as the outbox sees it.
+pub trait DirectWrite: Send + Sync {
+    /// Writes as much of `frames` as the socket takes now, without waiting,
+    /// the first frame from byte `offset` on. Returns where it stopped: the
+    /// index of the first frame not completely written and how many of its
+    /// bytes were (`(frames.len(), 0)` when all went out).
+    fn write_now(&self, frames: &[Frame], offset: usize) -> io::Result<(usize, usize)>;
+}
+
+/// Most frames put in one direct write (well under the kernel's 1024-slice limit).
+const WRITE_MAX: usize = 256;
+
 /// One connection's queue of frames to write, bounded in frames and in
 /// bytes. Frames stay counted in bytes until the writer has put them on the
 /// socket, not merely taken them off the queue: a client that stops reading
@@ -77,9 +99,10 @@ impl Kick {
 /// push or a swap): uncontended, it costs what a channel's atomics cost, and
 /// unlike a channel it allocates nothing until a frame is queued and gives
 /// its buffer away to the writer, so an idle connection holds none.
-#[derive(Debug)]
 pub struct Outbox {
     queue: Mutex<Queue>,
+    /// Where pushes write through to (none in tests of the queue alone).
+    socket: Option<Arc<dyn DirectWrite>>,
     /// Set by a push, cleared by the writer: spares waking a writer that
     /// has been woken already and not yet run.
     signalled: AtomicBool,
@@ -94,6 +117,12 @@ struct Queue {
     frames: VecDeque<Frame>,
     /// Bytes queued plus bytes taken by the writer and not yet written.
     bytes: usize,
+    /// Bytes of the front frame already on the socket (a direct write
+    /// stopped inside it): the writer must go on from there.
+    offset: usize,
+    /// The writer holds frames it took and has not finished writing: no
+    /// push may write through until it has.
+    writing: bool,
     closed: bool,
 }
 
@@ -107,10 +136,30 @@ pub enum Pushed {
     Closed,
 }
 
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox")
+            .field("queue", &self.queue)
+            .field("kick", &self.kick)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Outbox {
+    /// An outbox whose frames only the connection's writer writes.
     pub fn new(max_frames: usize, max_bytes: usize) -> Self {
+        Self::with_socket(max_frames, max_bytes, None)
+    }
+
+    /// An outbox that writes pushes through to `socket` when it can.
+    pub fn with_socket(
+        max_frames: usize,
+        max_bytes: usize,
+        socket: Option<Arc<dyn DirectWrite>>,
+    ) -> Self {
         Self {
             queue: Mutex::new(Queue::default()),
+            socket,
             signalled: AtomicBool::new(false),
             writer: AtomicWaker::new(),
             kick: Kick::default(),
@@ -127,29 +176,79 @@ impl Outbox {
     /// budget still passes when nothing else is queued, so one large reply
     /// to a reading client is never refused.
     fn push(&self, frame: Frame) -> Pushed {
-        let len = frame.len();
+        let pushed = self.enqueue(std::slice::from_ref(&frame)).0;
+        self.write_queued();
+        pushed
+    }
+
+    /// Queues frames in order, without writing or waking anyone (see
+    /// [`Outbox::write_queued`]). Stops at the first that does not fit (the
+    /// connection is then being closed with 1013). Returns what happened and
+    /// how many were queued.
+    fn enqueue(&self, frames: &[Frame]) -> (Pushed, u64) {
+        let mut queued = 0;
+        let mut outcome = Pushed::Queued;
         {
             let mut queue = self.lock();
             if queue.closed {
-                return Pushed::Closed;
+                return (Pushed::Closed, 0);
             }
-            let full = queue.frames.len() >= self.max_frames
-                || (queue.bytes > 0 && queue.bytes + len > self.max_bytes);
-            if !full {
-                queue.frames.push_back(frame);
+            for frame in frames {
+                let len = frame.len();
+                let full = queue.frames.len() >= self.max_frames
+                    || (queue.bytes > 0 && queue.bytes + len > self.max_bytes);
+                if full {
+                    outcome = Pushed::Overflowed;
+                    break;
+                }
+                queue.frames.push_back(frame.clone());
                 queue.bytes += len;
-            }
-            drop(queue);
-            if full {
-                self.kick
-                    .kick(close::TRY_AGAIN_LATER, "too slow: outbox full");
-                return Pushed::Overflowed;
+                queued += 1;
             }
         }
+        if outcome == Pushed::Overflowed {
+            self.kick
+                .kick(close::TRY_AGAIN_LATER, "too slow: outbox full");
+        }
+        (outcome, queued)
+    }
+
+    /// Puts what is queued on the socket now if nobody else is writing and
+    /// it takes it; wakes the writer for whatever remains.
+    fn write_queued(&self) {
+        let mut queue = self.lock();
+        if queue.frames.is_empty() {
+            return;
+        }
+        if let Some(socket) = &self.socket
+            && !queue.writing
+            && !self.kick.is_kicked()
+        {
+            let offset = queue.offset;
+            let frames = queue.frames.make_contiguous();
+            match socket.write_now(&frames[..frames.len().min(WRITE_MAX)], offset) {
+                Ok((done, offset)) => {
+                    let bytes: usize = queue.frames.drain(..done).map(|f| f.len()).sum();
+                    queue.bytes -= bytes;
+                    queue.offset = offset;
+                    if queue.frames.is_empty() {
+                        // Everything went straight out: the writer has nothing to do.
+                        queue.frames = VecDeque::new();
+                        return;
+                    }
+                }
+                Err(_) => {
+                    drop(queue);
+                    // The client is gone; its reader will notice too.
+                    self.kick.kick(1000, "");
+                    return;
+                }
+            }
+        }
+        drop(queue);
         if !self.signalled.swap(true, Ordering::AcqRel) {
             self.writer.wake();
         }
-        Pushed::Queued
     }
 
     /// Resolves when frames may have been queued since the last call.
@@ -167,30 +266,30 @@ impl Outbox {
         .await
     }
 
-    /// Takes up to `max` queued frames, oldest first. Their bytes stay
-    /// counted until [`Outbox::written`].
-    pub fn take(&self, max: usize) -> Vec<Frame> {
+    /// Takes up to `max` queued frames, oldest first, and how many bytes of
+    /// the first are already on the socket. Until [`Outbox::written`] their
+    /// bytes stay counted and no push writes through.
+    pub fn take(&self, max: usize) -> (Vec<Frame>, usize) {
         let mut queue = self.lock();
+        let offset = std::mem::take(&mut queue.offset);
+        queue.writing = !queue.frames.is_empty();
         if queue.frames.len() <= max {
             // The whole buffer goes to the writer: the queue keeps none.
-            return Vec::from(std::mem::take(&mut queue.frames));
+            return (Vec::from(std::mem::take(&mut queue.frames)), offset);
         }
         let batch = queue.frames.drain(..max).collect();
         drop(queue);
         // More is waiting: the writer comes back for it.
         self.signalled.store(true, Ordering::Release);
-        batch
+        (batch, offset)
     }
 
-    /// Whether at least half of the frame bound is queued: past this, the
-    /// writer must not wait for more to gather.
-    pub fn filling(&self) -> bool {
-        self.lock().frames.len() >= self.max_frames / 2
-    }
-
-    /// Called by the writer once `bytes` taken with [`Outbox::take`] are on the socket.
+    /// Called by the writer once `bytes` taken with [`Outbox::take`] are on
+    /// the socket: pushes may write through again.
     pub fn written(&self, bytes: usize) {
-        self.lock().bytes -= bytes;
+        let mut queue = self.lock();
+        queue.bytes -= bytes;
+        queue.writing = false;
     }
 
     /// Refuses further frames (the connection is going away).
@@ -231,6 +330,18 @@ impl Peer {
         self.outbox.push(frame)
     }
 
+    /// Queues frames without writing them: the caller holds a lock that
+    /// socket writes must not be made under, and calls
+    /// [`Peer::write_queued`] once it has let go. Returns how many were queued.
+    pub fn queue(&self, frames: &[Frame]) -> u64 {
+        self.outbox.enqueue(frames).1
+    }
+
+    /// Writes what [`Peer::queue`] queued (see [`Peer::push`]).
+    pub fn write_queued(&self) {
+        self.outbox.write_queued();
+    }
+
     pub fn kick(&self, code: u16, reason: &'static str) {
         self.outbox.kick.kick(code, reason);
     }
@@ -261,7 +372,7 @@ mod tests {
         let peer = Peer::new(outbox.clone());
         // One frame over the budget passes alone.
         assert_eq!(peer.push(frame(2000)), Pushed::Queued);
-        let taken = outbox.take(10);
+        let (taken, _) = outbox.take(10);
         assert_eq!(taken.len(), 1);
         // Taken but not yet written: still counted.
         assert_eq!(peer.push(frame(10)), Pushed::Overflowed);
@@ -274,14 +385,14 @@ mod tests {
         let a = frame(40);
         let len = a.len();
         assert_eq!(peer.push(a), Pushed::Queued);
-        assert_eq!(outbox.take(10).len(), 1);
+        assert_eq!(outbox.take(10).0.len(), 1);
         outbox.written(len);
         for _ in 0..2 {
             assert_eq!(peer.push(frame(40)), Pushed::Queued);
         }
-        assert_eq!(outbox.take(1).len(), 1);
-        assert_eq!(outbox.take(1).len(), 1);
-        assert!(outbox.take(1).is_empty());
+        assert_eq!(outbox.take(1).0.len(), 1);
+        assert_eq!(outbox.take(1).0.len(), 1);
+        assert!(outbox.take(1).0.is_empty());
         outbox.close();
         assert_eq!(peer.push(frame(1)), Pushed::Closed);
     }
@@ -294,7 +405,7 @@ mod tests {
             let outbox = outbox.clone();
             async move {
                 outbox.ready().await;
-                outbox.take(10).len()
+                outbox.take(10).0.len()
             }
         });
         tokio::task::yield_now().await;
@@ -310,5 +421,67 @@ mod tests {
         kicked.await.unwrap();
         // Kicked already: resolves at once.
         outbox.kick().kicked().await;
+    }
+
+    /// A socket that takes `room` more bytes, then would block.
+    #[derive(Default)]
+    struct FakeSocket {
+        taken: Mutex<Vec<u8>>,
+        room: Mutex<usize>,
+    }
+
+    impl DirectWrite for FakeSocket {
+        fn write_now(&self, frames: &[Frame], offset: usize) -> io::Result<(usize, usize)> {
+            let mut room = self.room.lock().unwrap();
+            let mut taken = self.taken.lock().unwrap();
+            let mut offset = offset;
+            for (i, frame) in frames.iter().enumerate() {
+                let rest = &frame.wire()[offset..];
+                let n = rest.len().min(*room);
+                taken.extend_from_slice(&rest[..n]);
+                *room -= n;
+                if n < rest.len() {
+                    return Ok((i, offset + n));
+                }
+                offset = 0;
+            }
+            Ok((frames.len(), 0))
+        }
+    }
+
+    #[test]
+    fn pushes_write_through_and_leave_the_writer_only_what_the_socket_refused() {
+        let socket = Arc::new(FakeSocket::default());
+        let outbox = Arc::new(Outbox::with_socket(100, 10_000, Some(socket.clone())));
+        let peer = Peer::new(outbox.clone());
+        let (a, b, c) = (frame(10), frame(20), frame(30));
+        *socket.room.lock().unwrap() = a.len() + 5;
+        assert_eq!(peer.push(a.clone()), Pushed::Queued);
+        assert_eq!(peer.queue(&[b.clone(), c.clone()]), 2);
+        peer.write_queued();
+        // `a` went out whole, `b` stopped 5 bytes in: the writer goes on from there.
+        assert_eq!(socket.taken.lock().unwrap().len(), a.len() + 5);
+        let (taken, offset) = outbox.take(10);
+        assert_eq!((taken.len(), offset), (2, 5));
+        // While the writer holds frames, pushes queue behind them.
+        *socket.room.lock().unwrap() = 1000;
+        let d = frame(5);
+        assert_eq!(peer.push(d.clone()), Pushed::Queued);
+        assert_eq!(socket.taken.lock().unwrap().len(), a.len() + 5);
+        socket.write_now(&taken, offset).unwrap();
+        outbox.written(taken.iter().map(Frame::len).sum());
+        // Written: the next push writes the queue (d) and itself, in order.
+        let e = frame(7);
+        assert_eq!(peer.push(e.clone()), Pushed::Queued);
+        let expected: Vec<u8> = [&a, &b, &c, &d, &e]
+            .iter()
+            .flat_map(|f| f.wire().to_vec())
+            .collect();
+        assert_eq!(*socket.taken.lock().unwrap(), expected);
+        assert!(outbox.take(10).0.is_empty());
+        // Nothing was left counted: a frame over the whole budget passes
+        // alone, as it only does into an outbox with nothing counted.
+        *socket.room.lock().unwrap() = 0;
+        assert_eq!(peer.push(frame(20_000)), Pushed::Queued);
     }
 }

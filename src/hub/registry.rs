@@ -5,14 +5,25 @@
 //! and one lock keeps the invariants simple: a room's people list always
 //! matches its connections, and presence frames go out in the order the
 //! changes happened (they are delivered under the same lock).
+//!
+//! **Pacing.** Handing a frame to N members costs N socket writes, and on
+//! loopback a write costs several microseconds whether it carries one frame
+//! or fifty. So a room delivered to less than its window ago (N × 5 µs by
+//! default, capped by `--broadcast-window`, counted from the end of the previous
+//! delivery's writes) holds new messages back until the window has passed,
+//! and they then go out together: one write per member for the lot. A quiet room's message goes out at once; a busy big
+//! room's members are written about once per window instead of once per
+//! message. Presence frames are never held: they first flush what is held,
+//! so the order members see is unchanged.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
 
 use rand::RngCore;
 
 use super::Frame;
-use super::peer::{ConnId, Peer, Pushed};
+use super::peer::{ConnId, Peer};
 use crate::broker::LocalDelivery;
 use crate::clock;
 use crate::domain::{Nickname, RoomName};
@@ -56,6 +67,37 @@ impl Refusal {
 pub struct Registry {
     state: Mutex<State>,
     metrics: Arc<Metrics>,
+    pacing: Pacing,
+    /// Itself, for the tasks that flush held frames.
+    me: Weak<Registry>,
+}
+
+/// How long a room's messages may be held back to go out together (see the
+/// module documentation).
+#[derive(Debug, Clone, Copy)]
+pub struct Pacing {
+    /// The window per member. The default (5 µs) is about half what one
+    /// small write costs on loopback on the machines measured
+    /// (docs/performance.md): a room's window is then about half as long as
+    /// writing to every member takes, so a busy room's writes keep at most
+    /// about two thirds of a core busy however fast messages come.
+    pub per_member: Duration,
+    /// The longest window, whatever the room's size (zero: never hold).
+    pub max_window: Duration,
+}
+
+impl Pacing {
+    /// Never holds anything back.
+    pub const OFF: Pacing = Pacing {
+        per_member: Duration::ZERO,
+        max_window: Duration::ZERO,
+    };
+
+    fn window(&self, members: usize) -> Duration {
+        self.per_member
+            .saturating_mul(u32::try_from(members).unwrap_or(u32::MAX))
+            .min(self.max_window)
+    }
 }
 
 #[derive(Default)]
@@ -78,6 +120,11 @@ struct Room {
     members: HashMap<ConnId, Member>,
     /// Distinct people in the room (case-folded name -> display name, connection count).
     people: BTreeMap<String, (String, usize)>,
+    /// Messages held back by pacing, oldest first; a flush is scheduled
+    /// whenever this is not empty.
+    held: Vec<Frame>,
+    /// When frames were last handed to the members.
+    last_delivery: Option<Instant>,
 }
 
 struct Member {
@@ -105,8 +152,21 @@ impl Room {
         self.people.values().map(|(name, _)| name.clone()).collect()
     }
 
-    /// Hands `frame` to every member; returns how many took it.
-    fn deliver(&mut self, frame: &Frame, except: Option<ConnId>) -> u64 {
+    /// Hands the held messages to every member, each member's share in one
+    /// go; returns how many frames were queued in all.
+    fn flush_held(&mut self, now: Instant, out: &mut Vec<Peer>) -> u64 {
+        if self.held.is_empty() {
+            return 0;
+        }
+        self.last_delivery = Some(now);
+        let held = std::mem::take(&mut self.held);
+        self.deliver(&held, None, out)
+    }
+
+    /// Queues `frames` (in order) for every member but `except`, adding each
+    /// member given any to `out`, to be written once the registry's lock is
+    /// released; returns how many frames were queued in all.
+    fn deliver(&mut self, frames: &[Frame], except: Option<ConnId>, out: &mut Vec<Peer>) -> u64 {
         let mut delivered = 0;
         for (id, member) in &mut self.members {
             if Some(*id) == except {
@@ -114,25 +174,43 @@ impl Room {
             }
             match &mut member.gate {
                 Gate::CatchingUp(buffer) => {
-                    if buffer.len() >= CATCH_UP_BUFFER {
+                    if buffer.len() + frames.len() > CATCH_UP_BUFFER {
                         member
                             .peer
                             .kick(crate::protocol::close::TRY_AGAIN_LATER, "too slow");
                     } else {
-                        buffer.push(frame.clone());
+                        buffer.extend_from_slice(frames);
                     }
                 }
                 Gate::Live { after_seq } => {
-                    if frame.seq().is_some_and(|seq| seq <= *after_seq) {
-                        continue;
-                    }
-                    if member.peer.push(frame.clone()) == Pushed::Queued {
-                        delivered += 1;
+                    // Messages the member's `joined` carried already come
+                    // first (messages are delivered in seq order).
+                    let after_seq = *after_seq;
+                    let fresh =
+                        frames.partition_point(|f| f.seq().is_some_and(|seq| seq <= after_seq));
+                    if fresh < frames.len() {
+                        delivered += member.peer.queue(&frames[fresh..]);
+                        out.push(member.peer.clone());
                     }
                 }
             }
         }
         delivered
+    }
+
+    /// Delivers a presence change at once, after whatever is held (so
+    /// members see events in the order they happened); returns frames queued.
+    fn deliver_presence(
+        &mut self,
+        room: &RoomName,
+        event: PresenceEvent,
+        user: &str,
+        except: Option<ConnId>,
+        out: &mut Vec<Peer>,
+    ) -> u64 {
+        let now = Instant::now();
+        let frame = self.presence(room, event, user);
+        self.flush_held(now, out) + self.deliver(std::slice::from_ref(&frame), except, out)
     }
 
     fn presence(&self, room: &RoomName, event: PresenceEvent, user: &str) -> Frame {
@@ -164,11 +242,13 @@ fn new_session_token() -> String {
 }
 
 impl Registry {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
-        Self {
+    pub fn new(metrics: Arc<Metrics>, pacing: Pacing) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self {
             state: Mutex::new(State::default()),
             metrics,
-        }
+            pacing,
+            me: me.clone(),
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -296,7 +376,7 @@ impl Registry {
             is_new_person = count.1 == 1;
         }
         let last_seq = catch_up.last_seq;
-        peer.push(Frame::new(encode(
+        let mut frames = vec![Frame::new(encode(
             &ServerMsg::Joined {
                 room: room.as_str().to_owned(),
                 users: entry.users(),
@@ -305,9 +385,9 @@ impl Registry {
                 truncated: catch_up.truncated,
             },
             r#ref,
-        )));
+        ))];
         if first_join {
-            peer.push(Frame::new(encode(
+            frames.push(Frame::new(encode(
                 &ServerMsg::Notice {
                     room: room.as_str().to_owned(),
                     text: welcome.to_owned(),
@@ -320,16 +400,25 @@ impl Registry {
         // matter. Presence frames are dropped: `users` in `joined` was
         // computed just now and already includes their effect, while their
         // own lists are older.
-        for frame in buffered {
-            if frame.seq().is_some_and(|seq| seq > last_seq) {
-                peer.push(frame);
-            }
-        }
+        frames.extend(
+            buffered
+                .into_iter()
+                .filter(|frame| frame.seq().is_some_and(|seq| seq > last_seq)),
+        );
+        peer.queue(&frames);
+        let mut out = vec![peer];
         if is_new_person {
-            let frame = entry.presence(room, PresenceEvent::Join, name.as_str());
-            let n = entry.deliver(&frame, Some(conn));
+            let n = entry.deliver_presence(
+                room,
+                PresenceEvent::Join,
+                name.as_str(),
+                Some(conn),
+                &mut out,
+            );
             self.metrics.frames_out.inc_by(n);
         }
+        drop(state);
+        write_out(&out);
     }
 
     /// Undoes [`Registry::begin_join`] when the join could not complete.
@@ -345,9 +434,10 @@ impl Registry {
                 if let Gate::CatchingUp(buffered) =
                     std::mem::replace(&mut member.gate, Gate::Live { after_seq: 0 })
                 {
-                    for frame in buffered {
-                        member.peer.push(frame);
-                    }
+                    member.peer.queue(&buffered);
+                    let peer = member.peer.clone();
+                    drop(state);
+                    peer.write_queued();
                 }
             }
         } else {
@@ -362,10 +452,20 @@ impl Registry {
         if let Some(rooms) = state.conns.get_mut(&conn) {
             rooms.remove(room);
         }
-        self.leave_locked(&mut state, room, conn)
+        let mut out = Vec::new();
+        let left = self.leave_locked(&mut state, room, conn, &mut out);
+        drop(state);
+        write_out(&out);
+        left
     }
 
-    fn leave_locked(&self, state: &mut State, room: &RoomName, conn: ConnId) -> bool {
+    fn leave_locked(
+        &self,
+        state: &mut State,
+        room: &RoomName,
+        conn: ConnId,
+        out: &mut Vec<Peer>,
+    ) -> bool {
         let Some(entry) = state.rooms.get_mut(room) else {
             return false;
         };
@@ -387,8 +487,8 @@ impl Registry {
             state.rooms.remove(room);
             self.metrics.rooms_active.dec();
         } else if person_left {
-            let frame = entry.presence(room, PresenceEvent::Leave, member.name.as_str());
-            let n = entry.deliver(&frame, None);
+            let n =
+                entry.deliver_presence(room, PresenceEvent::Leave, member.name.as_str(), None, out);
             self.metrics.frames_out.inc_by(n);
         }
         true
@@ -399,8 +499,9 @@ impl Registry {
     pub fn disconnect(&self, conn: ConnId, name: Option<&Nickname>) {
         let mut state = self.lock();
         let rooms = state.conns.remove(&conn).unwrap_or_default();
+        let mut out = Vec::new();
         for room in &rooms {
-            self.leave_locked(&mut state, room, conn);
+            self.leave_locked(&mut state, room, conn, &mut out);
         }
         if let Some(name) = name {
             let key = name.key();
@@ -411,6 +512,8 @@ impl Registry {
                 }
             }
         }
+        drop(state);
+        write_out(&out);
     }
 
     /// Distinct people online in each non-empty room.
@@ -423,12 +526,103 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// Delivers what pacing holds for `room` (a scheduled flush).
+    fn flush(&self, room: &RoomName) {
+        let mut state = self.lock();
+        let Some(entry) = state.rooms.get_mut(room) else {
+            return;
+        };
+        let mut out = Vec::new();
+        let n = entry.flush_held(Instant::now(), &mut out);
+        self.metrics.frames_out.inc_by(n);
+        drop(state);
+        self.write_room(room, &out);
+    }
+
+    /// Delivers everything pacing holds, in every room (at shutdown, before
+    /// connections are closed).
+    pub fn flush_all(&self) {
+        let now = Instant::now();
+        let mut state = self.lock();
+        let mut out = Vec::new();
+        let n: u64 = state
+            .rooms
+            .values_mut()
+            .map(|r| r.flush_held(now, &mut out))
+            .sum();
+        self.metrics.frames_out.inc_by(n);
+        drop(state);
+        write_out(&out);
+    }
+
+    /// Writes a room delivery queued under the lock, then starts the room's
+    /// pacing window: from the end of the writes, so that a delivery that
+    /// takes long is not followed at once by the next.
+    fn write_room(&self, room: &RoomName, out: &[Peer]) {
+        write_out(out);
+        if self.pacing.max_window.is_zero() {
+            return;
+        }
+        let now = Instant::now();
+        if let Some(entry) = self.lock().rooms.get_mut(room) {
+            entry.last_delivery = Some(now);
+        }
+    }
+
+    /// Flushes `room` at `at`. Without a runtime (a benchmark driving the
+    /// registry by hand) the flush happens now.
+    fn schedule_flush(&self, room: &RoomName, at: Instant) {
+        let Some(me) = self.me.upgrade() else {
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                let room = room.clone();
+                runtime.spawn(async move {
+                    tokio::time::sleep_until(at.into()).await;
+                    me.flush(&room);
+                });
+            }
+            Err(_) => me.flush(room),
+        }
+    }
+}
+
+/// Writes what was queued for `peers` under the registry's lock, once it is
+/// released: socket writes never happen under it.
+fn write_out(peers: &[Peer]) {
+    for peer in peers {
+        peer.write_queued();
+    }
+}
+
 impl LocalDelivery for Registry {
     fn deliver(&self, room: &RoomName, frame: &Frame) {
+        let now = Instant::now();
         let mut state = self.lock();
-        if let Some(entry) = state.rooms.get_mut(room) {
-            let n = entry.deliver(frame, None);
-            self.metrics.frames_out.inc_by(n);
+        let Some(entry) = state.rooms.get_mut(room) else {
+            return;
+        };
+        if !entry.held.is_empty() {
+            // A flush is already scheduled; this goes out with it.
+            entry.held.push(frame.clone());
+            return;
         }
+        let window = self.pacing.window(entry.members.len());
+        if let Some(last) = entry.last_delivery
+            && now < last + window
+        {
+            entry.held.push(frame.clone());
+            drop(state);
+            self.schedule_flush(room, last + window);
+            return;
+        }
+        entry.last_delivery = Some(now);
+        let mut out = Vec::new();
+        let n = entry.deliver(std::slice::from_ref(frame), None, &mut out);
+        self.metrics.frames_out.inc_by(n);
+        drop(state);
+        self.write_room(room, &out);
     }
 }

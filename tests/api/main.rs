@@ -4,6 +4,7 @@ mod bench_smoke;
 mod helpers;
 mod http;
 mod limits;
+mod pacing;
 mod persistence;
 mod process;
 mod properties;

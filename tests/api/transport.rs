@@ -325,38 +325,3 @@ async fn large_replies_requested_without_reading_hit_the_byte_budget() {
     let close = hoarder.recv_close().await;
     assert!(matches!(close, Some(1013) | None), "{close:?}");
 }
-
-/// A connection written to moments ago waits out `--write-coalesce` so the
-/// frames arriving meanwhile share one write; an idle one is written at once.
-#[tokio::test]
-async fn busy_connections_gather_frames_and_idle_ones_are_written_at_once() {
-    let window = Duration::from_millis(400);
-    let app = spawn_app_with(|c| {
-        unlimited(c);
-        c.write_coalesce = window;
-    })
-    .await;
-    let mut member = app.member("member", "Chat Room").await;
-    let mut sender = app.member("sender", "Chat Room").await;
-    member.recv_type("presence").await;
-    // Let the member's last write age past the window.
-    tokio::time::sleep(window + Duration::from_millis(100)).await;
-
-    let sent_at = tokio::time::Instant::now();
-    sender
-        .send_json(json!({"type":"send","room":"Chat Room","text":"first"}))
-        .await;
-    member.recv_type("message").await;
-    let first = sent_at.elapsed();
-    sender
-        .send_json(json!({"type":"send","room":"Chat Room","text":"second"}))
-        .await;
-    let second = member.recv_type("message").await;
-    let gap = sent_at.elapsed() - first;
-    assert_eq!(second["text"], "second");
-    assert!(first < window, "an idle connection waited {first:?}");
-    assert!(
-        gap >= window - Duration::from_millis(100),
-        "a busy connection was written after {gap:?}"
-    );
-}
