@@ -113,52 +113,46 @@ impl MessageStore for SqliteStore {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        // A handful of statements per batch, however many messages it holds:
-        // each statement is a round trip to SQLite's worker thread, and per
-        // message that would cost more than the commit itself.
-        // IMMEDIATE takes the write lock up front, so reading the rooms'
+        // Three statements per batch, however many messages it holds: each
+        // is a round trip to SQLite's worker thread (two context switches),
+        // which per message would cost more than the commit itself.
+        // IMMEDIATE takes the write lock up front, so advancing the rooms'
         // counters and writing the messages is one atomic step.
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let mut rooms: Vec<&RoomName> = Vec::new();
+        // Each room of the batch, with how many of its messages it holds.
+        let mut shares: HashMap<&str, i64> = HashMap::new();
         for message in batch {
-            if !rooms.contains(&&message.room) {
-                rooms.push(&message.room);
-            }
+            *shares.entry(message.room.as_str()).or_default() += 1;
         }
+        let rooms: Vec<(&str, i64)> = shares.iter().map(|(room, n)| (*room, *n)).collect();
         let ts = batch[0].ts;
-        for chunk in rooms.chunks(ROWS_PER_STATEMENT) {
-            QueryBuilder::<Sqlite>::new("INSERT INTO rooms (name, created_at, last_active) ")
-                .push_values(chunk, |mut row, room| {
-                    row.push_bind(room.as_str()).push_bind(ts).push_bind(ts);
-                })
-                .push(" ON CONFLICT (name) DO NOTHING")
-                .build()
-                .persistent(false)
-                .execute(&mut *tx)
-                .await?;
-        }
-        // name -> (id, last seq)
+        // One upsert creates missing rooms and advances every counter by its
+        // room's share of the batch, returning the new values:
+        // name -> (id, last seq before this batch).
         let mut counters: HashMap<&str, (i64, i64)> = HashMap::with_capacity(rooms.len());
         for chunk in rooms.chunks(ROWS_PER_STATEMENT) {
-            let mut query =
-                QueryBuilder::<Sqlite>::new("SELECT id, name, last_seq FROM rooms WHERE name IN (");
-            let mut names = query.separated(", ");
-            for room in chunk {
-                names.push_bind(room.as_str());
-            }
-            query.push(")");
-            let found: Vec<(i64, String, i64)> = query
-                .build_query_as()
-                .persistent(false)
-                .fetch_all(&mut *tx)
-                .await?;
-            for (id, name, last_seq) in found {
-                let key = chunk
-                    .iter()
-                    .find(|r| r.as_str() == name)
-                    .map(|r| r.as_str())
-                    .expect("the rooms just selected");
-                counters.insert(key, (id, last_seq));
+            let advanced: Vec<(i64, String, i64)> = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO rooms (name, created_at, last_active, last_seq) ",
+            )
+            .push_values(chunk, |mut row, (room, n)| {
+                row.push_bind(*room)
+                    .push_bind(ts)
+                    .push_bind(ts)
+                    .push_bind(*n);
+            })
+            .push(
+                " ON CONFLICT (name) DO UPDATE SET last_active = excluded.last_active, \
+                 last_seq = rooms.last_seq + excluded.last_seq RETURNING id, name, last_seq",
+            )
+            .build_query_as()
+            .persistent(false)
+            .fetch_all(&mut *tx)
+            .await?;
+            for (id, name, last_seq) in advanced {
+                let (room, n) = shares
+                    .get_key_value(name.as_str())
+                    .expect("the rooms just written");
+                counters.insert(room, (id, last_seq - n));
             }
         }
         let mut rows = Vec::with_capacity(batch.len());
@@ -185,25 +179,6 @@ impl MessageStore for SqliteStore {
             .persistent(false)
             .execute(&mut *tx)
             .await?;
-        }
-        let updates: Vec<(i64, i64)> = counters.values().copied().collect();
-        for chunk in updates.chunks(ROWS_PER_STATEMENT) {
-            let mut query = QueryBuilder::<Sqlite>::new("UPDATE rooms SET last_active = ");
-            query.push_bind(ts).push(", last_seq = CASE id");
-            for (id, last_seq) in chunk {
-                query
-                    .push(" WHEN ")
-                    .push_bind(*id)
-                    .push(" THEN ")
-                    .push_bind(*last_seq);
-            }
-            query.push(" END WHERE id IN (");
-            let mut ids = query.separated(", ");
-            for (id, _) in chunk {
-                ids.push_bind(*id);
-            }
-            query.push(")");
-            query.build().persistent(false).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(rows
