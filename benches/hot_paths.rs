@@ -80,7 +80,7 @@ fn fanout(c: &mut Criterion) {
     }
     // Empty the outboxes of join replies and presence.
     for (_, outbox) in &outboxes {
-        let taken = outbox.take(usize::MAX);
+        let (taken, _) = outbox.take(usize::MAX);
         outbox.written(taken.iter().map(Frame::len).sum());
     }
     let text = protocol::encode(&ServerMsg::Message(message()), None);
@@ -98,7 +98,7 @@ fn fanout(c: &mut Criterion) {
                 elapsed += start.elapsed();
                 // Drain outside the timed part, as the connections' writers would.
                 for (_, outbox) in &outboxes {
-                    let taken = outbox.take(usize::MAX);
+                    let (taken, _) = outbox.take(usize::MAX);
                     outbox.written(taken.iter().map(Frame::len).sum());
                 }
             }
