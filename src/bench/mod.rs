@@ -8,6 +8,7 @@
 //! - [`raw`]: a lean client for hot receive loops (fan-out).
 //! - [`probe`]: the server's RSS and our open-file limit, through /proc.
 //! - [`soak`], [`connections`], [`fanout`], [`churn`]: one scenario each.
+//! - [`loopback`]: the machine's own cost of a socket write, no server.
 //!   Each `run(args)` returns a report; [`run`] prints it as a human summary
 //!   followed by exactly one JSON line, the last line on stdout.
 
@@ -15,6 +16,7 @@ pub mod churn;
 pub mod client;
 pub mod connections;
 pub mod fanout;
+pub mod loopback;
 pub mod probe;
 pub mod rate_search;
 pub mod raw;
@@ -77,6 +79,9 @@ pub enum Scenario {
     Churn(churn::ChurnArgs),
     /// Repeated fan-out runs: the highest rate whose p99 stays under a bound.
     RateSearch(rate_search::RateSearchArgs),
+    /// No server: what one small write to a loopback socket costs the
+    /// writing thread on this machine (the floor under fan-out figures).
+    Loopback(loopback::LoopbackArgs),
 }
 
 /// Runs a scenario; prints a human summary and one JSON line. Fails (non-zero
@@ -105,6 +110,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         Scenario::RateSearch(args) => {
             let report = rate_search::run(args).await?;
+            emit(&report)?;
+            report.failures()
+        }
+        Scenario::Loopback(args) => {
+            let report = tokio::task::spawn_blocking(move || loopback::run(args)).await??;
             emit(&report)?;
             report.failures()
         }

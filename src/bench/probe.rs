@@ -23,7 +23,16 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
 /// behalf — its syscalls, and on loopback much of the receiving side's TCP
 /// work — is included: that is what the machine pays per delivery.
 pub fn cpu_time(pid: u32) -> Option<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_cpu_time(&format!("/proc/{pid}/stat"))
+}
+
+/// CPU time the calling thread has used (as [`cpu_time`], for one thread).
+pub fn thread_cpu_time() -> Option<Duration> {
+    stat_cpu_time("/proc/thread-self/stat")
+}
+
+fn stat_cpu_time(path: &str) -> Option<Duration> {
+    let stat = std::fs::read_to_string(path).ok()?;
     // The command name (field 2) may hold spaces; fields after it do not.
     let after_name = &stat[stat.rfind(')')? + 1..];
     let mut fields = after_name.split_whitespace().skip(11);

@@ -136,3 +136,26 @@ async fn rate_search_finds_a_passing_rate_and_doubles_it() {
     assert_eq!(rates, [10.0, 20.0], "a passing step doubles the rate");
     assert!(report.best_rate >= 10.0 && report.best_delivered_per_s > 0.0);
 }
+
+#[test]
+fn loopback_measures_the_cost_of_a_write() {
+    let args = chatterpro::bench::loopback::LoopbackArgs {
+        conns: 20,
+        rounds: 50.0,
+        frames: 2,
+        frame_bytes: 100,
+        duration: Duration::from_millis(400),
+        writer_core: 0,
+        reader_core: 1,
+    };
+    let report = chatterpro::bench::loopback::run(args).expect("loopback runs");
+    println!("{report}");
+    assert!(report.failures().is_empty(), "{:?}", report.failures());
+    assert_eq!(report.bytes_per_write, 200);
+    // 20 sockets, a round every 20 ms, for 400 ms: about 20 rounds.
+    assert!(
+        report.writes >= 100 && report.writes.is_multiple_of(20),
+        "{report:?}"
+    );
+    assert!(report.us_per_write.is_finite());
+}
