@@ -115,6 +115,13 @@ impl RoomName {
     }
 }
 
+/// Rooms keyed by name can be looked up by a plain `&str` (same hash, same equality).
+impl std::borrow::Borrow<str> for RoomName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for RoomName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

@@ -264,11 +264,13 @@ impl Hub {
     /// recently active; at most [`ROOM_LIST_MAX`], however many rooms exist.
     pub async fn rooms(&self) -> Result<Vec<RoomInfo>, Refusal> {
         let recent = self.recent_rooms().await?;
-        let online = self.registry.online_counts();
-        let mut busy: Vec<(&RoomName, usize)> = online.iter().map(|(r, n)| (r, *n)).collect();
-        busy.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+        // Enough of the busiest rooms to fill the list even if every default
+        // room is among them.
+        let busy = self
+            .registry
+            .busiest(ROOM_LIST_MAX + self.config.default_rooms.len());
         let mut seen = HashSet::new();
-        let names = self
+        let names: Vec<&str> = self
             .config
             .default_rooms
             .iter()
@@ -276,14 +278,15 @@ impl Hub {
             .chain(busy.iter().map(|(room, _)| room.as_str()))
             .chain(recent.iter().map(String::as_str))
             .filter(|name| seen.insert(*name))
-            .take(ROOM_LIST_MAX);
+            .take(ROOM_LIST_MAX)
+            .collect();
+        let online = self.registry.online_in(&names);
         Ok(names
-            .map(|name| RoomInfo {
+            .into_iter()
+            .zip(online)
+            .map(|(name, online)| RoomInfo {
                 name: name.to_owned(),
-                online: RoomName::parse(name)
-                    .ok()
-                    .and_then(|room| online.get(&room).copied())
-                    .unwrap_or(0),
+                online,
             })
             .collect())
     }

@@ -516,12 +516,37 @@ impl Registry {
         write_out(&out);
     }
 
-    /// Distinct people online in each non-empty room.
-    pub fn online_counts(&self) -> HashMap<RoomName, usize> {
-        self.lock()
+    /// The `limit` rooms with the most people online, most first (ties by
+    /// name), and how many. Every `hello` asks, so only the winners' names
+    /// are copied: with thousands of rooms, copying and sorting them all was
+    /// most of the cost of setting up a connection.
+    pub fn busiest(&self, limit: usize) -> Vec<(RoomName, usize)> {
+        let state = self.lock();
+        let mut rooms: Vec<(&RoomName, usize)> = state
             .rooms
             .iter()
-            .map(|(name, room)| (name.clone(), room.people.len()))
+            .map(|(name, room)| (name, room.people.len()))
+            .collect();
+        let order = |a: &(&RoomName, usize), b: &(&RoomName, usize)| {
+            b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0))
+        };
+        if limit < rooms.len() {
+            rooms.select_nth_unstable_by(limit, order);
+            rooms.truncate(limit);
+        }
+        rooms.sort_unstable_by(order);
+        rooms
+            .into_iter()
+            .map(|(name, n)| (name.clone(), n))
+            .collect()
+    }
+
+    /// Distinct people online in each of `rooms` (0 where nobody is).
+    pub fn online_in(&self, rooms: &[&str]) -> Vec<usize> {
+        let state = self.lock();
+        rooms
+            .iter()
+            .map(|room| state.rooms.get(*room).map_or(0, |r| r.people.len()))
             .collect()
     }
 }
@@ -624,5 +649,46 @@ impl LocalDelivery for Registry {
         self.metrics.frames_out.inc_by(n);
         drop(state);
         self.write_room(room, &out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::Outbox;
+
+    fn join(registry: &Registry, room: &str, name: &str) {
+        let peer = Peer::new(Arc::new(Outbox::new(64, 1 << 20)));
+        let room = RoomName::parse(room).unwrap();
+        let name = Nickname::parse(name).unwrap();
+        registry.begin_join(&room, &peer, &name);
+        let catch_up = PreparedCatchUp {
+            messages: EncodedMessages::encode::<crate::protocol::ChatMessage>(&[]),
+            last_seq: 0,
+            truncated: false,
+        };
+        registry.finish_join(&room, peer.id(), catch_up, "hi", None);
+    }
+
+    #[test]
+    fn the_busiest_rooms_come_most_first_then_by_name() {
+        let registry = Registry::new(Arc::new(Metrics::new()), Pacing::OFF);
+        for (room, people) in [("d", 1), ("b", 3), ("a", 1), ("c", 3), ("e", 2)] {
+            for i in 0..people {
+                join(&registry, room, &format!("{room}{i}"));
+            }
+        }
+        let names = |list: Vec<(RoomName, usize)>| -> Vec<(String, usize)> {
+            list.into_iter()
+                .map(|(r, n)| (r.as_str().to_owned(), n))
+                .collect()
+        };
+        assert_eq!(
+            names(registry.busiest(3)),
+            [("b".into(), 3), ("c".into(), 3), ("e".into(), 2)]
+        );
+        assert_eq!(registry.busiest(10).len(), 5);
+        assert_eq!(registry.busiest(0).len(), 0);
+        assert_eq!(registry.online_in(&["c", "nowhere", "a"]), [3, 0, 1]);
     }
 }
