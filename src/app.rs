@@ -79,6 +79,7 @@ impl App {
             history_on_join: config.history_on_join,
             write_batch_max: config.write_batch as usize,
             write_queue: 4 * config.write_batch as usize,
+            commit_interval: config.commit_interval,
         };
         let (hub, writer) = Hub::start(
             hub_config,

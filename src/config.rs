@@ -97,6 +97,14 @@ pub struct Config {
           value_parser = parse_window)]
     pub broadcast_per_member: Duration,
 
+    /// Least time between the starts of two commits. A send after a quiet
+    /// spell is stored at once; under load, the sends arriving meanwhile
+    /// share the next transaction and its fsync (0: commit whenever the
+    /// previous one is done).
+    #[arg(long, env = "CHATTERPRO_COMMIT_INTERVAL", default_value = "2ms",
+          value_parser = parse_window)]
+    pub commit_interval: Duration,
+
     /// Most messages stored in one transaction (group commit). One commit
     /// delivers up to this many frames at once, so --outbox-capacity must be
     /// at least twice this.

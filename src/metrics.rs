@@ -26,6 +26,8 @@ pub struct Metrics {
     pub rooms_active: Gauge,
     pub messages_received: Counter,
     pub messages_stored: Counter,
+    /// Transactions that stored messages (messages_stored / commits is the group-commit batch).
+    pub commits: Counter,
     pub frames_out: Counter,
     errors: Family<ErrorLabels, Counter>,
     closes: Family<CloseLabels, Counter>,
@@ -64,6 +66,12 @@ impl Metrics {
             "Chat messages durably stored",
             messages_stored.clone(),
         );
+        let commits = Counter::default();
+        registry.register(
+            "storage_commits",
+            "Transactions that stored chat messages (one fsync each)",
+            commits.clone(),
+        );
         let frames_out = Counter::default();
         registry.register(
             "frames_delivered",
@@ -90,6 +98,7 @@ impl Metrics {
             rooms_active,
             messages_received,
             messages_stored,
+            commits,
             frames_out,
             errors,
             closes,

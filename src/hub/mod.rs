@@ -60,6 +60,8 @@ pub struct HubConfig {
     pub write_batch_max: usize,
     /// Accepted sends waiting for the writer before senders wait too.
     pub write_queue: usize,
+    /// Least time between the starts of two commits.
+    pub commit_interval: Duration,
 }
 
 pub struct Hub {
@@ -112,6 +114,7 @@ impl Hub {
             broker,
             metrics: metrics.clone(),
             batch_max: config.write_batch_max,
+            commit_interval: config.commit_interval,
         };
         let writer = tokio::spawn(writer.run(jobs_rx, writer_stop));
         let hub = Self {

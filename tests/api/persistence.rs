@@ -164,3 +164,43 @@ async fn a_dropped_client_resumes_with_exactly_what_it_missed() {
         (Some(206), Some("welcome back"))
     );
 }
+
+/// `--commit-interval`: a send after a quiet spell is stored at once; sends
+/// arriving within the interval of the last commit share the next one.
+#[tokio::test]
+async fn sends_under_load_share_a_commit_and_a_lone_send_is_not_delayed() {
+    let interval = std::time::Duration::from_millis(400);
+    let app = spawn_app_with(|c| {
+        unlimited(c);
+        c.commit_interval = interval;
+    })
+    .await;
+    let commits = || app.metric("chatterpro_storage_commits_total");
+    let mut alice = app.member("alice", "Chat Room").await;
+    let before = commits().await.unwrap_or(0.0);
+    let started = tokio::time::Instant::now();
+    alice.say("Chat Room", "lone").await;
+    assert!(
+        started.elapsed() < interval / 2,
+        "a lone send waited {:?}",
+        started.elapsed()
+    );
+    // Each of these would be committed on its own (the previous commit is
+    // long done when the next arrives), but all come within the interval.
+    for i in 0..4 {
+        alice
+            .send_json(json!({"type":"send","room":"Chat Room","text":format!("m{i}")}))
+            .await;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let mut seqs = Vec::new();
+    while seqs.len() < 4 {
+        let v = alice.recv().await;
+        if v["type"] == "sent" {
+            seqs.push(v["seq"].as_u64().unwrap());
+        }
+    }
+    assert_eq!(seqs, [2, 3, 4, 5]);
+    let after = commits().await.unwrap();
+    assert_eq!(after - before, 2.0, "the four sends shared one commit");
+}
