@@ -46,8 +46,10 @@ fn encode_broadcast(c: &mut Criterion) {
         b.iter_batched(
             message,
             |m| {
-                let seq = m.seq;
-                Frame::message(protocol::encode(&ServerMsg::Message(m), None), seq)
+                // As the writer does: serialized once (kept for joins), then
+                // framed for the broadcast.
+                let encoded = protocol::EncodedMessage::new(&m);
+                Frame::message(protocol::encode_message(&encoded), m.seq)
             },
             BatchSize::SmallInput,
         )

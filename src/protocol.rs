@@ -323,38 +323,68 @@ pub struct ChatMessage {
     pub ts: i64,
 }
 
-/// A list of messages serialized ahead of time, so that a large `joined`
-/// reply is encoded outside any lock and spliced in as it is.
-/// Shared, so a room's newest messages serialized once serve every join
-/// until the next message arrives.
-#[derive(Debug, Clone)]
-pub struct EncodedMessages(std::sync::Arc<RawValue>);
+/// One message serialized once — when it is committed, or read from
+/// storage — and reused by its broadcast frame and by every `joined` reply
+/// that carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedMessage(std::sync::Arc<str>);
+
+impl EncodedMessage {
+    pub fn new(message: &ChatMessage) -> Self {
+        Self(
+            serde_json::to_string(message)
+                .expect("messages always serialize")
+                .into(),
+        )
+    }
+
+    pub fn as_json(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A JSON array of messages serialized ahead of time, so that a large
+/// `joined` reply is encoded outside any lock and spliced in as it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedMessages(std::sync::Arc<str>);
 
 impl EncodedMessages {
     /// Serializes messages (`ChatMessage`s or references to them).
     pub fn encode<M: Serialize>(messages: &[M]) -> Self {
-        let raw = serde_json::value::to_raw_value(messages).expect("messages always serialize");
-        Self(raw.into())
+        Self(
+            serde_json::to_string(messages)
+                .expect("messages always serialize")
+                .into(),
+        )
+    }
+
+    /// The array of messages serialized one by one before: no message is
+    /// serialized again.
+    pub fn concat<'a>(messages: impl IntoIterator<Item = &'a EncodedMessage>) -> Self {
+        let mut json = String::from("[");
+        for (i, message) in messages.into_iter().enumerate() {
+            if i > 0 {
+                json.push(',');
+            }
+            json.push_str(message.as_json());
+        }
+        json.push(']');
+        Self(json.into())
     }
 
     pub fn as_json(&self) -> &str {
-        self.0.get()
+        &self.0
     }
 }
 
 impl Serialize for EncodedMessages {
+    /// The general path (tests and debugging): the array is checked again.
+    /// Replies use [`encode_joined`], which splices the text in unchecked.
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.0.as_ref().serialize(serializer)
+        let raw = RawValue::from_string(self.0.to_string()).map_err(serde::ser::Error::custom)?;
+        raw.serialize(serializer)
     }
 }
-
-impl PartialEq for EncodedMessages {
-    fn eq(&self, other: &Self) -> bool {
-        self.as_json() == other.as_json()
-    }
-}
-
-impl Eq for EncodedMessages {}
 
 /// A room and how many people are in it now.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -446,6 +476,55 @@ struct WithRef<'a> {
 pub fn encode(msg: &ServerMsg, r#ref: Option<&Ref>) -> String {
     // Serializing these types cannot fail: every map key is a string.
     serde_json::to_string(&WithRef { msg, r#ref }).expect("server messages always serialize")
+}
+
+/// `encode(&ServerMsg::Joined { .. }, ref)`, byte for byte, with the
+/// messages spliced in as they are: a join in a busy room copies its catch-up
+/// instead of serializing it again (the tests compare both ways).
+pub fn encode_joined(
+    room: &str,
+    users: &[String],
+    messages: &EncodedMessages,
+    last_seq: u64,
+    truncated: bool,
+    r#ref: Option<&Ref>,
+) -> String {
+    let mut out = String::with_capacity(96 + messages.as_json().len());
+    out.push_str(r#"{"type":"joined","room":"#);
+    out.push_str(&json(room));
+    out.push_str(r#","users":"#);
+    out.push_str(&json(users));
+    out.push_str(r#","messages":"#);
+    out.push_str(messages.as_json());
+    out.push_str(r#","last_seq":"#);
+    out.push_str(&last_seq.to_string());
+    if truncated {
+        out.push_str(r#","truncated":true"#);
+    }
+    if let Some(r#ref) = r#ref {
+        out.push_str(r#","ref":"#);
+        out.push_str(&json(r#ref));
+    }
+    out.push('}');
+    out
+}
+
+/// `encode(&ServerMsg::Message(message), None)`, byte for byte, from the
+/// message serialized once: the same object with the type first.
+pub fn encode_message(message: &EncodedMessage) -> String {
+    let fields = message
+        .as_json()
+        .strip_prefix('{')
+        .expect("a message serializes as an object");
+    let mut out = String::with_capacity(16 + fields.len());
+    out.push_str(r#"{"type":"message","#);
+    out.push_str(fields);
+    out
+}
+
+/// JSON of plain data (strings, lists of strings, refs), which cannot fail.
+fn json<T: Serialize + ?Sized>(value: &T) -> String {
+    serde_json::to_string(value).expect("plain data always serializes")
 }
 
 #[cfg(test)]
@@ -597,6 +676,61 @@ mod tests {
             v,
             json!({"type":"message","room":"r","id":"i","seq":1,"from":"alice","text":"hi","ts":5})
         );
+    }
+
+    fn chat(seq: u64, text: &str) -> ChatMessage {
+        ChatMessage {
+            room: "Chat \"Room\"".into(),
+            id: format!("id-{seq}"),
+            seq,
+            from: "ünï".into(),
+            text: text.into(),
+            ts: 1_700_000_000_000,
+        }
+    }
+
+    #[test]
+    fn spliced_replies_match_what_serde_writes() {
+        let messages = [chat(1, "plain"), chat(2, "quote \" back\\ <b>\n\u{1}")];
+        let pieces: Vec<EncodedMessage> = messages.iter().map(EncodedMessage::new).collect();
+        let spliced = EncodedMessages::concat(&pieces);
+        assert_eq!(spliced, EncodedMessages::encode(&messages));
+        assert_eq!(
+            EncodedMessages::concat(&[]),
+            EncodedMessages::encode::<ChatMessage>(&[])
+        );
+        let users = vec!["alice".to_owned(), "b\"ob".to_owned()];
+        for (truncated, r#ref) in [
+            (false, None),
+            (true, Some(Ref::Int(7))),
+            (false, Some(Ref::Str("a\"b".into()))),
+        ] {
+            let by_serde = encode(
+                &ServerMsg::Joined {
+                    room: "Chat \"Room\"".into(),
+                    users: users.clone(),
+                    messages: spliced.clone(),
+                    last_seq: 42,
+                    truncated,
+                },
+                r#ref.as_ref(),
+            );
+            let spliced_reply = encode_joined(
+                "Chat \"Room\"",
+                &users,
+                &spliced,
+                42,
+                truncated,
+                r#ref.as_ref(),
+            );
+            assert_eq!(spliced_reply, by_serde);
+        }
+        for (message, piece) in messages.iter().zip(&pieces) {
+            assert_eq!(
+                encode_message(piece),
+                encode(&ServerMsg::Message(message.clone()), None)
+            );
+        }
     }
 
     #[test]

@@ -160,35 +160,27 @@ impl Hub {
         let catch_up = async {
             // The gate is up (begin_join), so a snapshot taken now, from
             // memory or storage, is followed by everything newer, live.
-            if since.is_none()
-                && let Some((messages, last_seq)) = self.recent.encoded(&room, limit)
-            {
+            if let Some((messages, last_seq)) = self.recent.catch_up(&room, since, limit) {
                 return Ok(PreparedCatchUp {
                     messages,
                     last_seq,
                     truncated: false,
                 });
             }
-            let catch_up = match self.recent.catch_up(&room, since, limit) {
-                Some(cached) => cached,
-                None => {
-                    // Rooms are never deleted: a known room needs no write.
-                    if !self.known_rooms().contains(&room) && self.store.create_room(&room).await? {
-                        // A new room belongs in the next room list at once.
-                        *self.recent_rooms_cache() = None;
-                    }
-                    let stored = self.store.catch_up(&room, since, limit).await?;
-                    if since.is_none() {
-                        self.recent.offer(&room, &stored, limit);
-                    }
-                    stored
-                }
-            };
+            // Rooms are never deleted: a known room needs no write.
+            if !self.known_rooms().contains(&room) && self.store.create_room(&room).await? {
+                // A new room belongs in the next room list at once.
+                *self.recent_rooms_cache() = None;
+            }
+            let stored = self.store.catch_up(&room, since, limit).await?;
+            if since.is_none() {
+                self.recent.offer(&room, &stored, limit);
+            }
             // Serialized here, outside the registry's lock.
             Ok::<_, StorageError>(PreparedCatchUp {
-                messages: EncodedMessages::encode(&catch_up.messages),
-                last_seq: catch_up.last_seq,
-                truncated: catch_up.truncated,
+                messages: EncodedMessages::encode(&stored.messages),
+                last_seq: stored.last_seq,
+                truncated: stored.truncated,
             })
         };
         match catch_up.await {

@@ -17,7 +17,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::domain::RoomName;
-use crate::protocol::{ChatMessage, EncodedMessages};
+use crate::protocol::{ChatMessage, EncodedMessage, EncodedMessages};
 use crate::storage::CatchUp;
 
 /// Rooms whose tails are kept; beyond it an arbitrary tail is dropped
@@ -38,14 +38,11 @@ struct Inner {
 }
 
 struct Tail {
-    messages: VecDeque<ChatMessage>,
+    /// Each message serialized once, as every reply carrying it sends it.
+    messages: VecDeque<(u64, EncodedMessage)>,
     last_seq: u64,
     /// The tail starts at the room's first message.
     complete: bool,
-    /// The newest messages serialized for a join without `since` (with the
-    /// limit they were cut to), until the tail changes: a busy room's joiners
-    /// share one serialization instead of cloning and encoding each time.
-    encoded: Option<(u32, EncodedMessages)>,
 }
 
 impl RecentMessages {
@@ -61,8 +58,9 @@ impl RecentMessages {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A message was committed. Called by the writer in seq order, before it publishes.
-    pub fn committed(&self, message: &ChatMessage) {
+    /// A message was committed (`encoded` is its JSON). Called by the
+    /// writer in seq order, before it publishes.
+    pub fn committed(&self, message: &ChatMessage, encoded: &EncodedMessage) {
         let mut inner = self.lock();
         let Ok(room) = RoomName::parse(&message.room) else {
             return;
@@ -81,8 +79,7 @@ impl RecentMessages {
             inner.tails.remove(&room);
             return;
         }
-        tail.encoded = None;
-        tail.messages.push_back(message.clone());
+        tail.messages.push_back((seq, encoded.clone()));
         tail.last_seq = seq;
         if tail.messages.len() > keep {
             tail.messages.pop_front();
@@ -90,20 +87,25 @@ impl RecentMessages {
         }
     }
 
-    /// What `MessageStore::catch_up(room, after, limit)` would answer, if the
-    /// cached tail covers it.
-    pub fn catch_up(&self, room: &RoomName, after: Option<u64>, limit: u32) -> Option<CatchUp> {
+    /// What `MessageStore::catch_up(room, after, limit)` would answer — its
+    /// messages as one JSON array, and the room's `last_seq` — if the cached
+    /// tail covers it without leaving anything out.
+    pub fn catch_up(
+        &self,
+        room: &RoomName,
+        after: Option<u64>,
+        limit: u32,
+    ) -> Option<(EncodedMessages, u64)> {
         let inner = self.lock();
         let tail = inner.tails.get(room)?;
         let limit = limit as usize;
-        let first = tail.messages.front().map(|m| m.seq);
-        let wanted: Vec<ChatMessage> = match after {
+        let first = tail.messages.front().map(|(seq, _)| *seq);
+        let skip = match after {
             None => {
                 if tail.messages.len() < limit && !tail.complete {
                     return None;
                 }
-                let skip = tail.messages.len().saturating_sub(limit);
-                tail.messages.iter().skip(skip).cloned().collect()
+                tail.messages.len().saturating_sub(limit)
             }
             Some(after) => {
                 let missing = tail.last_seq.saturating_sub(after) as usize;
@@ -113,39 +115,11 @@ impl RecentMessages {
                 if missing > 0 && !tail.complete && first.is_none_or(|f| f > after + 1) {
                     return None;
                 }
-                tail.messages
-                    .iter()
-                    .filter(|m| m.seq > after)
-                    .cloned()
-                    .collect()
+                tail.messages.partition_point(|(seq, _)| *seq <= after)
             }
         };
-        Some(CatchUp {
-            messages: wanted,
-            last_seq: tail.last_seq,
-            truncated: false,
-        })
-    }
-
-    /// The newest `limit` messages, serialized, and the room's `last_seq`:
-    /// what a join without `since` sends, if the cached tail covers it.
-    pub fn encoded(&self, room: &RoomName, limit: u32) -> Option<(EncodedMessages, u64)> {
-        let mut inner = self.lock();
-        let tail = inner.tails.get_mut(room)?;
-        if let Some((cut, encoded)) = &tail.encoded
-            && *cut == limit
-        {
-            return Some((encoded.clone(), tail.last_seq));
-        }
-        let wanted = limit as usize;
-        if tail.messages.len() < wanted && !tail.complete {
-            return None;
-        }
-        let skip = tail.messages.len().saturating_sub(wanted);
-        let newest: Vec<&ChatMessage> = tail.messages.iter().skip(skip).collect();
-        let encoded = EncodedMessages::encode(&newest);
-        tail.encoded = Some((limit, encoded.clone()));
-        Some((encoded, tail.last_seq))
+        let wanted = tail.messages.iter().skip(skip).map(|(_, json)| json);
+        Some((EncodedMessages::concat(wanted), tail.last_seq))
     }
 
     /// Offers the newest messages of a room read from storage with no `since`
@@ -169,18 +143,21 @@ impl RecentMessages {
             inner.tails.remove(&victim);
         }
         let skip = snapshot.messages.len().saturating_sub(self.keep);
-        let messages: VecDeque<ChatMessage> =
-            snapshot.messages.iter().skip(skip).cloned().collect();
+        let messages: VecDeque<(u64, EncodedMessage)> = snapshot
+            .messages
+            .iter()
+            .skip(skip)
+            .map(|m| (m.seq, EncodedMessage::new(m)))
+            .collect();
         let complete = skip == 0 && snapshot.messages.len() < asked as usize
             || snapshot.last_seq == 0
-            || messages.front().is_some_and(|m| m.seq == 1);
+            || messages.front().is_some_and(|(seq, _)| *seq == 1);
         inner.tails.insert(
             room.clone(),
             Tail {
                 messages,
                 last_seq: snapshot.last_seq,
                 complete,
-                encoded: None,
             },
         );
     }
@@ -201,6 +178,11 @@ mod tests {
         }
     }
 
+    fn commit(recent: &RecentMessages, seq: u64) {
+        let m = msg(seq);
+        recent.committed(&m, &EncodedMessage::new(&m));
+    }
+
     fn room() -> RoomName {
         RoomName::parse("r").unwrap()
     }
@@ -213,8 +195,11 @@ mod tests {
         }
     }
 
-    fn seqs(c: &CatchUp) -> Vec<u64> {
-        c.messages.iter().map(|m| m.seq).collect()
+    /// The seqs of a cached answer, read back from its JSON, and `last_seq`.
+    fn seqs(answer: Option<(EncodedMessages, u64)>) -> Option<(Vec<u64>, u64)> {
+        let (messages, last_seq) = answer?;
+        let messages: Vec<ChatMessage> = serde_json::from_str(messages.as_json()).unwrap();
+        Some((messages.iter().map(|m| m.seq).collect(), last_seq))
     }
 
     #[test]
@@ -222,56 +207,31 @@ mod tests {
         let recent = RecentMessages::new(5);
         assert!(recent.catch_up(&room(), None, 5).is_none());
         recent.offer(&room(), &snapshot(6..=10), 5);
-        recent.committed(&msg(11));
-        let c = recent.catch_up(&room(), None, 5).unwrap();
-        assert_eq!((seqs(&c), c.last_seq), (vec![7, 8, 9, 10, 11], 11));
+        commit(&recent, 11);
+        assert_eq!(
+            seqs(recent.catch_up(&room(), None, 5)),
+            Some((vec![7, 8, 9, 10, 11], 11))
+        );
+        assert_eq!(
+            seqs(recent.catch_up(&room(), None, 2)),
+            Some((vec![10, 11], 11))
+        );
         // `since` inside the tail is served; before it, storage must answer.
         assert_eq!(
-            seqs(&recent.catch_up(&room(), Some(9), 1000).unwrap()),
-            [10, 11]
+            seqs(recent.catch_up(&room(), Some(9), 1000)),
+            Some((vec![10, 11], 11))
         );
         assert!(recent.catch_up(&room(), Some(2), 1000).is_none());
         assert_eq!(
-            seqs(&recent.catch_up(&room(), Some(11), 1000).unwrap()),
-            Vec::<u64>::new()
-        );
-    }
-
-    #[test]
-    fn the_serialized_join_tail_is_shared_until_the_next_commit() {
-        let recent = RecentMessages::new(5);
-        assert!(recent.encoded(&room(), 3).is_none());
-        recent.offer(&room(), &snapshot(1..=10), 5);
-        let (first, last_seq) = recent.encoded(&room(), 3).unwrap();
-        assert_eq!(last_seq, 10);
-        let newest: Vec<ChatMessage> = serde_json::from_str(first.as_json()).unwrap();
-        assert_eq!(newest.iter().map(|m| m.seq).collect::<Vec<_>>(), [8, 9, 10]);
-        // The same bytes again, not a new serialization.
-        let (again, _) = recent.encoded(&room(), 3).unwrap();
-        assert!(std::ptr::eq(first.as_json(), again.as_json()));
-
-        recent.committed(&msg(11));
-        let (after, last_seq) = recent.encoded(&room(), 3).unwrap();
-        let newest: Vec<ChatMessage> = serde_json::from_str(after.as_json()).unwrap();
-        assert_eq!(
-            newest.iter().map(|m| m.seq).collect::<Vec<_>>(),
-            [9, 10, 11]
-        );
-        assert_eq!(last_seq, 11);
-        // Another limit is served too (and replaces the cached one).
-        let (two, _) = recent.encoded(&room(), 2).unwrap();
-        assert_eq!(
-            serde_json::from_str::<Vec<ChatMessage>>(two.as_json())
-                .unwrap()
-                .len(),
-            2
+            seqs(recent.catch_up(&room(), Some(11), 1000)),
+            Some((vec![], 11))
         );
     }
 
     #[test]
     fn a_snapshot_older_than_a_commit_is_refused() {
         let recent = RecentMessages::new(5);
-        recent.committed(&msg(11));
+        commit(&recent, 11);
         recent.offer(&room(), &snapshot(6..=10), 5);
         assert!(recent.catch_up(&room(), None, 5).is_none());
     }
@@ -280,7 +240,7 @@ mod tests {
     fn a_gap_drops_the_tail() {
         let recent = RecentMessages::new(5);
         recent.offer(&room(), &snapshot(6..=10), 5);
-        recent.committed(&msg(12));
+        commit(&recent, 12);
         assert!(recent.catch_up(&room(), None, 5).is_none());
     }
 
@@ -288,15 +248,20 @@ mod tests {
     fn a_short_room_is_complete() {
         let recent = RecentMessages::new(50);
         recent.offer(&room(), &snapshot(1..=3), 50);
-        let c = recent.catch_up(&room(), None, 50).unwrap();
-        assert_eq!(seqs(&c), [1, 2, 3]);
         assert_eq!(
-            seqs(&recent.catch_up(&room(), Some(0), 1000).unwrap()),
-            [1, 2, 3]
+            seqs(recent.catch_up(&room(), None, 50)),
+            Some((vec![1, 2, 3], 3))
+        );
+        assert_eq!(
+            seqs(recent.catch_up(&room(), Some(0), 1000)),
+            Some((vec![1, 2, 3], 3))
         );
         let empty = RecentMessages::new(50);
         empty.offer(&room(), &CatchUp::default(), 50);
-        empty.committed(&msg(1));
-        assert_eq!(seqs(&empty.catch_up(&room(), Some(0), 1000).unwrap()), [1]);
+        commit(&empty, 1);
+        assert_eq!(
+            seqs(empty.catch_up(&room(), Some(0), 1000)),
+            Some((vec![1], 1))
+        );
     }
 }

@@ -28,7 +28,7 @@ use crate::broker::LocalDelivery;
 use crate::clock;
 use crate::domain::{Nickname, RoomName};
 use crate::metrics::Metrics;
-use crate::protocol::{EncodedMessages, ErrorCode, PresenceEvent, Ref, ServerMsg, encode};
+use crate::protocol::{self, EncodedMessages, ErrorCode, PresenceEvent, Ref, ServerMsg, encode};
 
 /// A joiner's catch-up, its messages already serialized.
 pub struct PreparedCatchUp {
@@ -376,14 +376,12 @@ impl Registry {
             is_new_person = count.1 == 1;
         }
         let last_seq = catch_up.last_seq;
-        let mut frames = vec![Frame::new(encode(
-            &ServerMsg::Joined {
-                room: room.as_str().to_owned(),
-                users: entry.users(),
-                messages: catch_up.messages,
-                last_seq,
-                truncated: catch_up.truncated,
-            },
+        let mut frames = vec![Frame::new(protocol::encode_joined(
+            room.as_str(),
+            &entry.users(),
+            &catch_up.messages,
+            last_seq,
+            catch_up.truncated,
             r#ref,
         ))];
         if first_join {

@@ -22,7 +22,7 @@ use crate::broker::Broker;
 use crate::clock;
 use crate::domain::{MessageText, Nickname, RoomName};
 use crate::metrics::Metrics;
-use crate::protocol::{ErrorCode, Ref, ServerMsg, encode};
+use crate::protocol::{self, EncodedMessage, ErrorCode, Ref, ServerMsg, encode};
 use crate::storage::{MessageStore, NewMessage};
 
 /// One accepted send, waiting to be stored.
@@ -102,7 +102,8 @@ impl Writer {
                 for (job, message) in jobs.drain(..).zip(stored) {
                     // Before publishing: a joiner that reads the tail after
                     // this gets the message in its reply, or live — never neither.
-                    self.recent.committed(&message);
+                    let encoded = EncodedMessage::new(&message);
+                    self.recent.committed(&message, &encoded);
                     job.sender.push(Frame::new(encode(
                         &ServerMsg::Sent {
                             room: message.room.clone(),
@@ -113,7 +114,7 @@ impl Writer {
                         job.r#ref.as_ref(),
                     )));
                     let seq = message.seq;
-                    let frame = Frame::message(encode(&ServerMsg::Message(message), None), seq);
+                    let frame = Frame::message(protocol::encode_message(&encoded), seq);
                     if let Err(e) = self.broker.publish(&job.room, frame).await {
                         // Stored, so nobody loses it: members catch up with `since`.
                         tracing::error!(room = ?job.room.as_str(), error = %e, "publish failed");
