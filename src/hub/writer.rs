@@ -104,7 +104,10 @@ impl Writer {
                     // this gets the message in its reply, or live — never neither.
                     let encoded = EncodedMessage::new(&message);
                     self.recent.committed(&message, &encoded);
-                    job.sender.push(Frame::new(encode(
+                    // Queued, not written yet: the sender is usually a member,
+                    // and its `sent` then leaves in one write with its own
+                    // copy of the message.
+                    let sent = Frame::new(encode(
                         &ServerMsg::Sent {
                             room: message.room.clone(),
                             id: message.id.clone(),
@@ -112,13 +115,17 @@ impl Writer {
                             ts: message.ts,
                         },
                         job.r#ref.as_ref(),
-                    )));
+                    ));
+                    job.sender.queue(std::slice::from_ref(&sent));
                     let seq = message.seq;
                     let frame = Frame::message(protocol::encode_message(&encoded), seq);
                     if let Err(e) = self.broker.publish(&job.room, frame).await {
                         // Stored, so nobody loses it: members catch up with `since`.
                         tracing::error!(room = ?job.room.as_str(), error = %e, "publish failed");
                     }
+                    // Whatever the delivery did not take along (pacing held
+                    // the message, or the sender left the room).
+                    job.sender.write_queued();
                 }
             }
             Err(e) => {
