@@ -6,8 +6,9 @@
 //! - [`http`]: the accept loop (hyper, HTTP/1.1) and the router — WebSocket
 //!   handshake, embedded assets, health, metrics.
 //! - [`conn`]: one WebSocket session on its TCP socket, one task: a reader
-//!   (frames decoded in `conn::wire`) and a writer draining the outbox.
-//! - [`hub`]: names, rooms, presence, the group-commit writer — who is where.
+//!   (frames decoded in `conn::wire`) and a writer for what the outbox could
+//!   not write straight through (`hub::peer`).
+//! - [`hub`]: names, rooms, presence and pacing, the group-commit writer — who is where.
 //! - [`storage`]: the `MessageStore` trait and its SQLite implementation.
 //! - [`broker`]: the `Broker` trait (fan-out between servers) and its in-process implementation.
 //! - [`protocol`]: the wire format (requests, replies, error codes, limits).

@@ -1,13 +1,14 @@
 //! One WebSocket session on a raw TCP socket: one task, two halves joined
 //! with `join!` — a reader that turns client frames into hub calls and a
-//! writer that drains the connection's bounded outbox onto the socket.
+//! writer for what the connection's bounded outbox could not write straight
+//! through when it was pushed (the socket was full, or the writer was busy).
 //!
 //! Why not a WebSocket library's stream type: a connection must cost as
 //! little as possible while idle (thousands of them sit idle) and a
 //! broadcast as little as possible per recipient. So reads are readiness
 //! based and allocate only while bytes are being decoded (an idle connection
 //! holds no buffer); frames arrive in the outbox already framed (see
-//! [`Frame`]) and go out with one vectored write per wake-up, with no copy,
+//! [`Frame`]) and go out with one vectored write, with no copy,
 //! no per-recipient UTF-8 check and no intermediate buffer. tungstenite still
 //! parses frame headers and builds control frames ([`wire`]), hyper still
 //! does the HTTP handshake.
@@ -49,7 +50,7 @@ pub struct Settings {
 
 /// Most frames taken off the outbox for one vectored write (well under the
 /// kernel's 1024-slice limit; 256 small frames are ~50 KiB).
-const COALESCE_MAX: usize = 256;
+const WRITE_MAX: usize = 256;
 /// Bytes read at a time (more when a large frame is on its way).
 const READ_CHUNK: usize = 4096;
 /// How long the server waits for the client's close frame after its own.
@@ -338,7 +339,7 @@ impl Writer {
             if let Work::Stop = work {
                 break;
             }
-            let (frames, offset) = outbox.take(COALESCE_MAX);
+            let (frames, offset) = outbox.take(WRITE_MAX);
             if frames.is_empty() {
                 continue;
             }
@@ -367,7 +368,7 @@ async fn finish(stream: &TcpStream, outbox: &Outbox) -> bool {
     // last `sent`s and messages before a shutdown) is flushed first.
     let flush = async {
         loop {
-            let (frames, offset) = outbox.take(COALESCE_MAX);
+            let (frames, offset) = outbox.take(WRITE_MAX);
             if frames.is_empty() {
                 break;
             }
@@ -464,7 +465,7 @@ fn advance(frames: &[Frame], (mut next, mut offset): Position, mut written: usiz
 /// more than the usual write's own bookkeeping).
 fn write_some(stream: &TcpStream, frames: &[Frame], offset: usize) -> io::Result<usize> {
     const ON_STACK: usize = 16;
-    let count = frames.len().min(COALESCE_MAX);
+    let count = frames.len().min(WRITE_MAX);
     let slice = |i: usize| -> IoSlice<'_> {
         let wire = frames[i].wire();
         IoSlice::new(if i == 0 { &wire[offset..] } else { wire })
