@@ -34,8 +34,13 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(15);
 const SETTLE_QUIET: Duration = Duration::from_millis(300);
 /// The longest the set-up traffic may take to drain.
 const SETTLE_MAX: Duration = Duration::from_secs(60);
-/// After the sending window: time for acknowledgements and deliveries to land.
-const DRAIN: Duration = Duration::from_secs(5);
+/// After the sending window, acknowledgements and deliveries still in
+/// flight are waited for as long as they keep arriving: the drain ends when
+/// everything accepted has landed, after this long without progress, or at
+/// [`DRAIN_MAX`]. A saturated server seconds behind is let finish (its
+/// backlog is not loss); one that stopped delivering is caught.
+const DRAIN_QUIET: Duration = Duration::from_secs(5);
+const DRAIN_MAX: Duration = Duration::from_secs(60);
 /// The server's default per-connection message rate.
 const SERVER_DEFAULT_MSG_RATE: f64 = 10.0;
 
@@ -325,12 +330,19 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<FanoutReport> {
 
     // Wait for the window, then for every accepted message to reach every member.
     tokio::time::sleep_until(window.end).await;
-    let drain_end = window.end + DRAIN;
+    let drain_max = window.end + DRAIN_MAX;
+    let mut seen = (u64::MAX, u64::MAX);
+    let mut last_progress = Instant::now();
     loop {
-        let done = progress.in_flight.load(Ordering::SeqCst) == 0
-            && progress.delivered.load(Ordering::SeqCst)
-                >= progress.expected_deliveries.load(Ordering::SeqCst);
-        if done || Instant::now() >= drain_end {
+        let in_flight = progress.in_flight.load(Ordering::SeqCst);
+        let delivered = progress.delivered.load(Ordering::SeqCst);
+        let done =
+            in_flight == 0 && delivered >= progress.expected_deliveries.load(Ordering::SeqCst);
+        if (in_flight, delivered) != seen {
+            seen = (in_flight, delivered);
+            last_progress = Instant::now();
+        }
+        if done || last_progress.elapsed() >= DRAIN_QUIET || Instant::now() >= drain_max {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -42,7 +42,8 @@ pub struct BenchArgs {
 /// Shown under `chatterpro bench --help`: which server limits bite, and how
 /// to raise them (the `Bench` subcommand's own doc lives in `config.rs`).
 const LIMITS_HELP: &str = "\
-Every scenario stops by itself (its duration plus a few seconds of drain),
+Every scenario stops by itself (its duration plus a drain: fan-out waits for
+what is still arriving, at most a minute, and ends after 5 s without progress),
 prints a short summary and then one JSON line (the last line on stdout), and
 exits non-zero when the server broke a promise: lost, duplicated or reordered
 messages, unexpected errors or closes.
