@@ -310,6 +310,17 @@ impl Client {
         }
     }
 
+    /// Waits for `n` `sent` acknowledgements (skipping anything else on the
+    /// way); returns their seqs in arrival order.
+    pub async fn recv_sents(&mut self, n: usize) -> Vec<u64> {
+        let mut seqs = Vec::with_capacity(n);
+        while seqs.len() < n {
+            let v = self.recv_until("sent").await;
+            seqs.push(v["seq"].as_u64().expect("sent carries its seq"));
+        }
+        seqs
+    }
+
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
     }

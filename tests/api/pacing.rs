@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::helpers::{Event, TestApp, spawn_app_with, unlimited};
+use crate::helpers::{Client, Event, TestApp, spawn_app_with, unlimited};
 
 /// Windows long enough to tell apart from scheduling noise: a room of `n`
 /// members waits `n × 200 ms`, at most `WINDOW`.
@@ -21,7 +21,15 @@ async fn paced_app() -> TestApp {
     .await
 }
 
-async fn send(client: &mut crate::helpers::Client, text: &str) {
+/// Two people in the room, the member past the sender's arrival.
+async fn member_and_sender(app: &TestApp) -> (Client, Client) {
+    let mut member = app.member("member", "Chat Room").await;
+    let sender = app.member("sender", "Chat Room").await;
+    member.recv_type("presence").await;
+    (member, sender)
+}
+
+async fn send(client: &mut Client, text: &str) {
     client
         .send_json(json!({"type":"send","room":"Chat Room","text":text}))
         .await;
@@ -30,9 +38,7 @@ async fn send(client: &mut crate::helpers::Client, text: &str) {
 #[tokio::test]
 async fn a_quiet_room_delivers_at_once_and_a_busy_one_waits_out_its_window() {
     let app = paced_app().await;
-    let mut member = app.member("member", "Chat Room").await;
-    let mut sender = app.member("sender", "Chat Room").await;
-    member.recv_type("presence").await;
+    let (mut member, mut sender) = member_and_sender(&app).await;
 
     let sent_at = tokio::time::Instant::now();
     send(&mut sender, "first").await;
@@ -51,19 +57,12 @@ async fn a_quiet_room_delivers_at_once_and_a_busy_one_waits_out_its_window() {
 #[tokio::test]
 async fn held_messages_arrive_complete_in_order_before_later_presence() {
     let app = paced_app().await;
-    let mut member = app.member("member", "Chat Room").await;
-    let mut sender = app.member("sender", "Chat Room").await;
-    member.recv_type("presence").await;
+    let (mut member, mut sender) = member_and_sender(&app).await;
     let total = 30;
     for i in 0..total {
         send(&mut sender, &format!("m{i}")).await;
     }
-    let mut acked = 0;
-    while acked < total {
-        if sender.recv().await["type"] == "sent" {
-            acked += 1;
-        }
-    }
+    sender.recv_sents(total).await;
     // All but the first are held now; a join must not overtake them.
     let _late = app.member("late", "Chat Room").await;
     let mut texts = Vec::new();
@@ -123,17 +122,10 @@ async fn a_joiner_gets_held_messages_once_in_its_reply_not_again_live() {
 #[tokio::test]
 async fn shutdown_delivers_what_pacing_holds_before_closing() {
     let mut app = paced_app().await;
-    let mut member = app.member("member", "Chat Room").await;
-    let mut sender = app.member("sender", "Chat Room").await;
-    member.recv_type("presence").await;
+    let (mut member, mut sender) = member_and_sender(&app).await;
     send(&mut sender, "first").await;
     send(&mut sender, "held").await;
-    let mut acked = 0;
-    while acked < 2 {
-        if sender.recv().await["type"] == "sent" {
-            acked += 1;
-        }
-    }
+    sender.recv_sents(2).await;
     let stopping = tokio::spawn(async move { app.stop().await });
     let mut texts = Vec::new();
     let close = loop {

@@ -193,14 +193,7 @@ async fn sends_under_load_share_a_commit_and_a_lone_send_is_not_delayed() {
             .await;
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    let mut seqs = Vec::new();
-    while seqs.len() < 4 {
-        let v = alice.recv().await;
-        if v["type"] == "sent" {
-            seqs.push(v["seq"].as_u64().unwrap());
-        }
-    }
-    assert_eq!(seqs, [2, 3, 4, 5]);
+    assert_eq!(alice.recv_sents(4).await, [2, 3, 4, 5]);
     let after = commits().await.unwrap();
     assert_eq!(after - before, 2.0, "the four sends shared one commit");
 }
