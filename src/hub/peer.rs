@@ -84,9 +84,6 @@ pub trait DirectWrite: Send + Sync {
     fn write_now(&self, frames: &[Frame], offset: usize) -> io::Result<(usize, usize)>;
 }
 
-/// Most frames put in one direct write (well under the kernel's 1024-slice limit).
-const WRITE_MAX: usize = 256;
-
 /// One connection's queue of frames to write, bounded in frames and in
 /// bytes. Frames stay counted in bytes until the writer has put them on the
 /// socket, not merely taken them off the queue: a client that stops reading
@@ -226,7 +223,7 @@ impl Outbox {
         {
             let offset = queue.offset;
             let frames = queue.frames.make_contiguous();
-            match socket.write_now(&frames[..frames.len().min(WRITE_MAX)], offset) {
+            match socket.write_now(frames, offset) {
                 Ok((done, offset)) => {
                     let bytes: usize = queue.frames.drain(..done).map(|f| f.len()).sum();
                     queue.bytes -= bytes;

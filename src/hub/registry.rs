@@ -4,17 +4,22 @@
 //! One `std::sync::Mutex` guards it all. Sections are short and never await,
 //! and one lock keeps the invariants simple: a room's people list always
 //! matches its connections, and presence frames go out in the order the
-//! changes happened (they are delivered under the same lock).
+//! changes happened (they are queued under the same lock). Socket writes
+//! never happen under it: frames are queued to each member's outbox under
+//! the lock and written once it is released ([`Peer::queue`],
+//! [`Peer::write_queued`]); whoever writes takes the outbox's frames in
+//! queue order, so order is kept.
 //!
 //! **Pacing.** Handing a frame to N members costs N socket writes, and on
 //! loopback a write costs several microseconds whether it carries one frame
 //! or fifty. So a room delivered to less than its window ago (N × 5 µs by
-//! default, capped by `--broadcast-window`, counted from the end of the previous
-//! delivery's writes) holds new messages back until the window has passed,
-//! and they then go out together: one write per member for the lot. A quiet room's message goes out at once; a busy big
-//! room's members are written about once per window instead of once per
-//! message. Presence frames are never held: they first flush what is held,
-//! so the order members see is unchanged.
+//! default, capped by `--broadcast-window`, counted from the end of the
+//! previous delivery's writes) holds new messages back until the window has
+//! passed, and they then go out together: one write per member for the lot.
+//! A quiet room's message goes out at once; a busy big room's members are
+//! written about once per window instead of once per message. Presence
+//! frames are never held: they first flush what is held, so the order
+//! members see is unchanged.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
