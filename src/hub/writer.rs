@@ -7,7 +7,7 @@
 //! both, delivery order equals storage order for every member. Commits start
 //! at most every `--commit-interval` (2 ms): under load the sends arriving
 //! meanwhile join the next commit, so the cost of a transaction (its fsync,
-//! its round trips to SQLite's thread) is shared by more of them.
+//! its hand-off to the storage thread) is shared by more of them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,7 +59,7 @@ impl Writer {
                     }
                     // Under load, wait out the interval so that the sends
                     // arriving meanwhile share this commit (one transaction,
-                    // one fsync, a few round trips to SQLite's thread); a
+                    // one fsync, one hand-off to the storage thread); a
                     // send after a quiet spell is committed at once.
                     if let Some(last) = last_commit
                         && last.elapsed() < self.commit_interval

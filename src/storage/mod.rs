@@ -41,9 +41,15 @@ pub struct CatchUp {
 pub enum StorageError {
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("could not start the storage thread: {0}")]
+    Thread(std::io::Error),
+    #[error("the storage thread stopped")]
+    AppenderGone,
     #[error("migration failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
-    #[error("unsupported database URL {0:?}: expected sqlite://PATH")]
+    #[error("unsupported database URL {0:?}: expected sqlite://PATH (a file)")]
     UnsupportedUrl(String),
 }
 
@@ -55,7 +61,7 @@ pub trait MessageStore: Send + Sync + 'static {
     async fn room_exists(&self, room: &RoomName) -> Result<bool, StorageError>;
 
     /// Up to `limit` room names, the most recently active (last message, or
-    /// creation) first.
+    /// creation) first; of rooms active in the same millisecond, the newest.
     async fn recent_rooms(&self, limit: u32) -> Result<Vec<String>, StorageError>;
 
     /// Stores a batch in one transaction, giving each message the next seq of

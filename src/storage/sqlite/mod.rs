@@ -4,29 +4,36 @@
 //! `synchronous = FULL` makes a committed transaction survive power loss, not
 //! only a process crash: `sent` promises durability. The cost is one fsync per
 //! transaction, which the hub's writer amortises by committing sends in batches.
+//!
+//! Reads, room creation and migrations go through an sqlx pool; appends, the
+//! hot path, through one rusqlite connection on a thread of its own
+//! ([`append`]), because sqlx's per-statement hand-offs to its own thread
+//! cost more than the SQL itself. Both libraries link the same SQLite.
 
-use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{FromRow, QueryBuilder, Sqlite, SqlitePool};
+use sqlx::{FromRow, SqlitePool};
+
+mod append;
+
+use append::Appender;
 
 use super::{CatchUp, MessageStore, NewMessage, StorageError};
 use crate::domain::RoomName;
 use crate::protocol::ChatMessage;
-
-/// Rows per multi-row statement: well under SQLite's 32,766 bound
-/// parameters (messages take 6 each).
-const ROWS_PER_STATEMENT: usize = 1000;
 
 /// Reads run concurrently in WAL mode; writes are serialised by SQLite (and
 /// in practice come from the one writer task), so a few connections suffice.
 const POOL_SIZE: u32 = 4;
 
 pub struct SqliteStore {
+    /// Reads, room creation and migrations.
     pool: SqlitePool,
+    /// Appends: the hot path, on a thread of its own (see [`append`]).
+    appender: Appender,
 }
 
 #[derive(FromRow)]
@@ -67,10 +74,16 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(5));
         let pool = SqlitePoolOptions::new()
             .max_connections(POOL_SIZE)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Self { pool })
+        let path = options.get_filename();
+        // An in-memory database would be a different one on each connection.
+        if path.as_os_str() == ":memory:" || path.starts_with("file:") {
+            return Err(StorageError::UnsupportedUrl(url.to_owned()));
+        }
+        let appender = Appender::open(path).await?;
+        Ok(Self { pool, appender })
     }
 }
 
@@ -101,11 +114,12 @@ impl MessageStore for SqliteStore {
     }
 
     async fn recent_rooms(&self, limit: u32) -> Result<Vec<String>, StorageError> {
-        let names =
-            sqlx::query_scalar("SELECT name FROM rooms ORDER BY last_active DESC, id LIMIT ?1")
-                .bind(i64::from(limit))
-                .fetch_all(&self.pool)
-                .await?;
+        let names = sqlx::query_scalar(
+            "SELECT name FROM rooms ORDER BY last_active DESC, id DESC LIMIT ?1",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
         Ok(names)
     }
 
@@ -113,80 +127,14 @@ impl MessageStore for SqliteStore {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        // Three statements per batch, however many messages it holds: each
-        // is a round trip to SQLite's worker thread (two context switches),
-        // which per message would cost more than the commit itself.
-        // IMMEDIATE takes the write lock up front, so advancing the rooms'
-        // counters and writing the messages is one atomic step.
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        // Each room of the batch, with how many of its messages it holds.
-        let mut shares: HashMap<&str, i64> = HashMap::new();
-        for message in batch {
-            *shares.entry(message.room.as_str()).or_default() += 1;
-        }
-        let rooms: Vec<(&str, i64)> = shares.iter().map(|(room, n)| (*room, *n)).collect();
-        let ts = batch[0].ts;
-        // One upsert creates missing rooms and advances every counter by its
-        // room's share of the batch, returning the new values:
-        // name -> (id, last seq before this batch).
-        let mut counters: HashMap<&str, (i64, i64)> = HashMap::with_capacity(rooms.len());
-        for chunk in rooms.chunks(ROWS_PER_STATEMENT) {
-            let advanced: Vec<(i64, String, i64)> = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO rooms (name, created_at, last_active, last_seq) ",
-            )
-            .push_values(chunk, |mut row, (room, n)| {
-                row.push_bind(*room)
-                    .push_bind(ts)
-                    .push_bind(ts)
-                    .push_bind(*n);
-            })
-            .push(
-                " ON CONFLICT (name) DO UPDATE SET last_active = excluded.last_active, \
-                 last_seq = rooms.last_seq + excluded.last_seq RETURNING id, name, last_seq",
-            )
-            .build_query_as()
-            .persistent(false)
-            .fetch_all(&mut *tx)
-            .await?;
-            for (id, name, last_seq) in advanced {
-                let (room, n) = shares
-                    .get_key_value(name.as_str())
-                    .expect("the rooms just written");
-                counters.insert(room, (id, last_seq - n));
-            }
-        }
-        let mut rows = Vec::with_capacity(batch.len());
-        for message in batch {
-            let (room_id, last_seq) = counters
-                .get_mut(message.room.as_str())
-                .expect("every room of the batch exists now");
-            *last_seq += 1;
-            rows.push((*room_id, *last_seq, message));
-        }
-        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            QueryBuilder::<Sqlite>::new(
-                "INSERT INTO messages (room_id, seq, id, author, body, ts) ",
-            )
-            .push_values(chunk, |mut row, (room_id, seq, message)| {
-                row.push_bind(*room_id)
-                    .push_bind(*seq)
-                    .push_bind(message.id.as_str())
-                    .push_bind(message.from.as_str())
-                    .push_bind(message.text.as_str())
-                    .push_bind(message.ts);
-            })
-            .build()
-            .persistent(false)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(rows
-            .into_iter()
-            .map(|(_, seq, message)| ChatMessage {
+        let seqs = self.appender.append(batch.to_vec()).await?;
+        Ok(batch
+            .iter()
+            .zip(seqs)
+            .map(|(message, seq)| ChatMessage {
                 room: message.room.as_str().to_owned(),
                 id: message.id.clone(),
-                seq: seq as u64,
+                seq,
                 from: message.from.as_str().to_owned(),
                 text: message.text.as_str().to_owned(),
                 ts: message.ts,
@@ -255,5 +203,94 @@ impl MessageStore for SqliteStore {
     async fn ping(&self) -> Result<(), StorageError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{MessageText, Nickname};
+
+    fn message(room: &str, id: &str) -> NewMessage {
+        NewMessage {
+            room: RoomName::parse(room).unwrap(),
+            id: id.to_owned(),
+            from: Nickname::parse("alice").unwrap(),
+            text: MessageText::parse(&format!("text of {id}")).unwrap(),
+            ts: 1_764_111_111_111,
+        }
+    }
+
+    async fn open(dir: &tempfile::TempDir) -> SqliteStore {
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        SqliteStore::connect(&url).await.unwrap()
+    }
+
+    fn seqs(stored: &[ChatMessage]) -> Vec<(&str, u64)> {
+        stored.iter().map(|m| (m.id.as_str(), m.seq)).collect()
+    }
+
+    #[tokio::test]
+    async fn appends_number_each_room_contiguously_in_batch_order_across_batches_and_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir).await;
+        let first = store
+            .append(&[message("a", "1"), message("b", "2"), message("a", "3")])
+            .await
+            .unwrap();
+        assert_eq!(seqs(&first), [("1", 1), ("2", 1), ("3", 2)]);
+        assert_eq!(first[2].text, "text of 3");
+        let second = store
+            .append(&[message("b", "4"), message("a", "5")])
+            .await
+            .unwrap();
+        assert_eq!(seqs(&second), [("4", 2), ("5", 3)]);
+        // Appends are written on their own connection: the pool's readers see them.
+        let caught = store
+            .catch_up(&RoomName::parse("a").unwrap(), None, 10)
+            .await
+            .unwrap();
+        assert_eq!(caught.last_seq, 3);
+        let ids: Vec<_> = caught.messages.iter().map(|m| m.id.as_str()).collect();
+        assert_eq!(ids, ["1", "3", "5"]);
+        assert!(
+            store
+                .room_exists(&RoomName::parse("b").unwrap())
+                .await
+                .unwrap()
+        );
+        drop(store);
+
+        let store = open(&dir).await;
+        let third = store.append(&[message("a", "6")]).await.unwrap();
+        assert_eq!(seqs(&third), [("6", 4)]);
+    }
+
+    #[tokio::test]
+    async fn a_failing_batch_stores_nothing_and_advances_no_counter() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir).await;
+        store.append(&[message("a", "1")]).await.unwrap();
+        // The third message reuses an id: the insert fails after the rooms'
+        // counters were advanced and two messages were written.
+        let failed = store
+            .append(&[message("a", "2"), message("new", "3"), message("a", "1")])
+            .await;
+        assert!(matches!(failed, Err(StorageError::Sqlite(_))), "{failed:?}");
+        let caught = store
+            .catch_up(&RoomName::parse("a").unwrap(), None, 10)
+            .await
+            .unwrap();
+        assert_eq!(caught.last_seq, 1);
+        assert_eq!(caught.messages.len(), 1);
+        assert!(
+            !store
+                .room_exists(&RoomName::parse("new").unwrap())
+                .await
+                .unwrap()
+        );
+        // The store is still usable, and numbering resumes where it was.
+        let next = store.append(&[message("a", "4")]).await.unwrap();
+        assert_eq!(seqs(&next), [("4", 2)]);
     }
 }
