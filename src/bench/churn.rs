@@ -8,6 +8,7 @@
 //! the joiner and is sorted case-insensitively; a `presence` join lists its
 //! user, a leave does not.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
@@ -16,12 +17,15 @@ use std::time::Duration;
 use clap::Args;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite;
 
-use super::client::{self, AUTO_PER_SOURCE, CallError, ConnectError, Dialer, Target, Ws};
+use super::client::{
+    self, AUTO_PER_SOURCE, CallError, ConnectError, Dialer, IncomingText, Target, Ws,
+};
 use super::{Latency, LatencySummary, Tally, default_seed};
 
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -98,36 +102,101 @@ impl ChurnCounts {
         }
     }
 
-    /// Checks one unsolicited frame.
-    fn observe(&mut self, v: &Value) {
-        if v["type"] != "presence" {
+    /// Checks one unsolicited frame (`raw` is its text, for the report).
+    fn observe(&mut self, frame: &Frame, raw: &str) {
+        if frame.kind != "presence" {
             return;
         }
         self.presence_checked += 1;
-        let listed = v["users"]
-            .as_array()
-            .map(|users| users.iter().any(|u| *u == v["user"]));
-        let ok = match v["event"].as_str() {
+        let listed = frame.lists(frame.user.as_deref().unwrap_or_default());
+        let ok = match frame.event.as_deref() {
             Some("join") => listed == Some(true),
             Some("leave") => listed == Some(false),
             _ => false,
-        } && sorted_case_insensitively(&v["users"]);
+        } && frame.users_sorted();
         if !ok {
             self.presence_errors += 1;
-            self.anomaly(format!("presence: {v}"));
+            self.anomaly(format!("presence: {}", client::truncate(raw, 300)));
         }
     }
 }
 
-fn sorted_case_insensitively(users: &Value) -> bool {
-    let Some(users) = users.as_array() else {
-        return false;
+/// The fields churn looks at. Everything else in a frame (a `joined` reply's
+/// recent messages, a `welcome`'s room list) is skipped without building
+/// anything: parsing every frame into a `serde_json::Value` tree was ~45 %
+/// of the bench's core, and the bench, not the server, limited the run.
+#[derive(Debug, Deserialize)]
+struct Frame<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(rename = "ref")]
+    reference: Option<i64>,
+    #[serde(borrow)]
+    code: Option<Cow<'a, str>>,
+    retry_after_ms: Option<u64>,
+    #[serde(borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    user: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    event: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    users: Option<Vec<Cow<'a, str>>>,
+}
+
+impl Frame<'_> {
+    /// Whether `users` lists `name` (`None`: the frame has no list).
+    fn lists(&self, name: &str) -> Option<bool> {
+        self.users
+            .as_ref()
+            .map(|users| users.iter().any(|u| u == name))
+    }
+
+    /// `users` is present and sorted case-insensitively.
+    fn users_sorted(&self) -> bool {
+        self.users.as_ref().is_some_and(|users| {
+            users.windows(2).all(|w| {
+                let (a, b) = (&w[0], &w[1]);
+                a.chars()
+                    .flat_map(char::to_lowercase)
+                    .le(b.chars().flat_map(char::to_lowercase))
+            })
+        })
+    }
+}
+
+/// Sends `body` with `ref` set and returns the text of the frame carrying
+/// the same ref (a reply or an `error`); frames arriving first are checked
+/// with [`ChurnCounts::observe`].
+async fn call(
+    ws: &mut Ws,
+    mut body: Value,
+    reference: i64,
+    c: &mut ChurnCounts,
+) -> Result<tungstenite::Utf8Bytes, CallError> {
+    body["ref"] = reference.into();
+    client::send_json(ws, &body)
+        .await
+        .map_err(|_| CallError::Closed(None))?;
+    let wait = async {
+        loop {
+            match client::next_text(ws).await {
+                IncomingText::Text(text) => match serde_json::from_str::<Frame>(&text) {
+                    Ok(frame) if frame.reference == Some(reference) => {
+                        drop(frame);
+                        return Ok(text);
+                    }
+                    Ok(frame) => c.observe(&frame, &text),
+                    Err(_) => return Err(CallError::Garbage(client::truncate(&text, 120))),
+                },
+                IncomingText::Closed(code) => return Err(CallError::Closed(code)),
+                IncomingText::Garbage(g) => return Err(CallError::Garbage(g)),
+            }
+        }
     };
-    let keys: Vec<String> = users
-        .iter()
-        .map(|u| u.as_str().unwrap_or_default().to_lowercase())
-        .collect();
-    keys.windows(2).all(|w| w[0] <= w[1])
+    tokio::time::timeout(REPLY_TIMEOUT, wait)
+        .await
+        .unwrap_or(Err(CallError::Timeout))
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -367,34 +436,38 @@ async fn one_round(
     latency: &mut Latency,
 ) -> Result<(), Stop> {
     let mut next_ref = 0i64;
+    // The reply's text; the caller parses the fields it needs from it.
     let mut call = async |ws: &mut Ws, body: Value, c: &mut ChurnCounts| {
         next_ref += 1;
-        let reply = client::call(ws, body, next_ref, REPLY_TIMEOUT, |v| c.observe(v)).await;
-        match reply {
-            Ok(v) if v["type"] == "error" => {
-                let code = v["code"].as_str().unwrap_or("?");
-                if code == "rate_limited" {
-                    c.refused.bump(code.to_owned());
-                    let ms = v["retry_after_ms"].as_u64().unwrap_or(1000);
-                    tokio::time::sleep(Duration::from_millis(ms)).await;
-                } else {
-                    c.unexpected.bump(format!("error_{code}"));
-                    c.anomaly(format!("{name}: {v}"));
-                }
-                Err(Stop::Again)
-            }
-            Ok(v) => Ok(v),
+        let reply = call(ws, body, next_ref, c).await;
+        let text = match reply {
+            Ok(text) => text,
             Err(e) => {
                 if Instant::now() < plan.deadline || !matches!(e, CallError::Timeout) {
                     c.unexpected.bump(e.key());
                     c.anomaly(format!("{name}: {e:?}"));
                 }
-                Err(Stop::Again)
+                return Err(Stop::Again);
             }
+        };
+        let frame: Frame = serde_json::from_str(&text).expect("parsed once already");
+        if frame.kind == "error" {
+            let code = frame.code.as_deref().unwrap_or("?");
+            if code == "rate_limited" {
+                c.refused.bump(code.to_owned());
+                let ms = frame.retry_after_ms.unwrap_or(1000);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            } else {
+                c.unexpected.bump(format!("error_{code}"));
+                c.anomaly(format!("{name}: {}", client::truncate(&text, 300)));
+            }
+            return Err(Stop::Again);
         }
+        Ok(text)
     };
     let welcome = call(ws, json!({"type":"hello","name":name}), c).await?;
-    if welcome["type"] != "welcome" || welcome["name"] != name {
+    let welcome: Frame = serde_json::from_str(&welcome).expect("parsed once already");
+    if welcome.kind != "welcome" || welcome.name.as_deref() != Some(name) {
         c.unexpected.bump("bad_welcome".to_owned());
         return Err(Stop::Again);
     }
@@ -410,16 +483,16 @@ async fn one_round(
             rng.random_range(0..plan.args.rooms)
         );
         let asked = Instant::now();
-        let joined = call(ws, json!({"type":"join","room":room}), c).await?;
+        let text = call(ws, json!({"type":"join","room":room}), c).await?;
         latency.record(asked.elapsed());
         c.joins += 1;
-        let users = &joined["users"];
-        let lists_me = users
-            .as_array()
-            .is_some_and(|u| u.iter().any(|n| n == name));
-        if joined["type"] != "joined" || !lists_me || !sorted_case_insensitively(users) {
+        let joined: Frame = serde_json::from_str(&text).expect("parsed once already");
+        if joined.kind != "joined" || joined.lists(name) != Some(true) || !joined.users_sorted() {
             c.presence_errors += 1;
-            c.anomaly(format!("{name}: joined {room}: {joined}"));
+            c.anomaly(format!(
+                "{name}: joined {room}: {}",
+                client::truncate(&text, 300)
+            ));
         }
         let sent = call(
             ws,
@@ -427,7 +500,8 @@ async fn one_round(
             c,
         )
         .await?;
-        if sent["type"] == "sent" {
+        let sent: Frame = serde_json::from_str(&sent).expect("parsed once already");
+        if sent.kind == "sent" {
             c.messages_acked += 1;
         }
         if i + 1 < rounds || rng.random_bool(0.5) {
@@ -436,4 +510,45 @@ async fn one_round(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn observed(frames: &[&str]) -> ChurnCounts {
+        let mut c = ChurnCounts::default();
+        for raw in frames {
+            c.observe(&serde_json::from_str(raw).unwrap(), raw);
+        }
+        c
+    }
+
+    #[test]
+    fn presence_frames_are_checked_from_the_fields_alone() {
+        let good = observed(&[
+            r#"{"type":"presence","room":"r","event":"join","user":"bob","users":["alice","bob","Carol"]}"#,
+            r#"{"type":"presence","room":"r","event":"leave","user":"bob","users":["alice","carol"]}"#,
+            r#"{"type":"message","room":"r","id":"x","seq":1,"from":"a","text":"hi","ts":1}"#,
+        ]);
+        assert_eq!((good.presence_checked, good.presence_errors), (2, 0));
+        let bad = observed(&[
+            // A join that does not list its user, a leave that still does, an unsorted list.
+            r#"{"type":"presence","room":"r","event":"join","user":"bob","users":["alice"]}"#,
+            r#"{"type":"presence","room":"r","event":"leave","user":"bob","users":["bob"]}"#,
+            r#"{"type":"presence","room":"r","event":"join","user":"bob","users":["bob","Alice"]}"#,
+        ]);
+        assert_eq!((bad.presence_checked, bad.presence_errors), (3, 3));
+    }
+
+    #[test]
+    fn a_reply_is_read_without_its_bulky_fields() {
+        let text = r#"{"type":"joined","ref":7,"room":"r","users":["a\"b","me"],
+            "messages":[{"id":"1","seq":1,"from":"x","text":"y","ts":1}],"last_seq":1}"#;
+        let frame: Frame = serde_json::from_str(text).unwrap();
+        assert_eq!(frame.reference, Some(7));
+        assert_eq!(frame.lists("me"), Some(true));
+        assert_eq!(frame.lists("a\"b"), Some(true));
+        assert!(frame.users_sorted());
+    }
 }
