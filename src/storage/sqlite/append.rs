@@ -60,6 +60,11 @@ impl Appender {
         Ok(Self { jobs })
     }
 
+    /// Whether the thread is still taking batches.
+    pub(super) fn is_running(&self) -> bool {
+        !self.jobs.is_closed()
+    }
+
     /// Stores `batch` in one transaction; returns each message's seq, in batch order.
     pub(super) async fn append(&self, batch: Vec<NewMessage>) -> Result<Vec<u64>, StorageError> {
         let (reply, seqs) = oneshot::channel();
@@ -137,4 +142,41 @@ fn append(conn: &mut Connection, batch: &[NewMessage]) -> Result<Vec<u64>, rusql
     }
     tx.commit()?;
     Ok(seqs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{MessageText, Nickname, RoomName};
+
+    #[tokio::test]
+    async fn a_stopped_thread_is_reported_not_waited_for() {
+        // What a handle sees once its thread has ended (it only ends by panicking).
+        let (jobs, thread_side) = mpsc::channel(1);
+        drop(thread_side);
+        let appender = Appender { jobs };
+        assert!(!appender.is_running());
+        let batch = vec![NewMessage {
+            room: RoomName::parse("r").unwrap(),
+            id: "1".into(),
+            from: Nickname::parse("alice").unwrap(),
+            text: MessageText::parse("hi").unwrap(),
+            ts: 1,
+        }];
+        assert!(matches!(
+            appender.append(batch).await,
+            Err(StorageError::AppenderGone)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_database_that_cannot_be_opened_fails_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        // Not created beforehand: the thread opens read-write, never creating.
+        let missing = dir.path().join("missing.db");
+        assert!(matches!(
+            Appender::open(&missing).await,
+            Err(StorageError::Sqlite(_))
+        ));
+    }
 }

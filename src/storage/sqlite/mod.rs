@@ -201,6 +201,11 @@ impl MessageStore for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), StorageError> {
+        // Health covers both paths: a store that can read but no longer
+        // append is not healthy.
+        if !self.appender.is_running() {
+            return Err(StorageError::AppenderGone);
+        }
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
