@@ -528,7 +528,21 @@ fn own_message(frame: &[u8]) -> Option<(u64, &str)> {
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+    // A `memcmp` call per offset was 2 % of the bench's core at 500,000/s.
+    memchr::memmem::find(haystack, needle)
+}
+
+/// Whether a set-up frame is a `message` (to keep) rather than presence or
+/// a reply (to count and drop), looking at its start only: the server
+/// writes `type` first, and presence frames in a 1,000-member room carry up
+/// to a thousand names that a parse would have to walk. Any other layout
+/// goes through the parser.
+fn is_message(frame: &[u8]) -> bool {
+    const TYPE: &[u8] = br#"{"type":""#;
+    match frame.strip_prefix(TYPE) {
+        Some(rest) => rest.starts_with(br#"message""#),
+        None => serde_json::from_slice::<FanFrame>(frame).is_ok_and(|f| f.kind == "message"),
+    }
 }
 
 impl Member {
@@ -583,12 +597,7 @@ impl Member {
                         out.unexpected.bump(close_key(code));
                         return out;
                     }
-                    IncomingText::Text(text)
-                        if serde_json::from_slice::<FanFrame>(&text)
-                            .is_ok_and(|f| f.kind == "message") =>
-                    {
-                        early.push(text);
-                    }
+                    IncomingText::Text(text) if is_message(&text) => early.push(text),
                     _ => {
                         self.progress.setup_frames.fetch_add(1, Ordering::Relaxed);
                     }
@@ -817,6 +826,9 @@ mod tests {
         assert_eq!(own_message(frames[1].as_bytes()), None);
         assert_eq!(own_message(frames[2].as_bytes()), None);
         assert!(FanFrame::parse(b"{not json").is_none());
+        assert!(is_message(frames[0].as_bytes()) && is_message(frames[2].as_bytes()));
+        assert!(!is_message(frames[3].as_bytes()) && !is_message(frames[4].as_bytes()));
+        assert!(is_message(br#"{ "seq": 1, "type": "message" }"#));
     }
 
     #[test]
