@@ -15,7 +15,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot};
 
-use super::super::{NewMessage, StorageError};
+use crate::storage::{NewMessage, StorageError};
 
 /// Batches waiting for the thread; the hub's writer has one in flight at a time.
 const QUEUE: usize = 16;
