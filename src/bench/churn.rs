@@ -437,7 +437,7 @@ async fn one_round(
 ) -> Result<(), Stop> {
     let mut next_ref = 0i64;
     // The reply's text; the caller parses the fields it needs from it.
-    let mut call = async |ws: &mut Ws, body: Value, c: &mut ChurnCounts| {
+    let mut ask = async |ws: &mut Ws, body: Value, c: &mut ChurnCounts| {
         next_ref += 1;
         let reply = call(ws, body, next_ref, c).await;
         let text = match reply {
@@ -465,7 +465,7 @@ async fn one_round(
         }
         Ok(text)
     };
-    let welcome = call(ws, json!({"type":"hello","name":name}), c).await?;
+    let welcome = ask(ws, json!({"type":"hello","name":name}), c).await?;
     let welcome: Frame = serde_json::from_str(&welcome).expect("parsed once already");
     if welcome.kind != "welcome" || welcome.name.as_deref() != Some(name) {
         c.unexpected.bump("bad_welcome".to_owned());
@@ -483,7 +483,7 @@ async fn one_round(
             rng.random_range(0..plan.args.rooms)
         );
         let asked = Instant::now();
-        let text = call(ws, json!({"type":"join","room":room}), c).await?;
+        let text = ask(ws, json!({"type":"join","room":room}), c).await?;
         latency.record(asked.elapsed());
         c.joins += 1;
         let joined: Frame = serde_json::from_str(&text).expect("parsed once already");
@@ -494,7 +494,7 @@ async fn one_round(
                 client::truncate(&text, 300)
             ));
         }
-        let sent = call(
+        let sent = ask(
             ws,
             json!({"type":"send","room":room,"text":format!("{name} was here")}),
             c,
@@ -505,7 +505,7 @@ async fn one_round(
             c.messages_acked += 1;
         }
         if i + 1 < rounds || rng.random_bool(0.5) {
-            call(ws, json!({"type":"leave","room":room}), c).await?;
+            ask(ws, json!({"type":"leave","room":room}), c).await?;
             c.leaves += 1;
         }
     }
