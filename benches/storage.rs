@@ -47,7 +47,7 @@ fn group_commit(c: &mut Criterion) {
                         .collect();
                     let start = Instant::now();
                     runtime.block_on(async {
-                        for batch in &batches {
+                        for batch in batches {
                             store.append(batch).await.unwrap();
                         }
                     });

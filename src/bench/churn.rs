@@ -145,6 +145,21 @@ struct Frame<'a> {
 }
 
 impl Frame<'_> {
+    /// The same fields, owning their text (a reply outlives the frame it came in).
+    fn into_owned(self) -> Frame<'static> {
+        let own = |s: Cow<'_, str>| Cow::Owned(s.into_owned());
+        Frame {
+            kind: own(self.kind),
+            reference: self.reference,
+            code: self.code.map(own),
+            retry_after_ms: self.retry_after_ms,
+            name: self.name.map(own),
+            user: self.user.map(own),
+            event: self.event.map(own),
+            users: self.users.map(|users| users.into_iter().map(own).collect()),
+        }
+    }
+
     /// Whether `users` lists `name` (`None`: the frame has no list).
     fn lists(&self, name: &str) -> Option<bool> {
         self.users
@@ -165,15 +180,21 @@ impl Frame<'_> {
     }
 }
 
-/// Sends `body` with `ref` set and returns the text of the frame carrying
-/// the same ref (a reply or an `error`); frames arriving first are checked
+/// A reply: its fields, and its text for the report.
+struct Reply {
+    frame: Frame<'static>,
+    text: tungstenite::Utf8Bytes,
+}
+
+/// Sends `body` with `ref` set and returns the frame carrying the same ref
+/// (a reply or an `error`), parsed once; frames arriving first are checked
 /// with [`ChurnCounts::observe`].
 async fn call(
     ws: &mut Ws,
     mut body: Value,
     reference: i64,
     c: &mut ChurnCounts,
-) -> Result<tungstenite::Utf8Bytes, CallError> {
+) -> Result<Reply, CallError> {
     body["ref"] = reference.into();
     client::send_json(ws, &body)
         .await
@@ -183,8 +204,8 @@ async fn call(
             match client::next_text(ws).await {
                 IncomingText::Text(text) => match serde_json::from_str::<Frame>(&text) {
                     Ok(frame) if frame.reference == Some(reference) => {
-                        drop(frame);
-                        return Ok(text);
+                        let frame = frame.into_owned();
+                        return Ok(Reply { frame, text });
                     }
                     Ok(frame) => c.observe(&frame, &text),
                     Err(_) => return Err(CallError::Garbage(client::truncate(&text, 120))),
@@ -436,12 +457,11 @@ async fn one_round(
     latency: &mut Latency,
 ) -> Result<(), Stop> {
     let mut next_ref = 0i64;
-    // The reply's text; the caller parses the fields it needs from it.
+    // The reply, or `Stop` when it is an error or did not come.
     let mut ask = async |ws: &mut Ws, body: Value, c: &mut ChurnCounts| {
         next_ref += 1;
-        let reply = call(ws, body, next_ref, c).await;
-        let text = match reply {
-            Ok(text) => text,
+        let reply = match call(ws, body, next_ref, c).await {
+            Ok(reply) => reply,
             Err(e) => {
                 if Instant::now() < plan.deadline || !matches!(e, CallError::Timeout) {
                     c.unexpected.bump(e.key());
@@ -450,7 +470,7 @@ async fn one_round(
                 return Err(Stop::Again);
             }
         };
-        let frame: Frame = serde_json::from_str(&text).expect("parsed once already");
+        let frame = &reply.frame;
         if frame.kind == "error" {
             let code = frame.code.as_deref().unwrap_or("?");
             if code == "rate_limited" {
@@ -459,14 +479,13 @@ async fn one_round(
                 tokio::time::sleep(Duration::from_millis(ms)).await;
             } else {
                 c.unexpected.bump(format!("error_{code}"));
-                c.anomaly(format!("{name}: {}", client::truncate(&text, 300)));
+                c.anomaly(format!("{name}: {}", client::truncate(&reply.text, 300)));
             }
             return Err(Stop::Again);
         }
-        Ok(text)
+        Ok(reply)
     };
-    let welcome = ask(ws, json!({"type":"hello","name":name}), c).await?;
-    let welcome: Frame = serde_json::from_str(&welcome).expect("parsed once already");
+    let welcome = ask(ws, json!({"type":"hello","name":name}), c).await?.frame;
     if welcome.kind != "welcome" || welcome.name.as_deref() != Some(name) {
         c.unexpected.bump("bad_welcome".to_owned());
         return Err(Stop::Again);
@@ -483,15 +502,15 @@ async fn one_round(
             rng.random_range(0..plan.args.rooms)
         );
         let asked = Instant::now();
-        let text = ask(ws, json!({"type":"join","room":room}), c).await?;
+        let joined = ask(ws, json!({"type":"join","room":room}), c).await?;
         latency.record(asked.elapsed());
         c.joins += 1;
-        let joined: Frame = serde_json::from_str(&text).expect("parsed once already");
-        if joined.kind != "joined" || joined.lists(name) != Some(true) || !joined.users_sorted() {
+        let Reply { frame, text } = &joined;
+        if frame.kind != "joined" || frame.lists(name) != Some(true) || !frame.users_sorted() {
             c.presence_errors += 1;
             c.anomaly(format!(
                 "{name}: joined {room}: {}",
-                client::truncate(&text, 300)
+                client::truncate(text, 300)
             ));
         }
         let sent = ask(
@@ -500,8 +519,7 @@ async fn one_round(
             c,
         )
         .await?;
-        let sent: Frame = serde_json::from_str(&sent).expect("parsed once already");
-        if sent.kind == "sent" {
+        if sent.frame.kind == "sent" {
             c.messages_acked += 1;
         }
         if i + 1 < rounds || rng.random_bool(0.5) {

@@ -95,7 +95,7 @@ impl Writer {
                 ts,
             })
             .collect();
-        match self.store.append(&batch).await {
+        match self.store.append(batch).await {
             Ok(stored) => {
                 self.metrics.messages_stored.inc_by(stored.len() as u64);
                 self.metrics.commits.inc();

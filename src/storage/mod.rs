@@ -67,7 +67,7 @@ pub trait MessageStore: Send + Sync + 'static {
     /// Stores a batch in one transaction, giving each message the next seq of
     /// its room (creating rooms as needed). Returns the stored messages in
     /// batch order. Either all are stored or none.
-    async fn append(&self, batch: &[NewMessage]) -> Result<Vec<ChatMessage>, StorageError>;
+    async fn append(&self, batch: Vec<NewMessage>) -> Result<Vec<ChatMessage>, StorageError>;
 
     /// The newest `limit` messages, only those with `seq > after` if given.
     /// `truncated` says that more than `limit` messages followed `after`: the

@@ -15,12 +15,13 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::protocol::ChatMessage;
 use crate::storage::{NewMessage, StorageError};
 
 /// Batches waiting for the thread; the hub's writer has one in flight at a time.
 const QUEUE: usize = 16;
 
-type Reply = oneshot::Sender<Result<Vec<u64>, rusqlite::Error>>;
+type Reply = oneshot::Sender<Result<Vec<ChatMessage>, rusqlite::Error>>;
 
 struct Job {
     batch: Vec<NewMessage>,
@@ -52,7 +53,7 @@ impl Appender {
                     }
                 };
                 while let Some(job) = jobs_rx.blocking_recv() {
-                    let _ = job.reply.send(append(&mut conn, &job.batch));
+                    let _ = job.reply.send(append(&mut conn, job.batch));
                 }
             })
             .map_err(StorageError::Thread)?;
@@ -65,14 +66,17 @@ impl Appender {
         !self.jobs.is_closed()
     }
 
-    /// Stores `batch` in one transaction; returns each message's seq, in batch order.
-    pub(super) async fn append(&self, batch: Vec<NewMessage>) -> Result<Vec<u64>, StorageError> {
-        let (reply, seqs) = oneshot::channel();
+    /// Stores `batch` in one transaction; returns the stored messages, in batch order.
+    pub(super) async fn append(
+        &self,
+        batch: Vec<NewMessage>,
+    ) -> Result<Vec<ChatMessage>, StorageError> {
+        let (reply, stored) = oneshot::channel();
         self.jobs
             .send(Job { batch, reply })
             .await
             .map_err(|_| StorageError::AppenderGone)?;
-        Ok(seqs.await.map_err(|_| StorageError::AppenderGone)??)
+        Ok(stored.await.map_err(|_| StorageError::AppenderGone)??)
     }
 }
 
@@ -93,13 +97,17 @@ fn open(path: &Path) -> Result<Connection, rusqlite::Error> {
 
 /// One transaction: advance each room's counter by its share of the batch
 /// (creating rooms as needed), then insert the messages with their seqs.
-/// Dropping the transaction on an error rolls all of it back.
-fn append(conn: &mut Connection, batch: &[NewMessage]) -> Result<Vec<u64>, rusqlite::Error> {
+/// Dropping the transaction on an error rolls all of it back. The batch is
+/// moved into the stored messages, not copied.
+fn append(
+    conn: &mut Connection,
+    batch: Vec<NewMessage>,
+) -> Result<Vec<ChatMessage>, rusqlite::Error> {
     // IMMEDIATE takes the write lock up front, so the counters read here
     // are the ones the messages are written under.
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut shares: HashMap<&str, i64> = HashMap::new();
-    for message in batch {
+    for message in &batch {
         *shares.entry(message.room.as_str()).or_default() += 1;
     }
     // name -> (room id, last seq before this batch)
@@ -123,7 +131,7 @@ fn append(conn: &mut Connection, batch: &[NewMessage]) -> Result<Vec<u64>, rusql
             "INSERT INTO messages (room_id, seq, id, author, body, ts) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?;
-        for message in batch {
+        for message in &batch {
             let (room_id, last_seq) = counters
                 .get_mut(message.room.as_str())
                 .expect("every room of the batch was advanced above");
@@ -141,7 +149,18 @@ fn append(conn: &mut Connection, batch: &[NewMessage]) -> Result<Vec<u64>, rusql
         }
     }
     tx.commit()?;
-    Ok(seqs)
+    Ok(batch
+        .into_iter()
+        .zip(seqs)
+        .map(|(message, seq)| ChatMessage {
+            room: message.room.into_string(),
+            id: message.id,
+            seq,
+            from: message.from.into_string(),
+            text: message.text.into_string(),
+            ts: message.ts,
+        })
+        .collect())
 }
 
 #[cfg(test)]

@@ -123,23 +123,11 @@ impl MessageStore for SqliteStore {
         Ok(names)
     }
 
-    async fn append(&self, batch: &[NewMessage]) -> Result<Vec<ChatMessage>, StorageError> {
+    async fn append(&self, batch: Vec<NewMessage>) -> Result<Vec<ChatMessage>, StorageError> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let seqs = self.appender.append(batch.to_vec()).await?;
-        Ok(batch
-            .iter()
-            .zip(seqs)
-            .map(|(message, seq)| ChatMessage {
-                room: message.room.as_str().to_owned(),
-                id: message.id.clone(),
-                seq,
-                from: message.from.as_str().to_owned(),
-                text: message.text.as_str().to_owned(),
-                ts: message.ts,
-            })
-            .collect())
+        self.appender.append(batch).await
     }
 
     async fn catch_up(
@@ -240,13 +228,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir).await;
         let first = store
-            .append(&[message("a", "1"), message("b", "2"), message("a", "3")])
+            .append(vec![
+                message("a", "1"),
+                message("b", "2"),
+                message("a", "3"),
+            ])
             .await
             .unwrap();
         assert_eq!(seqs(&first), [("1", 1), ("2", 1), ("3", 2)]);
         assert_eq!(first[2].text, "text of 3");
         let second = store
-            .append(&[message("b", "4"), message("a", "5")])
+            .append(vec![message("b", "4"), message("a", "5")])
             .await
             .unwrap();
         assert_eq!(seqs(&second), [("4", 2), ("5", 3)]);
@@ -267,7 +259,7 @@ mod tests {
         drop(store);
 
         let store = open(&dir).await;
-        let third = store.append(&[message("a", "6")]).await.unwrap();
+        let third = store.append(vec![message("a", "6")]).await.unwrap();
         assert_eq!(seqs(&third), [("6", 4)]);
     }
 
@@ -275,11 +267,15 @@ mod tests {
     async fn a_failing_batch_stores_nothing_and_advances_no_counter() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir).await;
-        store.append(&[message("a", "1")]).await.unwrap();
+        store.append(vec![message("a", "1")]).await.unwrap();
         // The third message reuses an id: the insert fails after the rooms'
         // counters were advanced and two messages were written.
         let failed = store
-            .append(&[message("a", "2"), message("new", "3"), message("a", "1")])
+            .append(vec![
+                message("a", "2"),
+                message("new", "3"),
+                message("a", "1"),
+            ])
             .await;
         assert!(matches!(failed, Err(StorageError::Sqlite(_))), "{failed:?}");
         let caught = store
@@ -295,7 +291,7 @@ mod tests {
                 .unwrap()
         );
         // The store is still usable, and numbering resumes where it was.
-        let next = store.append(&[message("a", "4")]).await.unwrap();
+        let next = store.append(vec![message("a", "4")]).await.unwrap();
         assert_eq!(seqs(&next), [("4", 2)]);
     }
 }
