@@ -8,7 +8,7 @@ use std::sync::Arc;
 use chatterpro::broker::LocalDelivery;
 use chatterpro::domain::{MessageText, Nickname, RoomName};
 use chatterpro::frame::Frame;
-use chatterpro::hub::{Outbox, Pacing, Peer, PreparedCatchUp, Registry};
+use chatterpro::hub::{Outbox, Pacing, Peer, PreparedCatchUp, Registry, SocketWrites};
 use chatterpro::metrics::Metrics;
 use chatterpro::protocol::{self, ChatMessage, ClientMsg, EncodedMessages, ServerMsg};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
@@ -59,7 +59,11 @@ fn encode_broadcast(c: &mut Criterion) {
 fn fanout(c: &mut Criterion) {
     const MEMBERS: usize = 1000;
     // Pacing off: this measures handing one frame to every member.
-    let registry = Registry::new(Arc::new(Metrics::new()), Pacing::OFF);
+    let registry = Registry::new(
+        Arc::new(Metrics::new()),
+        Pacing::OFF,
+        SocketWrites::OneByOne,
+    );
     let room = RoomName::parse("Big Room").unwrap();
     let mut outboxes = Vec::with_capacity(MEMBERS);
     for i in 0..MEMBERS {

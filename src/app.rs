@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::conn;
 use crate::domain::RoomName;
 use crate::http::{self, AppState};
-use crate::hub::{Hub, HubConfig, Pacing, Registry};
+use crate::hub::{Hub, HubConfig, Pacing, Registry, SocketWrites};
 use crate::limits::AddressLimits;
 use crate::metrics::Metrics;
 use crate::storage::{MessageStore, SqliteStore, StorageError};
@@ -64,12 +64,15 @@ impl App {
             default_rooms.push(room);
         }
         let metrics = Arc::new(Metrics::new());
+        let writes = SocketWrites::detect(config.io_uring);
+        tracing::debug!(?writes, "room deliveries' socket writes");
         let registry = Registry::new(
             metrics.clone(),
             Pacing {
                 per_member: config.broadcast_per_member,
                 max_window: config.broadcast_window,
             },
+            writes,
         );
         let broker: Arc<dyn Broker> = Arc::new(LocalBroker::new(registry.clone()));
         let writer_stop = CancellationToken::new();

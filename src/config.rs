@@ -97,6 +97,13 @@ pub struct Config {
           value_parser = parse_window)]
     pub broadcast_per_member: Duration,
 
+    /// Hand a room delivery's socket writes to the kernel in one io_uring
+    /// call instead of one system call each (Linux; where the kernel or a
+    /// seccomp profile refuses io_uring, writes go one by one regardless).
+    #[arg(long, env = "CHATTERPRO_IO_URING", default_value_t = true,
+          action = clap::ArgAction::Set)]
+    pub io_uring: bool,
+
     /// Least time between the starts of two commits. A send after a quiet
     /// spell is stored at once; under load, the sends arriving meanwhile
     /// share the next transaction and its fsync (0: commit whenever the

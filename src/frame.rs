@@ -112,9 +112,39 @@ impl Frame {
     }
 }
 
+/// Where a write of a run of frames stopped: the next frame to write and
+/// how many of its bytes are already on the socket.
+pub type Position = (usize, usize);
+
+/// Where a write of `frames` from `at` stops after `written` more bytes.
+pub fn advance(frames: &[Frame], (mut next, mut offset): Position, mut written: usize) -> Position {
+    while written > 0 {
+        let left = frames[next].len() - offset;
+        if written >= left {
+            written -= left;
+            next += 1;
+            offset = 0;
+        } else {
+            offset += written;
+            written = 0;
+        }
+    }
+    (next, offset)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn advance_walks_whole_frames_and_stops_inside_one() {
+        let frames = [Frame::new("ab".into()), Frame::new("cdef".into())];
+        // Each frame is its text plus a 2-byte header: 4 and 6 bytes.
+        assert_eq!(advance(&frames, (0, 0), 0), (0, 0));
+        assert_eq!(advance(&frames, (0, 0), 4), (1, 0));
+        assert_eq!(advance(&frames, (0, 1), 5), (1, 2));
+        assert_eq!(advance(&frames, (1, 2), 4), (2, 0));
+    }
 
     #[test]
     fn text_frames_carry_a_short_or_extended_length() {

@@ -22,6 +22,7 @@ mod session;
 mod wire;
 
 use std::io::{self, IoSlice};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -31,6 +32,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
+use crate::frame::{Position, advance};
 use crate::hub::{DirectWrite, Frame, Hub, Kick, Outbox, Peer};
 use crate::limits::{AddressLimits, ConnPermit};
 use crate::protocol::{MAX_FRAME_BYTES, close};
@@ -153,6 +155,10 @@ struct Socket(TcpStream);
 impl DirectWrite for Socket {
     fn write_now(&self, frames: &[Frame], offset: usize) -> io::Result<(usize, usize)> {
         Ok(write_now(&self.0, frames, (0, offset))?.unwrap_or((frames.len(), 0)))
+    }
+
+    fn raw_fd(&self) -> Option<RawFd> {
+        Some(self.0.as_raw_fd())
     }
 }
 
@@ -370,6 +376,13 @@ async fn finish(stream: &TcpStream, outbox: &Outbox) -> bool {
         loop {
             let (frames, offset) = outbox.take(WRITE_MAX);
             if frames.is_empty() {
+                if outbox.batch_in_flight() {
+                    // Another thread's batched write has this socket for a
+                    // moment (it started before the kick): the close frame
+                    // must not land in the middle of its bytes.
+                    tokio::task::yield_now().await;
+                    continue;
+                }
                 break;
             }
             if code == close::TRY_AGAIN_LATER {
@@ -390,9 +403,6 @@ async fn finish(stream: &TcpStream, outbox: &Outbox) -> bool {
         Ok(Ok(()))
     )
 }
-
-/// Where a write stopped: the next frame and the bytes of it already written.
-type Position = (usize, usize);
 
 /// Writes as much as the socket takes now, from `at` on. `None` when
 /// everything went out.
@@ -442,21 +452,6 @@ async fn write_frames(stream: &TcpStream, frames: &[Frame], mut at: Position) ->
         }
     }
     Ok(())
-}
-
-fn advance(frames: &[Frame], (mut next, mut offset): Position, mut written: usize) -> Position {
-    while written > 0 {
-        let left = frames[next].len() - offset;
-        if written >= left {
-            written -= left;
-            next += 1;
-            offset = 0;
-        } else {
-            offset += written;
-            written = 0;
-        }
-    }
-    (next, offset)
 }
 
 /// One vectored write of `frames`, the first from `offset` on. Most writes

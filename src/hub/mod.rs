@@ -12,12 +12,14 @@
 //! each member's outbox. A join reads its catch-up from `recent` when it can,
 //! from storage otherwise.
 
+mod batch;
 mod peer;
 mod recent;
 mod registry;
 mod writer;
 
 pub use crate::frame::Frame;
+pub use batch::SocketWrites;
 pub use peer::{ConnId, DirectWrite, Kick, Outbox, Peer, Pushed};
 pub use registry::{Pacing, PreparedCatchUp, Refusal, Registry};
 

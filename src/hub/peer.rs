@@ -16,14 +16,16 @@
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io;
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::Poll;
 
 use futures_util::task::AtomicWaker;
 use tokio::sync::Notify;
 
 use super::Frame;
+use crate::frame::{Position, advance};
 use crate::protocol::close;
 
 /// Identifies one connection for the lifetime of the process.
@@ -82,7 +84,26 @@ pub trait DirectWrite: Send + Sync {
     /// index of the first frame not completely written and how many of its
     /// bytes were (`(frames.len(), 0)` when all went out).
     fn write_now(&self, frames: &[Frame], offset: usize) -> io::Result<(usize, usize)>;
+
+    /// The socket's descriptor, for writes batched with others
+    /// (`hub::batch`); `None` writes one by one through [`Self::write_now`].
+    /// It must stay open for as long as this value lives.
+    fn raw_fd(&self) -> Option<RawFd> {
+        None
+    }
 }
+
+/// A direct write claimed for a batch ([`Outbox::claim`]).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Claim {
+    pub fd: RawFd,
+    /// Bytes of the first claimed frame already on the socket.
+    pub offset: usize,
+}
+
+/// Most frames one batched write carries for one socket (a round usually
+/// carries a handful; the writer takes care of long queues).
+pub(super) const CLAIM_MAX: usize = 64;
 
 /// One connection's queue of frames to write, bounded in frames and in
 /// bytes. Frames stay counted in bytes until the writer has put them on the
@@ -120,6 +141,9 @@ struct Queue {
     /// The writer holds frames it took and has not finished writing: no
     /// push may write through until it has.
     writing: bool,
+    /// A batched write (`hub::batch`) has claimed the front of the queue:
+    /// nobody else writes or takes frames until it settles.
+    batched: bool,
     closed: bool,
 }
 
@@ -219,33 +243,92 @@ impl Outbox {
         }
         if let Some(socket) = &self.socket
             && !queue.writing
+            && !queue.batched
             && !self.kick.is_kicked()
         {
             let offset = queue.offset;
             let frames = queue.frames.make_contiguous();
-            match socket.write_now(frames, offset) {
-                Ok((done, offset)) => {
-                    let bytes: usize = queue.frames.drain(..done).map(|f| f.len()).sum();
-                    queue.bytes -= bytes;
-                    queue.offset = offset;
-                    if queue.frames.is_empty() {
-                        // Everything went straight out: the writer has nothing to do.
-                        queue.frames = VecDeque::new();
-                        return;
-                    }
-                }
-                Err(_) => {
-                    drop(queue);
-                    // The client is gone; its reader will notice too.
-                    self.kick.kick(1000, "");
+            let wrote = socket.write_now(frames, offset);
+            self.wrote(queue, wrote);
+            return;
+        }
+        drop(queue);
+        self.wake_writer();
+    }
+
+    /// Accounts for a direct write that stopped at `wrote` (the queue's
+    /// frames before it are on the socket), then leaves the rest to the writer.
+    fn wrote(&self, mut queue: MutexGuard<'_, Queue>, wrote: io::Result<Position>) {
+        match wrote {
+            Ok((done, offset)) => {
+                let bytes: usize = queue.frames.drain(..done).map(|f| f.len()).sum();
+                queue.bytes -= bytes;
+                queue.offset = offset;
+                if queue.frames.is_empty() {
+                    // Everything went straight out: the writer has nothing to do.
+                    queue.frames = VecDeque::new();
                     return;
                 }
             }
+            Err(_) => {
+                drop(queue);
+                // The client is gone; its reader will notice too.
+                self.kick.kick(1000, "");
+                return;
+            }
         }
         drop(queue);
+        self.wake_writer();
+    }
+
+    fn wake_writer(&self) {
         if !self.signalled.swap(true, Ordering::AcqRel) {
             self.writer.wake();
         }
+    }
+
+    /// Claims the front of the queue for a batched write: clones up to
+    /// [`CLAIM_MAX`] frames onto `frames` (so the batch owns the bytes it
+    /// hands the kernel) and keeps everyone else from writing until
+    /// [`Outbox::settle`]. `None` when there is nothing to write through, the
+    /// writer is busy, the connection is kicked or the socket has no
+    /// descriptor: [`Outbox::write_queued`] then does what it always does.
+    pub(super) fn claim(&self, frames: &mut Vec<Frame>) -> Option<Claim> {
+        let fd = self.socket.as_ref()?.raw_fd()?;
+        let mut queue = self.lock();
+        if queue.frames.is_empty() || queue.writing || queue.batched || self.kick.is_kicked() {
+            return None;
+        }
+        queue.batched = true;
+        frames.extend(queue.frames.iter().take(CLAIM_MAX).cloned());
+        Some(Claim {
+            fd,
+            offset: queue.offset,
+        })
+    }
+
+    /// Ends a claimed write: `frames` are the claimed ones, `written` what
+    /// the socket took of them.
+    pub(super) fn settle(&self, frames: &[Frame], written: io::Result<usize>) {
+        let mut queue = self.lock();
+        queue.batched = false;
+        let wrote = match written {
+            Ok(0) => Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => Ok(advance(frames, (0, queue.offset), n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok((0, queue.offset)),
+            Err(e) => Err(e),
+        };
+        self.wrote(queue, wrote);
+    }
+
+    #[cfg(test)]
+    pub(super) fn socket_for_tests(&self) -> &dyn DirectWrite {
+        self.socket.as_deref().expect("an outbox with a socket")
+    }
+
+    /// Whether a batched write has the socket right now (on another thread).
+    pub fn batch_in_flight(&self) -> bool {
+        self.lock().batched
     }
 
     /// Resolves when frames may have been queued since the last call.
@@ -268,6 +351,10 @@ impl Outbox {
     /// bytes stay counted and no push writes through.
     pub fn take(&self, max: usize) -> (Vec<Frame>, usize) {
         let mut queue = self.lock();
+        if queue.batched {
+            // The batch wakes the writer for whatever it leaves.
+            return (Vec::new(), 0);
+        }
         let offset = std::mem::take(&mut queue.offset);
         queue.writing = !queue.frames.is_empty();
         if queue.frames.len() <= max {
@@ -337,6 +424,10 @@ impl Peer {
     /// Writes what [`Peer::queue`] queued (see [`Peer::push`]).
     pub fn write_queued(&self) {
         self.outbox.write_queued();
+    }
+
+    pub(super) fn outbox(&self) -> &Outbox {
+        &self.outbox
     }
 
     pub fn kick(&self, code: u16, reason: &'static str) {

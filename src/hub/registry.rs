@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use rand::RngCore;
 
 use super::Frame;
+use super::batch::{self, SocketWrites};
 use super::peer::{ConnId, Peer};
 use crate::broker::LocalDelivery;
 use crate::clock;
@@ -73,6 +74,7 @@ pub struct Registry {
     state: Mutex<State>,
     metrics: Arc<Metrics>,
     pacing: Pacing,
+    writes: SocketWrites,
     /// Itself, for the tasks that flush held frames.
     me: Weak<Registry>,
 }
@@ -247,11 +249,12 @@ fn new_session_token() -> String {
 }
 
 impl Registry {
-    pub fn new(metrics: Arc<Metrics>, pacing: Pacing) -> Arc<Self> {
+    pub fn new(metrics: Arc<Metrics>, pacing: Pacing, writes: SocketWrites) -> Arc<Self> {
         Arc::new_cyclic(|me| Self {
             state: Mutex::new(State::default()),
             metrics,
             pacing,
+            writes,
             me: me.clone(),
         })
     }
@@ -421,7 +424,7 @@ impl Registry {
             self.metrics.frames_out.inc_by(n);
         }
         drop(state);
-        write_out(&out);
+        self.write_out(&out);
     }
 
     /// Undoes [`Registry::begin_join`] when the join could not complete.
@@ -458,7 +461,7 @@ impl Registry {
         let mut out = Vec::new();
         let left = self.leave_locked(&mut state, room, conn, &mut out);
         drop(state);
-        write_out(&out);
+        self.write_out(&out);
         left
     }
 
@@ -516,7 +519,7 @@ impl Registry {
             }
         }
         drop(state);
-        write_out(&out);
+        self.write_out(&out);
     }
 
     /// The `limit` rooms with the most people online, most first (ties by
@@ -581,14 +584,14 @@ impl Registry {
             .sum();
         self.metrics.frames_out.inc_by(n);
         drop(state);
-        write_out(&out);
+        self.write_out(&out);
     }
 
     /// Writes a room delivery queued under the lock, then starts the room's
     /// pacing window: from the end of the writes, so that a delivery that
     /// takes long is not followed at once by the next.
     fn write_room(&self, room: &RoomName, out: &[Peer]) {
-        write_out(out);
+        self.write_out(out);
         if self.pacing.max_window.is_zero() {
             return;
         }
@@ -596,6 +599,12 @@ impl Registry {
         if let Some(entry) = self.lock().rooms.get_mut(room) {
             entry.last_delivery = Some(now);
         }
+    }
+
+    /// Writes what was queued for `peers` under the registry's lock, once it
+    /// is released: socket writes never happen under it.
+    fn write_out(&self, peers: &[Peer]) {
+        batch::write_all(peers, self.writes);
     }
 
     /// Flushes `room` at `at`. Without a runtime (a benchmark driving the
@@ -614,14 +623,6 @@ impl Registry {
             }
             Err(_) => me.flush(room),
         }
-    }
-}
-
-/// Writes what was queued for `peers` under the registry's lock, once it is
-/// released: socket writes never happen under it.
-fn write_out(peers: &[Peer]) {
-    for peer in peers {
-        peer.write_queued();
     }
 }
 
@@ -675,7 +676,11 @@ mod tests {
 
     #[test]
     fn the_busiest_rooms_come_most_first_then_by_name() {
-        let registry = Registry::new(Arc::new(Metrics::new()), Pacing::OFF);
+        let registry = Registry::new(
+            Arc::new(Metrics::new()),
+            Pacing::OFF,
+            SocketWrites::OneByOne,
+        );
         for (room, people) in [("d", 1), ("b", 3), ("a", 1), ("c", 3), ("e", 2)] {
             for i in 0..people {
                 join(&registry, room, &format!("{room}{i}"));
