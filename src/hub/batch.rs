@@ -1,11 +1,10 @@
 //! A round of socket writes in one system call.
 //!
-//! A room delivery writes the same frames to every member. On loopback one
-//! `writev` costs 5–7 µs on the machines measured (docs/performance.md), and
-//! handing a round of them to the kernel in one `io_uring_enter` instead of
-//! one system call each cuts that by about a quarter (`chatterpro bench
-//! loopback` vs `--io-uring`): TCP's own work is the same, the per-call
-//! overhead and the wake-ups between calls are not.
+//! A room delivery writes the same frames to every member. On loopback one `writev` costs
+//! 5–7 µs on the machines measured; handing a round of sends to the kernel in
+//! one `io_uring_enter` instead of one system call each cut the server's CPU
+//! per delivery by 8–15 % (docs/performance.md): TCP's own work is the same,
+//! the per-call overhead and the bookkeeping around each call are not.
 //!
 //! The ring is used as a vectored system call, never as an event loop:
 //! every `sendmsg` carries `MSG_DONTWAIT`, so the kernel completes it —

@@ -568,7 +568,7 @@ impl Registry {
         let n = entry.flush_held(Instant::now(), &mut out);
         self.metrics.frames_out.inc_by(n);
         drop(state);
-        self.write_rooms(&[room], &out);
+        self.write_room(room, &out);
     }
 
     /// Delivers everything pacing holds, in every room (at shutdown, before
@@ -587,20 +587,17 @@ impl Registry {
         self.write_out(&out);
     }
 
-    /// Writes room deliveries queued under the lock, then starts the rooms'
-    /// pacing windows: from the end of the writes, so that a delivery that
+    /// Writes a room delivery queued under the lock, then starts the room's
+    /// pacing window: from the end of the writes, so that a delivery that
     /// takes long is not followed at once by the next.
-    fn write_rooms(&self, rooms: &[&RoomName], out: &[Peer]) {
+    fn write_room(&self, room: &RoomName, out: &[Peer]) {
         self.write_out(out);
-        if self.pacing.max_window.is_zero() || rooms.is_empty() {
+        if self.pacing.max_window.is_zero() {
             return;
         }
         let now = Instant::now();
-        let mut state = self.lock();
-        for room in rooms {
-            if let Some(entry) = state.rooms.get_mut(*room) {
-                entry.last_delivery = Some(now);
-            }
+        if let Some(entry) = self.lock().rooms.get_mut(room) {
+            entry.last_delivery = Some(now);
         }
     }
 
@@ -630,56 +627,32 @@ impl Registry {
 }
 
 impl LocalDelivery for Registry {
-    fn deliver(&self, frames: &[(RoomName, Frame)]) {
+    fn deliver(&self, room: &RoomName, frame: &Frame) {
         let now = Instant::now();
-        // Each room's frames, in order: a room's share of a commit goes to
-        // each member in one write.
-        let mut rooms: Vec<(&RoomName, Vec<Frame>)> = Vec::new();
-        let mut index: HashMap<&RoomName, usize> = HashMap::new();
-        for (room, frame) in frames {
-            let i = *index.entry(room).or_insert_with(|| {
-                rooms.push((room, Vec::new()));
-                rooms.len() - 1
-            });
-            rooms[i].1.push(frame.clone());
-        }
-        let mut out = Vec::new();
-        let mut delivered = Vec::new();
-        let mut flushes = Vec::new();
         let mut state = self.lock();
-        let mut queued = 0;
-        for (room, frames) in rooms {
-            let Some(entry) = state.rooms.get_mut(room) else {
-                continue;
-            };
-            if !entry.held.is_empty() {
-                // A flush is already scheduled; these go out with it.
-                entry.held.extend(frames);
-                continue;
-            }
-            let window = self.pacing.window(entry.members.len());
-            if let Some(last) = entry.last_delivery
-                && now < last + window
-            {
-                entry.held.extend(frames);
-                flushes.push((room, last + window));
-                continue;
-            }
-            entry.last_delivery = Some(now);
-            queued += entry.deliver(&frames, None, &mut out);
-            delivered.push(room);
+        let Some(entry) = state.rooms.get_mut(room) else {
+            return;
+        };
+        if !entry.held.is_empty() {
+            // A flush is already scheduled; this goes out with it.
+            entry.held.push(frame.clone());
+            return;
         }
-        self.metrics.frames_out.inc_by(queued);
+        let window = self.pacing.window(entry.members.len());
+        if let Some(last) = entry.last_delivery
+            && now < last + window
+        {
+            entry.held.push(frame.clone());
+            drop(state);
+            self.schedule_flush(room, last + window);
+            return;
+        }
+        entry.last_delivery = Some(now);
+        let mut out = Vec::new();
+        let n = entry.deliver(std::slice::from_ref(frame), None, &mut out);
+        self.metrics.frames_out.inc_by(n);
         drop(state);
-        for (room, at) in flushes {
-            self.schedule_flush(room, at);
-        }
-        if delivered.len() > 1 {
-            // Someone in several of the rooms is written once, for all of them.
-            out.sort_unstable_by_key(Peer::id);
-            out.dedup_by_key(|peer| peer.id());
-        }
-        self.write_rooms(&delivered, &out);
+        self.write_room(room, &out);
     }
 }
 
