@@ -97,10 +97,10 @@ fn fanout(c: &mut Criterion) {
         b.iter_custom(|iters| {
             let mut elapsed = std::time::Duration::ZERO;
             for _ in 0..iters {
-                let frame = Frame::message(text.clone(), seq);
+                let frames = [(room.clone(), Frame::message(text.clone(), seq))];
                 seq += 1;
                 let start = std::time::Instant::now();
-                registry.deliver(&room, &frame);
+                registry.deliver(&frames);
                 elapsed += start.elapsed();
                 // Drain outside the timed part, as the connections' writers would.
                 for (_, outbox) in &outboxes {

@@ -20,9 +20,9 @@ impl LocalBroker {
 
 #[async_trait]
 impl Broker for LocalBroker {
-    async fn publish(&self, room: &RoomName, frame: Frame) -> Result<(), BrokerError> {
+    async fn publish(&self, frames: Vec<(RoomName, Frame)>) -> Result<(), BrokerError> {
         // Synchronous hand-off keeps publish order equal to delivery order.
-        self.delivery.deliver(room, &frame);
+        self.delivery.deliver(&frames);
         Ok(())
     }
 }

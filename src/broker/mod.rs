@@ -23,12 +23,15 @@ pub enum BrokerError {
 
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
-    /// Delivers `frame` to every member of `room` on every server. Frames
-    /// published from one task arrive in the order they were published.
-    async fn publish(&self, room: &RoomName, frame: Frame) -> Result<(), BrokerError>;
+    /// Delivers each frame to every member of its room on every server:
+    /// usually the messages of one commit, handed over together so that a
+    /// server can write them out together. Frames of a room published from
+    /// one task arrive in the order they were published.
+    async fn publish(&self, frames: Vec<(RoomName, Frame)>) -> Result<(), BrokerError>;
 }
 
-/// The receiving end on each server: hands a frame to this server's members of a room.
+/// The receiving end on each server: hands frames to this server's members
+/// of their rooms, in order within each room.
 pub trait LocalDelivery: Send + Sync + 'static {
-    fn deliver(&self, room: &RoomName, frame: &Frame);
+    fn deliver(&self, frames: &[(RoomName, Frame)]);
 }

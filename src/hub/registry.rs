@@ -568,7 +568,7 @@ impl Registry {
         let n = entry.flush_held(Instant::now(), &mut out);
         self.metrics.frames_out.inc_by(n);
         drop(state);
-        self.write_room(room, &out);
+        self.write_rooms(&[room], &out);
     }
 
     /// Delivers everything pacing holds, in every room (at shutdown, before
@@ -587,17 +587,20 @@ impl Registry {
         self.write_out(&out);
     }
 
-    /// Writes a room delivery queued under the lock, then starts the room's
-    /// pacing window: from the end of the writes, so that a delivery that
+    /// Writes room deliveries queued under the lock, then starts the rooms'
+    /// pacing windows: from the end of the writes, so that a delivery that
     /// takes long is not followed at once by the next.
-    fn write_room(&self, room: &RoomName, out: &[Peer]) {
+    fn write_rooms(&self, rooms: &[&RoomName], out: &[Peer]) {
         self.write_out(out);
-        if self.pacing.max_window.is_zero() {
+        if self.pacing.max_window.is_zero() || rooms.is_empty() {
             return;
         }
         let now = Instant::now();
-        if let Some(entry) = self.lock().rooms.get_mut(room) {
-            entry.last_delivery = Some(now);
+        let mut state = self.lock();
+        for room in rooms {
+            if let Some(entry) = state.rooms.get_mut(*room) {
+                entry.last_delivery = Some(now);
+            }
         }
     }
 
@@ -627,32 +630,56 @@ impl Registry {
 }
 
 impl LocalDelivery for Registry {
-    fn deliver(&self, room: &RoomName, frame: &Frame) {
+    fn deliver(&self, frames: &[(RoomName, Frame)]) {
         let now = Instant::now();
-        let mut state = self.lock();
-        let Some(entry) = state.rooms.get_mut(room) else {
-            return;
-        };
-        if !entry.held.is_empty() {
-            // A flush is already scheduled; this goes out with it.
-            entry.held.push(frame.clone());
-            return;
+        // Each room's frames, in order: a room's share of a commit goes to
+        // each member in one write.
+        let mut rooms: Vec<(&RoomName, Vec<Frame>)> = Vec::new();
+        let mut index: HashMap<&RoomName, usize> = HashMap::new();
+        for (room, frame) in frames {
+            let i = *index.entry(room).or_insert_with(|| {
+                rooms.push((room, Vec::new()));
+                rooms.len() - 1
+            });
+            rooms[i].1.push(frame.clone());
         }
-        let window = self.pacing.window(entry.members.len());
-        if let Some(last) = entry.last_delivery
-            && now < last + window
-        {
-            entry.held.push(frame.clone());
-            drop(state);
-            self.schedule_flush(room, last + window);
-            return;
-        }
-        entry.last_delivery = Some(now);
         let mut out = Vec::new();
-        let n = entry.deliver(std::slice::from_ref(frame), None, &mut out);
-        self.metrics.frames_out.inc_by(n);
+        let mut delivered = Vec::new();
+        let mut flushes = Vec::new();
+        let mut state = self.lock();
+        let mut queued = 0;
+        for (room, frames) in rooms {
+            let Some(entry) = state.rooms.get_mut(room) else {
+                continue;
+            };
+            if !entry.held.is_empty() {
+                // A flush is already scheduled; these go out with it.
+                entry.held.extend(frames);
+                continue;
+            }
+            let window = self.pacing.window(entry.members.len());
+            if let Some(last) = entry.last_delivery
+                && now < last + window
+            {
+                entry.held.extend(frames);
+                flushes.push((room, last + window));
+                continue;
+            }
+            entry.last_delivery = Some(now);
+            queued += entry.deliver(&frames, None, &mut out);
+            delivered.push(room);
+        }
+        self.metrics.frames_out.inc_by(queued);
         drop(state);
-        self.write_room(room, &out);
+        for (room, at) in flushes {
+            self.schedule_flush(room, at);
+        }
+        if delivered.len() > 1 {
+            // Someone in several of the rooms is written once, for all of them.
+            out.sort_unstable_by_key(Peer::id);
+            out.dedup_by_key(|peer| peer.id());
+        }
+        self.write_rooms(&delivered, &out);
     }
 }
 
@@ -662,10 +689,18 @@ mod tests {
     use crate::hub::Outbox;
 
     fn join(registry: &Registry, room: &str, name: &str) {
-        let peer = Peer::new(Arc::new(Outbox::new(64, 1 << 20)));
+        join_as(
+            registry,
+            &Peer::new(Arc::new(Outbox::new(64, 1 << 20))),
+            room,
+            name,
+        );
+    }
+
+    fn join_as(registry: &Registry, peer: &Peer, room: &str, name: &str) {
         let room = RoomName::parse(room).unwrap();
         let name = Nickname::parse(name).unwrap();
-        registry.begin_join(&room, &peer, &name);
+        registry.begin_join(&room, peer, &name);
         let catch_up = PreparedCatchUp {
             messages: EncodedMessages::encode::<crate::protocol::ChatMessage>(&[]),
             last_seq: 0,
@@ -698,5 +733,43 @@ mod tests {
         assert_eq!(registry.busiest(10).len(), 5);
         assert_eq!(registry.busiest(0).len(), 0);
         assert_eq!(registry.online_in(&["c", "nowhere", "a"]), [3, 0, 1]);
+    }
+
+    /// Chat messages queued for an outbox (join replies and presence aside).
+    fn messages(outbox: &Outbox) -> Vec<u64> {
+        let (frames, _) = outbox.take(1000);
+        frames.iter().filter_map(Frame::seq).collect()
+    }
+
+    #[test]
+    fn one_commit_over_several_rooms_reaches_each_member_once_in_room_order() {
+        let registry = Registry::new(
+            Arc::new(Metrics::new()),
+            Pacing::OFF,
+            SocketWrites::OneByOne,
+        );
+        let both = Arc::new(Outbox::new(64, 1 << 20));
+        let only_a = Arc::new(Outbox::new(64, 1 << 20));
+        let peer = Peer::new(both.clone());
+        join_as(&registry, &peer, "a", "both");
+        join_as(&registry, &peer, "b", "both");
+        join_as(&registry, &Peer::new(only_a.clone()), "a", "only");
+        let _ = (messages(&both), messages(&only_a));
+        let (a, b) = (RoomName::parse("a").unwrap(), RoomName::parse("b").unwrap());
+        // Seqs are per room; 10+ marks room b's.
+        let frame = |seq| Frame::message(format!("{{\"seq\":{seq}}}"), seq);
+        registry.deliver(&[
+            (a.clone(), frame(1)),
+            (b.clone(), frame(11)),
+            (a.clone(), frame(2)),
+            (b.clone(), frame(12)),
+        ]);
+        let mut got = messages(&both);
+        // Each room's messages in order, each once, whatever the rooms' interleaving.
+        let room_a: Vec<u64> = got.iter().copied().filter(|s| *s < 10).collect();
+        assert_eq!(room_a, [1, 2]);
+        got.retain(|s| *s > 10);
+        assert_eq!(got, [11, 12]);
+        assert_eq!(messages(&only_a), [1, 2]);
     }
 }

@@ -5,9 +5,10 @@
 //! share one commit and one fsync — and only then, in seq order, queues
 //! `sent` to each sender and publishes each `message`. Because one task does
 //! both, delivery order equals storage order for every member. Commits start
-//! at most every `--commit-interval` (2 ms): under load the sends arriving
-//! meanwhile join the next commit, so the cost of a transaction (its fsync,
-//! its hand-off to the storage thread) is shared by more of them.
+//! at most every `--commit-interval` (2 ms) once commits carry several sends:
+//! under load the sends arriving meanwhile join the next commit, so the cost
+//! of a transaction (its fsync, its hand-off to the storage thread) is shared
+//! by more of them, while a trickle of sends is stored without waiting.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,13 +45,24 @@ pub struct Writer {
     pub commit_interval: Duration,
 }
 
+/// When the next commit may start, given when the last one started and how
+/// many sends it carried. Under load — the last commit carried several — not
+/// before the interval has passed, so that the sends arriving meanwhile share
+/// one transaction, one fsync, one hand-off to the storage thread. A send
+/// after a quiet spell, or a trickle of sends each alone in its commit, would
+/// only be delayed by waiting: it is committed at once.
+fn wait_until(last: Option<(Instant, usize)>, interval: Duration) -> Option<Instant> {
+    let (started, carried) = last?;
+    (carried > 1).then(|| started + interval)
+}
+
 impl Writer {
     /// Stores and publishes queued sends until `shutdown`; then refuses new
     /// ones and finishes everything already queued before returning.
     pub async fn run(self, mut jobs_rx: mpsc::Receiver<SendJob>, shutdown: CancellationToken) {
         let mut jobs = Vec::with_capacity(self.batch_max);
         let mut closing = false;
-        let mut last_commit: Option<Instant> = None;
+        let mut last_commit: Option<(Instant, usize)> = None;
         loop {
             tokio::select! {
                 n = jobs_rx.recv_many(&mut jobs, self.batch_max) => {
@@ -58,20 +70,18 @@ impl Writer {
                         break;
                     }
                     // Under load, wait out the interval so that the sends
-                    // arriving meanwhile share this commit (one transaction,
-                    // one fsync, one hand-off to the storage thread); a
-                    // send after a quiet spell is committed at once.
-                    if let Some(last) = last_commit
-                        && last.elapsed() < self.commit_interval
+                    // arriving meanwhile share this commit (see `wait_until`).
+                    if let Some(at) = wait_until(last_commit, self.commit_interval)
+                        && Instant::now() < at
                         && !closing
                     {
-                        tokio::time::sleep_until(last + self.commit_interval).await;
+                        tokio::time::sleep_until(at).await;
                         while jobs.len() < self.batch_max {
                             let Ok(job) = jobs_rx.try_recv() else { break };
                             jobs.push(job);
                         }
                     }
-                    last_commit = Some(Instant::now());
+                    last_commit = Some((Instant::now(), jobs.len()));
                     self.commit(&mut jobs).await;
                 }
                 () = shutdown.cancelled(), if !closing => {
@@ -99,6 +109,8 @@ impl Writer {
             Ok(stored) => {
                 self.metrics.messages_stored.inc_by(stored.len() as u64);
                 self.metrics.commits.inc();
+                let mut frames = Vec::with_capacity(stored.len());
+                let mut senders = Vec::with_capacity(stored.len());
                 for (job, message) in jobs.drain(..).zip(stored) {
                     // Before publishing: a joiner that reads the tail after
                     // this gets the message in its reply, or live — never neither.
@@ -106,7 +118,7 @@ impl Writer {
                     self.recent.committed(&message, &encoded);
                     // Queued, not written yet: the sender is usually a member,
                     // and its `sent` then leaves in one write with its own
-                    // copy of the message.
+                    // copy of the message (and after it is stored, before it).
                     let sent = Frame::new(encode(
                         &ServerMsg::Sent {
                             room: message.room.clone(),
@@ -119,13 +131,20 @@ impl Writer {
                     job.sender.queue(std::slice::from_ref(&sent));
                     let seq = message.seq;
                     let frame = Frame::message(protocol::encode_message(&encoded), seq);
-                    if let Err(e) = self.broker.publish(&job.room, frame).await {
-                        // Stored, so nobody loses it: members catch up with `since`.
-                        tracing::error!(room = ?job.room.as_str(), error = %e, "publish failed");
-                    }
+                    frames.push((job.room, frame));
+                    senders.push(job.sender);
+                }
+                // The whole commit at once: its deliveries, over however
+                // many rooms, go out in one round of writes.
+                let messages = frames.len();
+                if let Err(e) = self.broker.publish(frames).await {
+                    // Stored, so nobody loses them: members catch up with `since`.
+                    tracing::error!(error = %e, messages, "publish failed");
+                }
+                for sender in senders {
                     // Whatever the delivery did not take along (pacing held
                     // the message, or the sender left the room).
-                    job.sender.write_queued();
+                    sender.write_queued();
                 }
             }
             Err(e) => {
@@ -139,5 +158,23 @@ impl Writer {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_commit_that_carried_several_sends_makes_the_next_wait() {
+        let interval = Duration::from_millis(2);
+        let started = Instant::now();
+        assert_eq!(wait_until(None, interval), None, "the first commit");
+        assert_eq!(wait_until(Some((started, 1)), interval), None, "a trickle");
+        assert_eq!(
+            wait_until(Some((started, 2)), interval),
+            Some(started + interval),
+            "under load"
+        );
     }
 }

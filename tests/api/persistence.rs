@@ -165,10 +165,12 @@ async fn a_dropped_client_resumes_with_exactly_what_it_missed() {
     );
 }
 
-/// `--commit-interval`: a send after a quiet spell is stored at once; sends
-/// arriving within the interval of the last commit share the next one.
+/// `--commit-interval`: a send after a quiet spell, and a trickle of sends
+/// each alone in its commit, are stored at once; once commits carry several
+/// sends, the next waits out the interval so that the sends arriving
+/// meanwhile share it.
 #[tokio::test]
-async fn sends_under_load_share_a_commit_and_a_lone_send_is_not_delayed() {
+async fn a_trickle_of_sends_is_not_delayed_and_a_flood_shares_commits() {
     let interval = std::time::Duration::from_millis(400);
     let app = spawn_app_with(|c| {
         unlimited(c);
@@ -178,22 +180,41 @@ async fn sends_under_load_share_a_commit_and_a_lone_send_is_not_delayed() {
     let commits = || app.metric("chatterpro_storage_commits_total");
     let mut alice = app.member("alice", "Chat Room").await;
     let before = commits().await.unwrap_or(0.0);
-    let started = tokio::time::Instant::now();
-    alice.say("Chat Room", "lone").await;
-    assert!(
-        started.elapsed() < interval / 2,
-        "a lone send waited {:?}",
-        started.elapsed()
-    );
-    // Each of these would be committed on its own (the previous commit is
-    // long done when the next arrives), but all come within the interval.
     for i in 0..4 {
-        alice
-            .send_json(json!({"type":"send","room":"Chat Room","text":format!("m{i}")}))
-            .await;
+        let started = tokio::time::Instant::now();
+        alice.say("Chat Room", &format!("lone {i}")).await;
+        assert!(
+            started.elapsed() < interval / 2,
+            "send {i} of a trickle waited {:?}",
+            started.elapsed()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let trickle = commits().await.unwrap() - before;
+    assert_eq!(trickle, 4.0, "each send of the trickle had its own commit");
+
+    // Five people sending every 50 ms for half a second: one commit per
+    // tick at least without the interval; with it, once a commit has
+    // carried several sends, at most one per 400 ms.
+    let mut people = Vec::new();
+    for k in 0..5 {
+        people.push(app.member(&format!("p{k}"), "Chat Room").await);
+    }
+    let before = commits().await.unwrap();
+    for tick in 0..10 {
+        for person in &mut people {
+            person
+                .send_json(json!({"type":"send","room":"Chat Room","text":format!("t{tick}")}))
+                .await;
+        }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    assert_eq!(alice.recv_sents(4).await, [2, 3, 4, 5]);
-    let after = commits().await.unwrap();
-    assert_eq!(after - before, 2.0, "the four sends shared one commit");
+    for person in &mut people {
+        assert_eq!(person.recv_sents(10).await.len(), 10);
+    }
+    let flood = commits().await.unwrap() - before;
+    assert!(
+        flood <= 5.0,
+        "50 sends over 10 ticks took {flood} commits: the interval did not apply"
+    );
 }
