@@ -138,24 +138,27 @@ async fn rate_search_finds_a_passing_rate_and_doubles_it() {
 }
 
 #[test]
-fn loopback_measures_the_cost_of_a_write() {
-    let args = chatterpro::bench::loopback::LoopbackArgs {
-        conns: 20,
-        rounds: 50.0,
-        frames: 2,
-        frame_bytes: 100,
-        duration: Duration::from_millis(400),
-        writer_core: 0,
-        reader_core: 1,
-    };
-    let report = chatterpro::bench::loopback::run(args).expect("loopback runs");
-    println!("{report}");
-    assert!(report.failures().is_empty(), "{:?}", report.failures());
-    assert_eq!(report.bytes_per_write, 200);
-    // 20 sockets, a round every 20 ms, for 400 ms: about 20 rounds.
-    assert!(
-        report.writes >= 100 && report.writes.is_multiple_of(20),
-        "{report:?}"
-    );
-    assert!(report.us_per_write.is_finite());
+fn loopback_measures_the_cost_of_a_write_one_by_one_and_through_io_uring() {
+    for io_uring in [false, true] {
+        let args = chatterpro::bench::loopback::LoopbackArgs {
+            conns: 20,
+            rounds: 50.0,
+            frames: 2,
+            frame_bytes: 100,
+            duration: Duration::from_millis(400),
+            writer_core: 0,
+            reader_core: 1,
+            io_uring,
+        };
+        let report = chatterpro::bench::loopback::run(args).expect("loopback runs");
+        println!("{report}");
+        assert!(report.failures().is_empty(), "{:?}", report.failures());
+        assert_eq!((report.bytes_per_write, report.io_uring), (200, io_uring));
+        // 20 sockets, a round every 20 ms, for 400 ms: about 20 rounds.
+        assert!(
+            report.writes >= 100 && report.writes.is_multiple_of(20),
+            "{report:?}"
+        );
+        assert!(report.us_per_write.is_finite());
+    }
 }
