@@ -4,7 +4,7 @@
 //! messages go to the members of many rooms. On loopback one `writev` costs
 //! 5–7 µs on the machines measured; handing a round of sends to the kernel in
 //! one `io_uring_enter` instead of one system call each cut the server's CPU
-//! per delivery by 8–15 % (docs/performance.md): TCP's own work is the same,
+//! per delivery by 5–15 % (docs/performance.md): TCP's own work is the same,
 //! the per-call overhead and the bookkeeping around each call are not.
 //!
 //! The ring is used as a vectored system call, never as an event loop:
