@@ -213,3 +213,93 @@ async fn concurrent_joiners_end_with_the_full_users_list() {
         }
     }
 }
+
+/// Room deliveries go to the kernel through io_uring (the default) or as one
+/// `writev` per member (`--io-uring false`, and wherever io_uring is
+/// refused). Either way, a pipelined burst over two rooms — several messages
+/// per commit, several rooms per commit — reaches every member of each room
+/// complete and in order, and the sender's `sent` comes before its echo.
+#[tokio::test]
+async fn both_socket_write_paths_deliver_a_burst_over_two_rooms_in_order() {
+    for io_uring in [true, false] {
+        let app = spawn_app_with(|c| {
+            unlimited(c);
+            c.io_uring = io_uring;
+        })
+        .await;
+        let mut ann = app.member("ann", "Chat Room").await;
+        ann.join("Other").await;
+        let mut bob = app.member("bob", "Chat Room").await;
+        let mut cat = app.member("cat", "Other").await;
+        const N: usize = 40;
+        let room = |i: usize| {
+            if i.is_multiple_of(2) {
+                "Chat Room"
+            } else {
+                "Other"
+            }
+        };
+        for i in 0..N {
+            ann.send_json(json!({"type":"send","room":room(i),"text":format!("m{i}")}))
+                .await;
+        }
+        // Each member's messages, by room, in arrival order.
+        async fn messages(client: &mut Client, n: usize) -> Vec<(String, String)> {
+            let mut got = Vec::new();
+            while got.len() < n {
+                let v = client.recv_until("message").await;
+                got.push((
+                    v["room"].as_str().unwrap().to_owned(),
+                    v["text"].as_str().unwrap().to_owned(),
+                ));
+            }
+            got
+        }
+        let expected = |r: &str| -> Vec<String> {
+            (0..N)
+                .filter(|i| room(*i) == r)
+                .map(|i| format!("m{i}"))
+                .collect()
+        };
+        let only = |got: &[(String, String)], r: &str| -> Vec<String> {
+            got.iter()
+                .filter(|(room, _)| room == r)
+                .map(|(_, t)| t.clone())
+                .collect()
+        };
+        let got = messages(&mut bob, N / 2).await;
+        assert_eq!(
+            only(&got, "Chat Room"),
+            expected("Chat Room"),
+            "io_uring {io_uring}"
+        );
+        let got = messages(&mut cat, N / 2).await;
+        assert_eq!(
+            only(&got, "Other"),
+            expected("Other"),
+            "io_uring {io_uring}"
+        );
+        // The sender: every `sent` before its own echo, each room in order.
+        let mut acked = std::collections::HashSet::new();
+        let mut echoes = Vec::new();
+        while echoes.len() < N {
+            let v = ann.recv().await;
+            let key = (v["room"].to_string(), v["seq"].to_string());
+            match v["type"].as_str() {
+                Some("sent") => {
+                    acked.insert(key);
+                }
+                Some("message") => {
+                    assert!(acked.contains(&key), "an echo before its sent: {v}");
+                    echoes.push((
+                        v["room"].as_str().unwrap().to_owned(),
+                        v["text"].as_str().unwrap().to_owned(),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(only(&echoes, "Chat Room"), expected("Chat Room"));
+        assert_eq!(only(&echoes, "Other"), expected("Other"));
+    }
+}
