@@ -8,7 +8,8 @@
 //! - [`conn`]: one WebSocket session on its TCP socket, one task: a reader
 //!   (frames decoded in `conn::wire`) and a writer for what the outbox could
 //!   not write straight through (`hub::peer`).
-//! - [`hub`]: names, rooms, presence and pacing, the group-commit writer — who is where.
+//! - [`hub`]: names, rooms, presence and pacing, the group-commit writer — who is where;
+//!   a delivery round's socket writes batched through io_uring (`hub::batch`).
 //! - [`storage`]: the `MessageStore` trait and its SQLite implementation.
 //! - [`broker`]: the `Broker` trait (fan-out between servers) and its in-process implementation.
 //! - [`protocol`]: the wire format (requests, replies, error codes, limits).

@@ -7,10 +7,11 @@
 //! [`MessageStore`] and [`Broker`] traits, chosen once in `app.rs`.
 //!
 //! The order of events for a send: membership checked here → queued to the
-//! `writer` → stored (group commit) → recorded in `recent` → `sent` to
-//! the sender → published via the broker → delivered by the [`Registry`] to
-//! each member's outbox. A join reads its catch-up from `recent` when it can,
-//! from storage otherwise.
+//! `writer` → stored (group commit) → recorded in `recent` → `sent` queued
+//! to the sender → the commit's messages published together via the broker
+//! → delivered by the [`Registry`] to each member's outbox → the round's
+//! socket writes handed to the kernel together (`batch`). A join reads its
+//! catch-up from `recent` when it can, from storage otherwise.
 
 mod batch;
 mod peer;
