@@ -29,6 +29,10 @@ pub struct Metrics {
     /// Transactions that stored messages (messages_stored / commits is the group-commit batch).
     pub commits: Counter,
     pub frames_out: Counter,
+    /// Socket sends handed to the kernel in io_uring batches, and the
+    /// system calls that carried them (`hub::batch`).
+    pub batched_sends: Counter,
+    pub send_batches: Counter,
     errors: Family<ErrorLabels, Counter>,
     closes: Family<CloseLabels, Counter>,
 }
@@ -78,6 +82,18 @@ impl Metrics {
             "Room frames (messages, presence) queued to members",
             frames_out.clone(),
         );
+        let batched_sends = Counter::default();
+        registry.register(
+            "socket_batched_sends",
+            "Socket sends of room deliveries handed to the kernel through io_uring",
+            batched_sends.clone(),
+        );
+        let send_batches = Counter::default();
+        registry.register(
+            "socket_send_batches",
+            "io_uring_enter calls that carried batched sends",
+            send_batches.clone(),
+        );
         let errors = Family::<ErrorLabels, Counter>::default();
         registry.register("errors", "Error replies sent, by code", errors.clone());
         let closes = Family::<CloseLabels, Counter>::default();
@@ -100,6 +116,8 @@ impl Metrics {
             messages_stored,
             commits,
             frames_out,
+            batched_sends,
+            send_batches,
             errors,
             closes,
         }

@@ -47,14 +47,25 @@ impl SocketWrites {
     }
 }
 
+/// What a round's batching did: system calls made and sends they carried.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Batched {
+    pub calls: u64,
+    pub sends: u64,
+}
+
 /// Writes what is queued for each of `peers` (see [`Peer::write_queued`]).
-pub fn write_all(peers: &[Peer], how: SocketWrites) {
-    if how == SocketWrites::Batched && peers.len() > 1 && ring::write_all(peers) {
-        return;
+pub fn write_all(peers: &[Peer], how: SocketWrites) -> Batched {
+    if how == SocketWrites::Batched
+        && peers.len() > 1
+        && let Some(batched) = ring::write_all(peers)
+    {
+        return batched;
     }
     for peer in peers {
         peer.write_queued();
     }
+    Batched::default()
 }
 
 /// The claimed writes of one chunk of a round, and what became of them.
@@ -114,7 +125,7 @@ mod ring {
 
     use io_uring::{IoUring, Probe, opcode, types};
 
-    use super::{Peer, Round};
+    use super::{Batched, Peer, Round};
 
     /// Sends per `io_uring_enter`: a 1,000-member round is four calls.
     const ENTRIES: u32 = 256;
@@ -141,11 +152,17 @@ mod ring {
         with_batcher(|_| ()).is_some()
     }
 
-    /// Writes a round through this thread's ring; false if there is none.
-    pub(super) fn write_all(peers: &[Peer]) -> bool {
+    /// Writes a round through this thread's ring; `None` if there is none.
+    pub(super) fn write_all(peers: &[Peer]) -> Option<Batched> {
+        let mut batched = Batched::default();
         let failed = with_batcher(|batcher| {
             for chunk in peers.chunks(ENTRIES as usize) {
                 batcher.round.claim(chunk);
+                let claims = batcher.round.claims.len() as u64;
+                if claims > 0 {
+                    batched.calls += 1;
+                    batched.sends += claims;
+                }
                 let sent = batcher.send();
                 // Sends the kernel did not report on sent nothing: those
                 // outboxes keep their frames for their writers.
@@ -155,11 +172,10 @@ mod ring {
                 }
             }
             None
-        });
+        })?;
         match failed {
-            None => false,
-            Some(None) => true,
-            Some(Some(e)) => {
+            None => Some(batched),
+            Some(e) => {
                 tracing::warn!(error = %e, "io_uring failed; socket writes go one by one from now on");
                 // Dropping the ring discards whatever it did not take.
                 STATE.with(|state| *state.borrow_mut() = State::Unavailable);
@@ -168,7 +184,7 @@ mod ring {
                 for peer in peers {
                     peer.write_queued();
                 }
-                true
+                Some(batched)
             }
         }
     }
@@ -285,14 +301,14 @@ mod ring {
 
 #[cfg(not(target_os = "linux"))]
 mod ring {
-    use super::Peer;
+    use super::{Batched, Peer};
 
     pub(super) fn available() -> bool {
         false
     }
 
-    pub(super) fn write_all(_: &[Peer]) -> bool {
-        false
+    pub(super) fn write_all(_: &[Peer]) -> Option<Batched> {
+        None
     }
 }
 
@@ -378,7 +394,17 @@ mod tests {
         for peer in &peers {
             peer.queue(&frames[..2]);
         }
-        write_all(&peers, how);
+        let batched = write_all(&peers, how);
+        if how == SocketWrites::Batched {
+            // 300 sockets: one call for 256 of them, one for the rest.
+            assert_eq!(
+                batched,
+                Batched {
+                    calls: 2,
+                    sends: 300
+                }
+            );
+        }
         for peer in &peers {
             peer.queue(&frames[2..]);
         }

@@ -607,7 +607,9 @@ impl Registry {
     /// Writes what was queued for `peers` under the registry's lock, once it
     /// is released: socket writes never happen under it.
     fn write_out(&self, peers: &[Peer]) {
-        batch::write_all(peers, self.writes);
+        let batched = batch::write_all(peers, self.writes);
+        self.metrics.send_batches.inc_by(batched.calls);
+        self.metrics.batched_sends.inc_by(batched.sends);
     }
 
     /// Flushes `room` at `at`. Without a runtime (a benchmark driving the

@@ -301,5 +301,20 @@ async fn both_socket_write_paths_deliver_a_burst_over_two_rooms_in_order() {
         }
         assert_eq!(only(&echoes, "Chat Room"), expected("Chat Room"));
         assert_eq!(only(&echoes, "Other"), expected("Other"));
+        let batched = app
+            .metric("chatterpro_socket_batched_sends_total")
+            .await
+            .unwrap_or(0.0);
+        if !io_uring {
+            assert_eq!(batched, 0.0, "--io-uring false sent through io_uring");
+        } else if batched == 0.0 {
+            // The kernel refused io_uring: fine on a developer's machine
+            // (e.g. Docker's seccomp profile), not on CI's.
+            assert_ne!(
+                std::env::var("CI").as_deref(),
+                Ok("true"),
+                "no send went through io_uring"
+            );
+        }
     }
 }
