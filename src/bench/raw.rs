@@ -119,6 +119,21 @@ impl RawWs {
         }
     }
 
+    /// The next frame already read, without reading more: what arrived
+    /// with the frame [`Self::next_text`] returned. `None` once the buffer
+    /// holds no whole frame.
+    pub fn next_buffered(&mut self) -> Option<IncomingText<Bytes>> {
+        loop {
+            return match self.parse() {
+                Ok(Some(Parsed::Text(text))) => Some(IncomingText::Text(text)),
+                Ok(Some(Parsed::Close(code))) => Some(IncomingText::Closed(code)),
+                Ok(Some(Parsed::Skip)) => continue,
+                Ok(None) => None,
+                Err(what) => Some(IncomingText::Garbage(what.to_owned())),
+            };
+        }
+    }
+
     /// The next frame as a JSON object.
     pub async fn next_json(&mut self) -> Result<Value, CallError> {
         match self.next_text().await {
