@@ -91,9 +91,10 @@ pub struct Config {
           value_parser = parse_window)]
     pub broadcast_window: Duration,
 
-    /// A room's pacing window per member (see --broadcast-window): about
-    /// half what one small socket write costs on this kind of machine.
-    #[arg(long, env = "CHATTERPRO_BROADCAST_PER_MEMBER", default_value = "5us",
+    /// A room's pacing window per member (see --broadcast-window): under
+    /// what one small socket write costs on this kind of machine. 4 µs gave
+    /// a lower p99 than 5 (and 3) under heavy fan-out in docs/performance.md.
+    #[arg(long, env = "CHATTERPRO_BROADCAST_PER_MEMBER", default_value = "4us",
           value_parser = parse_window)]
     pub broadcast_per_member: Duration,
 
