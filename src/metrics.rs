@@ -6,6 +6,7 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::protocol::ErrorCode;
@@ -33,6 +34,12 @@ pub struct Metrics {
     /// system calls that carried them (`hub::batch`).
     pub batched_sends: Counter,
     pub send_batches: Counter,
+    /// Where a message's time goes on the server (seconds): waiting for
+    /// the writer (`send_wait`), its transaction (`commit`), and the
+    /// delivery round that publishing its commit ran (`publish`).
+    pub send_wait: Histogram,
+    pub commit_seconds: Histogram,
+    pub publish_seconds: Histogram,
     errors: Family<ErrorLabels, Counter>,
     closes: Family<CloseLabels, Counter>,
 }
@@ -94,6 +101,26 @@ impl Metrics {
             "io_uring_enter calls that carried batched sends",
             send_batches.clone(),
         );
+        // 50 µs to ~1.6 s, doubling.
+        let buckets = || Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
+        let send_wait = buckets();
+        registry.register(
+            "send_wait_seconds",
+            "Time an accepted send waited for the writer to take it into a commit",
+            send_wait.clone(),
+        );
+        let commit_seconds = buckets();
+        registry.register(
+            "commit_seconds",
+            "Time a storage transaction of sends took, fsync included",
+            commit_seconds.clone(),
+        );
+        let publish_seconds = buckets();
+        registry.register(
+            "publish_seconds",
+            "Time publishing a commit's messages took (the delivery round it ran, unless pacing held them)",
+            publish_seconds.clone(),
+        );
         let errors = Family::<ErrorLabels, Counter>::default();
         registry.register("errors", "Error replies sent, by code", errors.clone());
         let closes = Family::<CloseLabels, Counter>::default();
@@ -118,6 +145,9 @@ impl Metrics {
             frames_out,
             batched_sends,
             send_batches,
+            send_wait,
+            commit_seconds,
+            publish_seconds,
             errors,
             closes,
         }

@@ -221,6 +221,7 @@ impl Hub {
             text,
             sender: peer.clone(),
             r#ref,
+            accepted: tokio::time::Instant::now(),
         };
         self.jobs_tx
             .send(job)

@@ -33,6 +33,8 @@ pub struct SendJob {
     pub text: MessageText,
     pub sender: Peer,
     pub r#ref: Option<Ref>,
+    /// When the send was accepted (for `chatterpro_send_wait_seconds`).
+    pub accepted: Instant,
 }
 
 pub struct Writer {
@@ -94,6 +96,12 @@ impl Writer {
     }
 
     async fn commit(&self, jobs: &mut Vec<SendJob>) {
+        let started = Instant::now();
+        for job in jobs.iter() {
+            self.metrics
+                .send_wait
+                .observe(started.duration_since(job.accepted).as_secs_f64());
+        }
         let ts = clock::now_ms();
         let batch: Vec<NewMessage> = jobs
             .iter()
@@ -105,7 +113,11 @@ impl Writer {
                 ts,
             })
             .collect();
-        match self.store.append(batch).await {
+        let stored = self.store.append(batch).await;
+        self.metrics
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        match stored {
             Ok(stored) => {
                 self.metrics.messages_stored.inc_by(stored.len() as u64);
                 self.metrics.commits.inc();
@@ -137,10 +149,14 @@ impl Writer {
                 // The whole commit at once: its deliveries, over however
                 // many rooms, go out in one round of writes.
                 let messages = frames.len();
+                let publishing = Instant::now();
                 if let Err(e) = self.broker.publish(frames).await {
                     // Stored, so nobody loses them: members catch up with `since`.
                     tracing::error!(error = %e, messages, "publish failed");
                 }
+                self.metrics
+                    .publish_seconds
+                    .observe(publishing.elapsed().as_secs_f64());
                 for sender in senders {
                     // Whatever the delivery did not take along (pacing held
                     // the message, or the sender left the room).

@@ -90,6 +90,25 @@ async fn metrics_count_connections_messages_and_errors() {
     );
     // bob's join presence to alice + the message to both.
     assert!(value("chatterpro_frames_delivered_total ").await >= 3.0);
+    // Where the message's time went: one wait, one commit, one publish. The
+    // publish is timed after its writes, which may reach alice first.
+    for series in [
+        "chatterpro_send_wait_seconds_count ",
+        "chatterpro_commit_seconds_count ",
+        "chatterpro_publish_seconds_count ",
+    ] {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while value(series).await < 1.0 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(value(series).await, 1.0, "{series}");
+    }
+    // A commit includes its fsync: never free.
+    assert!(value("chatterpro_commit_seconds_sum ").await > 0.0);
+    assert_eq!(
+        value("chatterpro_commit_seconds_bucket{le=\"+Inf\"}").await,
+        1.0
+    );
 }
 
 #[tokio::test]
