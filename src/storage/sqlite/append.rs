@@ -7,14 +7,19 @@
 //! 20-message commit, a third of storage's CPU on a one-core server. Here a
 //! batch is one hand-off to this thread and one back, its statements are
 //! prepared once and cached, and single-row inserts need no statement journal.
+//! Its commits never checkpoint the WAL: a thread of its own does that
+//! ([`super::checkpoint`]).
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
+use rusqlite::hooks::Wal;
 use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot};
 
+use super::checkpoint::{self, CHECKPOINT_PAGES, Checkpointer, HARD_LIMIT_PAGES};
 use crate::protocol::ChatMessage;
 use crate::storage::{NewMessage, StorageError};
 
@@ -39,6 +44,7 @@ impl Appender {
         let path = path.to_owned();
         let (jobs, mut jobs_rx) = mpsc::channel::<Job>(QUEUE);
         let (opened_tx, opened) = oneshot::channel();
+        let checkpointer = Checkpointer::start(&path)?;
         std::thread::Builder::new()
             .name("sqlite-append".into())
             .spawn(move || {
@@ -54,6 +60,8 @@ impl Appender {
                 };
                 while let Some(job) = jobs_rx.blocking_recv() {
                     let _ = job.reply.send(append(&mut conn, job.batch));
+                    // After the reply: nothing here delays this commit's sends.
+                    keep_wal_short(&conn, &checkpointer);
                 }
             })
             .map_err(StorageError::Thread)?;
@@ -92,7 +100,33 @@ fn open(path: &Path) -> Result<Connection, rusqlite::Error> {
         conn.pragma_update_and_check(None, "journal_mode", "wal", |row| row.get(0))?;
     conn.pragma_update(None, "synchronous", "full")?;
     conn.pragma_update(None, "foreign_keys", "on")?;
+    // Replaces SQLite's automatic checkpoint in the commit (see `checkpoint`).
+    conn.wal_hook(Some(note_wal_pages));
     Ok(conn)
+}
+
+thread_local! {
+    /// Pages in the WAL after the append thread's last commit.
+    static WAL_PAGES: Cell<i32> = const { Cell::new(0) };
+}
+
+/// SQLite's hook after each commit, on the committing (append) thread.
+fn note_wal_pages(_: &Wal, pages: std::ffi::c_int) -> rusqlite::Result<()> {
+    WAL_PAGES.with(|p| p.set(pages));
+    Ok(())
+}
+
+/// Asks the checkpoint thread to copy the WAL into the database once it is
+/// long, or does it here if it has grown far past that.
+fn keep_wal_short(conn: &Connection, checkpointer: &Checkpointer) {
+    let pages = WAL_PAGES.with(Cell::get);
+    if pages >= HARD_LIMIT_PAGES {
+        if let Err(e) = checkpoint::checkpoint(conn) {
+            tracing::warn!(error = %e, pages, "WAL checkpoint on the append thread failed");
+        }
+    } else if pages >= CHECKPOINT_PAGES {
+        checkpointer.nudge();
+    }
 }
 
 /// One transaction: advance each room's counter by its share of the batch
@@ -186,6 +220,36 @@ mod tests {
             appender.append(batch).await,
             Err(StorageError::AppenderGone)
         ));
+    }
+
+    #[test]
+    fn a_wal_past_the_hard_limit_is_checkpointed_by_the_append_thread_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.db");
+        let conn = Connection::open(&path).unwrap();
+        let _: String = conn
+            .pragma_update_and_check(None, "journal_mode", "wal", |row| row.get(0))
+            .unwrap();
+        conn.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+        conn.execute_batch("CREATE TABLE t (x BLOB)").unwrap();
+        for _ in 0..50 {
+            conn.execute("INSERT INTO t VALUES (zeroblob(4000))", [])
+                .unwrap();
+        }
+        // The rows are in the WAL; the database file holds only the schema.
+        let db_len = || std::fs::metadata(&path).unwrap().len();
+        let before = db_len();
+        let checkpointer = Checkpointer::start(&path).unwrap();
+        // A short WAL: nothing to do.
+        WAL_PAGES.with(|p| p.set(10));
+        keep_wal_short(&conn, &checkpointer);
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(db_len(), before);
+        // Past the hard limit: copied before `keep_wal_short` returns (the
+        // checkpoint thread was not asked to).
+        WAL_PAGES.with(|p| p.set(HARD_LIMIT_PAGES));
+        keep_wal_short(&conn, &checkpointer);
+        assert!(db_len() > before + 50 * 4000, "{} → {}", before, db_len());
     }
 
     #[tokio::test]
