@@ -711,13 +711,18 @@ mod tests {
         registry.finish_join(&room, peer.id(), catch_up, "hi", None);
     }
 
-    #[test]
-    fn the_busiest_rooms_come_most_first_then_by_name() {
-        let registry = Registry::new(
+    /// A registry that never holds frames and writes one socket at a time.
+    fn unpaced() -> Arc<Registry> {
+        Registry::new(
             Arc::new(Metrics::new()),
             Pacing::OFF,
             SocketWrites::OneByOne,
-        );
+        )
+    }
+
+    #[test]
+    fn the_busiest_rooms_come_most_first_then_by_name() {
+        let registry = unpaced();
         for (room, people) in [("d", 1), ("b", 3), ("a", 1), ("c", 3), ("e", 2)] {
             for i in 0..people {
                 join(&registry, room, &format!("{room}{i}"));
@@ -745,11 +750,7 @@ mod tests {
 
     #[test]
     fn one_commit_over_several_rooms_reaches_each_member_once_in_room_order() {
-        let registry = Registry::new(
-            Arc::new(Metrics::new()),
-            Pacing::OFF,
-            SocketWrites::OneByOne,
-        );
+        let registry = unpaced();
         let both = Arc::new(Outbox::new(64, 1 << 20));
         let only_a = Arc::new(Outbox::new(64, 1 << 20));
         let peer = Peer::new(both.clone());
