@@ -10,7 +10,10 @@
 //! of a transaction (its fsync, its hand-off to the storage thread) is shared
 //! by more of them, while a trickle of sends is stored without waiting.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -23,8 +26,8 @@ use crate::broker::Broker;
 use crate::clock;
 use crate::domain::{MessageText, Nickname, RoomName};
 use crate::metrics::Metrics;
-use crate::protocol::{self, EncodedMessage, ErrorCode, Ref, ServerMsg, encode};
-use crate::storage::{MessageStore, NewMessage};
+use crate::protocol::{self, ChatMessage, EncodedMessage, ErrorCode, Ref, ServerMsg, encode};
+use crate::storage::{MessageStore, NewMessage, StorageError};
 
 /// One accepted send, waiting to be stored.
 pub struct SendJob {
@@ -58,46 +61,89 @@ fn wait_until(last: Option<(Instant, usize)>, interval: Duration) -> Option<Inst
     (carried > 1).then(|| started + interval)
 }
 
+/// A commit handed to the store and not yet reported on, with the sends it carries.
+struct InFlight<'a> {
+    jobs: Vec<SendJob>,
+    started: Instant,
+    stored: StoreFuture<'a>,
+}
+
+type StoreFuture<'a> = Pin<Box<dyn Future<Output = StoreResult> + Send + 'a>>;
+type StoreResult = Result<Vec<ChatMessage>, StorageError>;
+
 impl Writer {
     /// Stores and publishes queued sends until `shutdown`; then refuses new
     /// ones and finishes everything already queued before returning.
+    ///
+    /// Commits are pipelined with deliveries: when a commit ends, the sends
+    /// that arrived meanwhile are handed to the store at once, and only then
+    /// are the finished commit's messages delivered — so the next commit's
+    /// fsync and SQLite work overlap this one's socket writes instead of
+    /// following them. Commits still run one after another, and their
+    /// messages are delivered in commit order, by this one task.
     pub async fn run(self, mut jobs_rx: mpsc::Receiver<SendJob>, shutdown: CancellationToken) {
-        let mut jobs = Vec::with_capacity(self.batch_max);
         let mut closing = false;
         let mut last_commit: Option<(Instant, usize)> = None;
+        let mut in_flight: Option<InFlight<'_>> = None;
         loop {
-            tokio::select! {
-                n = jobs_rx.recv_many(&mut jobs, self.batch_max) => {
-                    if n == 0 {
-                        break;
-                    }
-                    // Under load, wait out the interval so that the sends
-                    // arriving meanwhile share this commit (see `wait_until`).
-                    if let Some(at) = wait_until(last_commit, self.commit_interval)
-                        && Instant::now() < at
-                        && !closing
-                    {
-                        tokio::time::sleep_until(at).await;
-                        while jobs.len() < self.batch_max {
-                            let Ok(job) = jobs_rx.try_recv() else { break };
-                            jobs.push(job);
+            let Some(InFlight {
+                jobs,
+                started,
+                stored,
+            }) = in_flight.take()
+            else {
+                // Nothing in flight: wait for sends.
+                let mut jobs = Vec::with_capacity(self.batch_max);
+                tokio::select! {
+                    n = jobs_rx.recv_many(&mut jobs, self.batch_max) => {
+                        if n == 0 {
+                            break;
                         }
                     }
-                    last_commit = Some((Instant::now(), jobs.len()));
-                    self.commit(&mut jobs).await;
+                    () = shutdown.cancelled(), if !closing => {
+                        closing = true;
+                        jobs_rx.close();
+                        continue;
+                    }
                 }
-                () = shutdown.cancelled(), if !closing => {
-                    closing = true;
-                    jobs_rx.close();
+                // Under load, wait out the interval so that the sends
+                // arriving meanwhile share this commit (see `wait_until`).
+                if let Some(at) = wait_until(last_commit, self.commit_interval)
+                    && Instant::now() < at
+                    && !closing
+                {
+                    tokio::time::sleep_until(at).await;
+                    take_queued(&mut jobs_rx, &mut jobs, self.batch_max);
+                }
+                last_commit = Some((Instant::now(), jobs.len()));
+                in_flight = Some(self.start_commit(jobs).await);
+                continue;
+            };
+            let stored = stored.await;
+            self.metrics
+                .commit_seconds
+                .observe(started.elapsed().as_secs_f64());
+            // Sends that arrived during the commit start theirs now, before
+            // its deliveries are written, if the interval allows.
+            if wait_until(last_commit, self.commit_interval).is_none_or(|at| Instant::now() >= at) {
+                let mut next = Vec::with_capacity(self.batch_max);
+                take_queued(&mut jobs_rx, &mut next, self.batch_max);
+                if !next.is_empty() {
+                    last_commit = Some((Instant::now(), next.len()));
+                    in_flight = Some(self.start_commit(next).await);
                 }
             }
+            self.publish(jobs, stored).await;
         }
         tracing::debug!("writer stopped");
     }
 
-    async fn commit(&self, jobs: &mut Vec<SendJob>) {
+    /// Hands `jobs` to the store as one batch. The store's future is polled
+    /// once here, which for SQLite passes the batch to its thread: the
+    /// commit proceeds there while this task goes on.
+    async fn start_commit(&self, jobs: Vec<SendJob>) -> InFlight<'_> {
         let started = Instant::now();
-        for job in jobs.iter() {
+        for job in &jobs {
             self.metrics
                 .send_wait
                 .observe(started.duration_since(job.accepted).as_secs_f64());
@@ -113,10 +159,21 @@ impl Writer {
                 ts,
             })
             .collect();
-        let stored = self.store.append(batch).await;
-        self.metrics
-            .commit_seconds
-            .observe(started.elapsed().as_secs_f64());
+        let mut stored = self.store.append(batch);
+        let stored: StoreFuture<'_> =
+            match std::future::poll_fn(|cx| Poll::Ready(stored.as_mut().poll(cx))).await {
+                Poll::Ready(done) => Box::pin(std::future::ready(done)),
+                Poll::Pending => stored,
+            };
+        InFlight {
+            jobs,
+            started,
+            stored,
+        }
+    }
+
+    /// Acknowledges and delivers a finished commit's sends, or reports its failure.
+    async fn publish(&self, mut jobs: Vec<SendJob>, stored: StoreResult) {
         match stored {
             Ok(stored) => {
                 self.metrics.messages_stored.inc_by(stored.len() as u64);
@@ -177,9 +234,256 @@ impl Writer {
     }
 }
 
+/// Moves sends already queued into `jobs`, up to `max`, without waiting.
+fn take_queued(jobs_rx: &mut mpsc::Receiver<SendJob>, jobs: &mut Vec<SendJob>, max: usize) {
+    while jobs.len() < max {
+        let Ok(job) = jobs_rx.try_recv() else { break };
+        jobs.push(job);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+    use tokio::sync::Notify;
+
+    use crate::broker::BrokerError;
+    use crate::hub::Outbox;
+    use crate::storage::CatchUp;
+
+    /// What the writer did, in order: `append` when a batch reached the
+    /// store, `publish` when its messages went to the broker.
+    #[derive(Default)]
+    struct Log(Mutex<Vec<String>>);
+
+    impl Log {
+        fn push(&self, event: String) {
+            self.0.lock().unwrap().push(event);
+        }
+        fn events(&self) -> Vec<String> {
+            self.0.lock().unwrap().clone()
+        }
+    }
+
+    /// A store whose first commit waits for `release`, and fails if told to.
+    struct GatedStore {
+        log: Arc<Log>,
+        release: Notify,
+        fail_first: bool,
+        commits: Mutex<u64>,
+        seq: Mutex<u64>,
+    }
+
+    #[async_trait]
+    impl MessageStore for GatedStore {
+        async fn append(&self, batch: Vec<NewMessage>) -> Result<Vec<ChatMessage>, StorageError> {
+            let texts: Vec<&str> = batch.iter().map(|m| m.text.as_str()).collect();
+            self.log.push(format!("append {}", texts.join(",")));
+            let first = {
+                let mut commits = self.commits.lock().unwrap();
+                *commits += 1;
+                *commits == 1
+            };
+            if first {
+                self.release.notified().await;
+                if self.fail_first {
+                    return Err(StorageError::AppenderGone);
+                }
+            }
+            let mut seq = self.seq.lock().unwrap();
+            Ok(batch
+                .into_iter()
+                .map(|m| {
+                    *seq += 1;
+                    ChatMessage {
+                        room: m.room.into_string(),
+                        id: m.id,
+                        seq: *seq,
+                        from: m.from.into_string(),
+                        text: m.text.into_string(),
+                        ts: m.ts,
+                    }
+                })
+                .collect())
+        }
+        async fn create_room(&self, _: &RoomName) -> Result<bool, StorageError> {
+            unreachable!("the writer only appends")
+        }
+        async fn room_exists(&self, _: &RoomName) -> Result<bool, StorageError> {
+            unreachable!("the writer only appends")
+        }
+        async fn recent_rooms(&self, _: u32) -> Result<Vec<String>, StorageError> {
+            unreachable!("the writer only appends")
+        }
+        async fn catch_up(
+            &self,
+            _: &RoomName,
+            _: Option<u64>,
+            _: u32,
+        ) -> Result<CatchUp, StorageError> {
+            unreachable!("the writer only appends")
+        }
+        async fn history(
+            &self,
+            _: &RoomName,
+            _: Option<u64>,
+            _: u32,
+        ) -> Result<Vec<ChatMessage>, StorageError> {
+            unreachable!("the writer only appends")
+        }
+        async fn ping(&self) -> Result<(), StorageError> {
+            Ok(())
+        }
+    }
+
+    struct LoggingBroker(Arc<Log>);
+
+    #[async_trait]
+    impl Broker for LoggingBroker {
+        async fn publish(&self, frames: Vec<(RoomName, Frame)>) -> Result<(), BrokerError> {
+            let texts: Vec<String> = frames
+                .iter()
+                .map(|(_, frame)| {
+                    let v: serde_json::Value = serde_json::from_slice(frame.payload()).unwrap();
+                    v["text"].as_str().unwrap().to_owned()
+                })
+                .collect();
+            self.0.push(format!("publish {}", texts.join(",")));
+            Ok(())
+        }
+    }
+
+    struct Running {
+        log: Arc<Log>,
+        store: Arc<GatedStore>,
+        jobs: mpsc::Sender<SendJob>,
+        stop: CancellationToken,
+        writer: tokio::task::JoinHandle<()>,
+    }
+
+    fn start(fail_first: bool) -> Running {
+        let log = Arc::new(Log::default());
+        let store = Arc::new(GatedStore {
+            log: log.clone(),
+            release: Notify::new(),
+            fail_first,
+            commits: Mutex::new(0),
+            seq: Mutex::new(0),
+        });
+        let writer = Writer {
+            recent: Arc::new(RecentMessages::new(16)),
+            store: store.clone(),
+            broker: Arc::new(LoggingBroker(log.clone())),
+            metrics: Arc::new(Metrics::new()),
+            batch_max: 64,
+            commit_interval: Duration::ZERO,
+        };
+        let (jobs, jobs_rx) = mpsc::channel(64);
+        let stop = CancellationToken::new();
+        let writer = tokio::spawn(writer.run(jobs_rx, stop.clone()));
+        Running {
+            log,
+            store,
+            jobs,
+            stop,
+            writer,
+        }
+    }
+
+    fn job(text: &str, sender: &Peer) -> SendJob {
+        SendJob {
+            room: RoomName::parse("r").unwrap(),
+            from: Nickname::parse("alice").unwrap(),
+            text: MessageText::parse(text).unwrap(),
+            sender: sender.clone(),
+            r#ref: None,
+            accepted: Instant::now(),
+        }
+    }
+
+    async fn wait_for(log: &Log, events: usize) {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while log.events().len() < events {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .expect("the writer got that far");
+    }
+
+    /// Pipelining: the sends that queued up during a commit reach the store
+    /// before that commit's messages are published, so the next commit's
+    /// fsync overlaps this one's socket writes; publishing stays in commit order.
+    #[tokio::test]
+    async fn the_next_commit_starts_before_the_last_one_is_published() {
+        let w = start(false);
+        let sender = Peer::new(Arc::new(Outbox::new(64, 1 << 20)));
+        w.jobs.send(job("a", &sender)).await.unwrap();
+        wait_for(&w.log, 1).await;
+        // Queued while "a" is being committed.
+        w.jobs.send(job("b", &sender)).await.unwrap();
+        w.jobs.send(job("c", &sender)).await.unwrap();
+        w.store.release.notify_one();
+        wait_for(&w.log, 4).await;
+        assert_eq!(
+            w.log.events(),
+            ["append a", "append b,c", "publish a", "publish b,c"]
+        );
+        w.stop.cancel();
+        w.writer.await.unwrap();
+    }
+
+    /// A failed commit answers its own senders with an error; the commit
+    /// already started behind it is stored and published as usual.
+    #[tokio::test]
+    async fn a_failed_commit_does_not_take_the_next_one_with_it() {
+        let w = start(true);
+        let failed = Peer::new(Arc::new(Outbox::new(64, 1 << 20)));
+        let fine = Peer::new(Arc::new(Outbox::new(64, 1 << 20)));
+        w.jobs.send(job("lost", &failed)).await.unwrap();
+        wait_for(&w.log, 1).await;
+        w.jobs.send(job("kept", &fine)).await.unwrap();
+        w.store.release.notify_one();
+        wait_for(&w.log, 3).await;
+        assert_eq!(
+            w.log.events(),
+            ["append lost", "append kept", "publish kept"]
+        );
+        let (frames, _) = failed.outbox().take(16);
+        let error: serde_json::Value = serde_json::from_slice(frames[0].payload()).unwrap();
+        assert_eq!(
+            (error["type"].as_str(), error["code"].as_str()),
+            (Some("error"), Some("internal"))
+        );
+        let (frames, _) = fine.outbox().take(16);
+        let sent: serde_json::Value = serde_json::from_slice(frames[0].payload()).unwrap();
+        assert_eq!(sent["type"], "sent");
+        w.stop.cancel();
+        w.writer.await.unwrap();
+    }
+
+    /// Sends queued when the writer is told to stop are still stored and published.
+    #[tokio::test]
+    async fn stopping_finishes_the_commits_in_flight() {
+        let w = start(false);
+        let sender = Peer::new(Arc::new(Outbox::new(64, 1 << 20)));
+        w.jobs.send(job("a", &sender)).await.unwrap();
+        wait_for(&w.log, 1).await;
+        w.jobs.send(job("b", &sender)).await.unwrap();
+        w.stop.cancel();
+        w.store.release.notify_one();
+        tokio::time::timeout(Duration::from_secs(5), w.writer)
+            .await
+            .expect("the writer stopped")
+            .unwrap();
+        assert_eq!(
+            w.log.events(),
+            ["append a", "append b", "publish a", "publish b"]
+        );
+    }
 
     #[test]
     fn only_a_commit_that_carried_several_sends_makes_the_next_wait() {
