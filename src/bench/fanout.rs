@@ -95,6 +95,11 @@ pub struct FanoutReport {
     pub delivered: u64,
     pub delivered_per_s: f64,
     pub latency: LatencySummary,
+    /// How late the senders sent against their schedule. Latency counts
+    /// from when a message was actually sent, so time a sender lost (the
+    /// bench's own core busy reading) is not in it: if this grows, the
+    /// bench is the limit and the latency above flatters the server.
+    pub send_lateness: LatencySummary,
     /// Accepted messages a member of the room never received.
     pub lost: u64,
     pub duplicated: u64,
@@ -165,6 +170,11 @@ impl fmt::Display for FanoutReport {
         writeln!(f, "  end-to-end latency: {}", self.latency)?;
         writeln!(
             f,
+            "  senders' lateness against their schedule: {}",
+            self.send_lateness
+        )?;
+        writeln!(
+            f,
             "  lost {}, duplicated {}, reordered {}, seq gaps {}, seq duplicates {}, rate_limited {}, unexpected {}, set-up failures {}",
             self.lost,
             self.duplicated,
@@ -224,6 +234,8 @@ struct MemberResult {
     unexpected: BTreeMap<String, u64>,
     /// Per sender: how many times each counter arrived.
     received: BTreeMap<usize, Vec<u32>>,
+    /// How late each send was against its tick, in µs.
+    send_late_us: Vec<u64>,
     delivered: u64,
     reordered: u64,
     seq_gaps: u64,
@@ -398,7 +410,11 @@ fn tally(
     let (mut lost, mut duplicated, mut phantom) = (0, 0, 0);
     let (mut offered, mut rate_limited, mut delivered, mut reordered) = (0, 0, 0, 0);
     let (mut seq_gaps, mut seq_duplicates) = (0, 0);
+    let mut send_lateness = Latency::default();
     for r in &results {
+        for &us in &r.send_late_us {
+            send_lateness.record_us(us);
+        }
         offered += r.offered;
         rate_limited += r.rate_limited;
         delivered += r.delivered;
@@ -450,6 +466,7 @@ fn tally(
         delivered,
         delivered_per_s: delivered as f64 / secs,
         latency: latency.summary(),
+        send_lateness: send_lateness.summary(),
         lost,
         duplicated,
         reordered,
@@ -674,7 +691,7 @@ impl Member {
         loop {
             tokio::select! {
                 () = stop.cancelled() => break,
-                _ = tick.tick(), if sending && Instant::now() < window.end => {
+                scheduled = tick.tick(), if sending && Instant::now() < window.end => {
                     // The tick may fire after the window closed (the guard was
                     // checked when the select began): a send now would race
                     // the coordinator's drain.
@@ -682,6 +699,7 @@ impl Member {
                         continue;
                     }
                     let sender = self.sender.expect("sending");
+                    out.send_late_us.push(scheduled.elapsed().as_micros() as u64);
                     let us = window.epoch.elapsed().as_micros();
                     let text = format!("fan {} {sender} {counter} {us}", self.run_id);
                     let r = counter as i64 + 1;

@@ -88,6 +88,8 @@ async fn fanout_delivers_every_message_in_order_and_measures_latency() {
     );
     assert_eq!(report.latency.count, report.delivered);
     assert!(report.latency.p50_ms > 0.0 && report.latency.max_ms >= report.latency.p99_ms);
+    // Every send's lateness against its schedule is known.
+    assert_eq!(report.send_lateness.count, report.offered);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
