@@ -87,6 +87,12 @@ impl Writer {
         let mut last_commit: Option<(Instant, usize)> = None;
         let mut in_flight: Option<InFlight<'_>> = None;
         loop {
+            // A writer that stays behind never waits below, where `shutdown`
+            // is also watched: it must still stop taking new sends.
+            if !closing && shutdown.is_cancelled() {
+                closing = true;
+                jobs_rx.close();
+            }
             let Some(InFlight {
                 jobs,
                 started,
@@ -283,10 +289,12 @@ mod tests {
         }
     }
 
-    /// A store whose first commit waits for `release`, and fails if told to.
+    /// A store whose first `gated` commits each wait for `release`; the
+    /// first fails if told to.
     struct GatedStore {
         log: Arc<Log>,
         release: Notify,
+        gated: u64,
         fail_first: bool,
         commits: Mutex<u64>,
         seq: Mutex<u64>,
@@ -297,16 +305,16 @@ mod tests {
         async fn append(&self, batch: Vec<NewMessage>) -> Result<Vec<ChatMessage>, StorageError> {
             let texts: Vec<&str> = batch.iter().map(|m| m.text.as_str()).collect();
             self.log.push(format!("append {}", texts.join(",")));
-            let first = {
+            let n = {
                 let mut commits = self.commits.lock().unwrap();
                 *commits += 1;
-                *commits == 1
+                *commits
             };
-            if first {
+            if n <= self.gated {
                 self.release.notified().await;
-                if self.fail_first {
-                    return Err(StorageError::AppenderGone);
-                }
+            }
+            if n == 1 && self.fail_first {
+                return Err(StorageError::AppenderGone);
             }
             let mut seq = self.seq.lock().unwrap();
             Ok(batch
@@ -380,10 +388,15 @@ mod tests {
     }
 
     fn start(fail_first: bool) -> Running {
+        start_gated(1, fail_first)
+    }
+
+    fn start_gated(gated: u64, fail_first: bool) -> Running {
         let log = Arc::new(Log::default());
         let store = Arc::new(GatedStore {
             log: log.clone(),
             release: Notify::new(),
+            gated,
             fail_first,
             commits: Mutex::new(0),
             seq: Mutex::new(0),
@@ -505,6 +518,33 @@ mod tests {
         assert_eq!(sent["type"], "sent");
         w.stop.cancel();
         w.writer.await.unwrap();
+    }
+
+    /// A writer kept behind by a flood still stops taking sends when told
+    /// to stop, though it never waits for one.
+    #[tokio::test]
+    async fn a_writer_behind_stops_taking_sends_when_told() {
+        let w = start_gated(2, false);
+        let sender = Peer::new(Arc::new(Outbox::new(64, 1 << 20)));
+        w.jobs.send(job("a", &sender)).await.unwrap();
+        wait_for(&w.log, 1).await;
+        w.jobs.send(job("b", &sender)).await.unwrap();
+        w.jobs.send(job("c", &sender)).await.unwrap();
+        w.stop.cancel();
+        w.store.release.notify_one();
+        // "b,c" is still being committed (held by the store) when the
+        // writer closes its queue.
+        tokio::time::timeout(Duration::from_secs(5), w.jobs.closed())
+            .await
+            .expect("the writer closed its queue while a commit was in flight");
+        assert_eq!(w.log.events(), ["append a", "append b,c", "publish a"]);
+        assert!(w.jobs.send(job("late", &sender)).await.is_err());
+        w.store.release.notify_one();
+        w.writer.await.unwrap();
+        assert_eq!(
+            w.log.events(),
+            ["append a", "append b,c", "publish a", "publish b,c"]
+        );
     }
 
     /// Sends queued when the writer is told to stop are still stored and published.
