@@ -443,6 +443,23 @@ mod tests {
         .expect("the writer got that far");
     }
 
+    /// Sends "a", waits until the store holds its commit, and queues `more`
+    /// behind it; returns their sender.
+    async fn a_held_then(w: &Running, more: &[&str]) -> Peer {
+        let sender = Peer::new(Arc::new(Outbox::new(64, 1 << 20)));
+        w.jobs.send(job("a", &sender)).await.unwrap();
+        wait_for(&w.log, 1).await;
+        for text in more {
+            w.jobs.send(job(text, &sender)).await.unwrap();
+        }
+        sender
+    }
+
+    async fn stop(w: Running) {
+        w.stop.cancel();
+        w.writer.await.unwrap();
+    }
+
     /// Pipelining, once sends queue up: those that did during a commit reach
     /// the store before that commit's messages are published, so the next
     /// commit's fsync overlaps this one's socket writes; publishing stays in
@@ -450,38 +467,28 @@ mod tests {
     #[tokio::test]
     async fn the_next_commit_starts_before_the_last_one_is_published() {
         let w = start(false);
-        let sender = Peer::new(Arc::new(Outbox::new(64, 1 << 20)));
-        w.jobs.send(job("a", &sender)).await.unwrap();
-        wait_for(&w.log, 1).await;
-        // Queued while "a" is being committed.
-        w.jobs.send(job("b", &sender)).await.unwrap();
-        w.jobs.send(job("c", &sender)).await.unwrap();
+        a_held_then(&w, &["b", "c"]).await;
         w.store.release.notify_one();
         wait_for(&w.log, 4).await;
         assert_eq!(
             w.log.events(),
             ["append a", "append b,c", "publish a", "publish b,c"]
         );
-        w.stop.cancel();
-        w.writer.await.unwrap();
+        stop(w).await;
     }
 
     /// A writer keeping up publishes each commit before starting the next.
     #[tokio::test]
     async fn a_writer_keeping_up_commits_and_publishes_in_turn() {
         let w = start(false);
-        let sender = Peer::new(Arc::new(Outbox::new(64, 1 << 20)));
-        w.jobs.send(job("a", &sender)).await.unwrap();
-        wait_for(&w.log, 1).await;
-        w.jobs.send(job("b", &sender)).await.unwrap();
+        a_held_then(&w, &["b"]).await;
         w.store.release.notify_one();
         wait_for(&w.log, 4).await;
         assert_eq!(
             w.log.events(),
             ["append a", "publish a", "append b", "publish b"]
         );
-        w.stop.cancel();
-        w.writer.await.unwrap();
+        stop(w).await;
     }
 
     #[test]
@@ -516,8 +523,7 @@ mod tests {
         let (frames, _) = fine.outbox().take(16);
         let sent: serde_json::Value = serde_json::from_slice(frames[0].payload()).unwrap();
         assert_eq!(sent["type"], "sent");
-        w.stop.cancel();
-        w.writer.await.unwrap();
+        stop(w).await;
     }
 
     /// A writer kept behind by a flood still stops taking sends when told
@@ -525,11 +531,7 @@ mod tests {
     #[tokio::test]
     async fn a_writer_behind_stops_taking_sends_when_told() {
         let w = start_gated(2, false);
-        let sender = Peer::new(Arc::new(Outbox::new(64, 1 << 20)));
-        w.jobs.send(job("a", &sender)).await.unwrap();
-        wait_for(&w.log, 1).await;
-        w.jobs.send(job("b", &sender)).await.unwrap();
-        w.jobs.send(job("c", &sender)).await.unwrap();
+        let sender = a_held_then(&w, &["b", "c"]).await;
         w.stop.cancel();
         w.store.release.notify_one();
         // "b,c" is still being committed (held by the store) when the
@@ -551,11 +553,7 @@ mod tests {
     #[tokio::test]
     async fn stopping_finishes_the_commits_in_flight() {
         let w = start(false);
-        let sender = Peer::new(Arc::new(Outbox::new(64, 1 << 20)));
-        w.jobs.send(job("a", &sender)).await.unwrap();
-        wait_for(&w.log, 1).await;
-        w.jobs.send(job("b", &sender)).await.unwrap();
-        w.jobs.send(job("c", &sender)).await.unwrap();
+        a_held_then(&w, &["b", "c"]).await;
         w.stop.cancel();
         w.store.release.notify_one();
         tokio::time::timeout(Duration::from_secs(5), w.writer)
