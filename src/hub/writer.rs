@@ -86,6 +86,9 @@ impl Writer {
         let mut closing = false;
         let mut last_commit: Option<(Instant, usize)> = None;
         let mut in_flight: Option<InFlight<'_>> = None;
+        // A published commit's emptied buffer, to gather the next one in
+        // (two alternate while commits overlap deliveries).
+        let mut spare: Vec<SendJob> = Vec::with_capacity(self.batch_max);
         loop {
             // A writer that stays behind never waits below, where `shutdown`
             // is also watched: it must still stop taking new sends.
@@ -100,7 +103,7 @@ impl Writer {
             }) = in_flight.take()
             else {
                 // Nothing in flight: wait for sends.
-                let mut jobs = Vec::with_capacity(self.batch_max);
+                let mut jobs = std::mem::take(&mut spare);
                 tokio::select! {
                     n = jobs_rx.recv_many(&mut jobs, self.batch_max) => {
                         if n == 0 {
@@ -110,6 +113,7 @@ impl Writer {
                     () = shutdown.cancelled(), if !closing => {
                         closing = true;
                         jobs_rx.close();
+                        spare = jobs;
                         continue;
                     }
                 }
@@ -137,14 +141,15 @@ impl Writer {
                 && wait_until(last_commit, self.commit_interval)
                     .is_none_or(|at| Instant::now() >= at)
             {
-                let mut next = Vec::with_capacity(self.batch_max);
+                let mut next = std::mem::take(&mut spare);
                 take_queued(&mut jobs_rx, &mut next, self.batch_max);
+                // (An empty `next` is dropped: publishing hands back a buffer.)
                 if !next.is_empty() {
                     last_commit = Some((Instant::now(), next.len()));
                     in_flight = Some(self.start_commit(next).await);
                 }
             }
-            self.publish(jobs, stored).await;
+            spare = self.publish(jobs, stored).await;
         }
         tracing::debug!("writer stopped");
     }
@@ -183,8 +188,9 @@ impl Writer {
         }
     }
 
-    /// Acknowledges and delivers a finished commit's sends, or reports its failure.
-    async fn publish(&self, mut jobs: Vec<SendJob>, stored: StoreResult) {
+    /// Acknowledges and delivers a finished commit's sends, or reports its
+    /// failure; returns the emptied buffer for the next commit.
+    async fn publish(&self, mut jobs: Vec<SendJob>, stored: StoreResult) -> Vec<SendJob> {
         match stored {
             Ok(stored) => {
                 self.metrics.messages_stored.inc_by(stored.len() as u64);
@@ -242,6 +248,7 @@ impl Writer {
                 }
             }
         }
+        jobs
     }
 }
 
