@@ -20,6 +20,7 @@ use crate::broker::{Broker, LocalBroker};
 use crate::config::Config;
 use crate::conn;
 use crate::domain::RoomName;
+use crate::http::client_ip::TrustedProxies;
 use crate::http::{self, AppState};
 use crate::hub::{Hub, HubConfig, Pacing, Registry, SocketWrites};
 use crate::limits::AddressLimits;
@@ -104,6 +105,7 @@ impl App {
             },
             limits: AddressLimits::new(config.limits()),
             allowed_origins: Arc::new(config.allowed_origins.clone()),
+            trusted_proxies: Arc::new(TrustedProxies::new(config.trusted_proxies.clone())),
             close_connections: CancellationToken::new(),
             sessions: TaskTracker::new(),
         };

@@ -5,6 +5,7 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use clap::Parser;
+use ipnet::IpNet;
 
 use crate::limits::LimitsConfig;
 
@@ -125,6 +126,13 @@ pub struct Config {
     /// clients) are always allowed.
     #[arg(long, env = "CHATTERPRO_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
+
+    /// Reverse proxies (addresses or networks, comma-separated, e.g.
+    /// 127.0.0.1,10.0.0.0/8) whose X-Forwarded-For names the client for the
+    /// per-address limits. Empty: each connection's TCP peer is its address.
+    #[arg(long, env = "CHATTERPRO_TRUSTED_PROXIES", value_delimiter = ',',
+          value_parser = crate::http::client_ip::parse_network)]
+    pub trusted_proxies: Vec<IpNet>,
 
     /// How often the server pings each connection (at least 100ms); one that
     /// has not answered a ping within two intervals is closed (4000) and leaves its rooms.

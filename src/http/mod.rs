@@ -4,6 +4,7 @@
 
 mod api;
 mod assets;
+pub mod client_ip;
 mod health;
 mod server;
 mod ws;
@@ -19,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::set_header::SetResponseHeaderLayer;
 
+use client_ip::TrustedProxies;
+
 use crate::conn;
 use crate::hub::Hub;
 use crate::limits::AddressLimits;
@@ -32,6 +35,8 @@ pub struct AppState {
     pub limits: Arc<AddressLimits>,
     /// Origins allowed besides the server's own.
     pub allowed_origins: Arc<Vec<String>>,
+    /// Proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Arc<TrustedProxies>,
     /// Fires when connections must close (server shutdown).
     pub close_connections: CancellationToken,
     /// Tracks WebSocket sessions so shutdown can wait for them.

@@ -29,7 +29,8 @@ pub async fn upgrade(
         Ok(accept) => accept,
         Err(refusal) => return refusal,
     };
-    let permit = match state.limits.admit(remote.ip()) {
+    let client = state.trusted_proxies.client_ip(remote.ip(), headers);
+    let permit = match state.limits.admit(client) {
         Ok(permit) => permit,
         Err(refusal) => return refused(refusal),
     };

@@ -4,6 +4,7 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use serde_json::json;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::helpers::{Client, TestApp, spawn_app, spawn_app_with};
 
@@ -13,6 +14,15 @@ fn nz(n: u32) -> NonZeroU32 {
 
 async fn try_connect(app: &TestApp) -> Result<Client, u16> {
     Client::try_connect(app.ws_url()).await
+}
+
+/// Connects as a reverse proxy would, naming the client in `X-Forwarded-For`.
+async fn connect_forwarded_for(app: &TestApp, forwarded_for: &str) -> Result<Client, u16> {
+    let mut request = app.ws_url().into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("x-forwarded-for", forwarded_for.parse().unwrap());
+    Client::try_connect(request).await
 }
 
 /// Sends `n` messages without waiting; returns (accepted, rate-limited) counts.
@@ -219,6 +229,51 @@ async fn connections_per_address_are_capped_with_429() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     panic!("a closed connection did not free its place");
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_cap() {
+    let app = spawn_app_with(|c| {
+        c.max_conns_per_ip = 1;
+        c.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+    })
+    .await;
+    let mut first = connect_forwarded_for(&app, "203.0.113.1").await.unwrap();
+    let mut second = connect_forwarded_for(&app, "203.0.113.2").await.unwrap();
+    first.hello("alice").await;
+    second.hello("bob").await;
+    assert_eq!(
+        connect_forwarded_for(&app, "203.0.113.1").await.err(),
+        Some(429)
+    );
+    // What the client itself put left of the proxy's entry does not count:
+    // this is 203.0.113.1 again, claiming to be someone new.
+    assert_eq!(
+        connect_forwarded_for(&app, "198.51.100.9, 203.0.113.1")
+            .await
+            .err(),
+        Some(429)
+    );
+    // Without the header, the connection is the proxy's own.
+    let mut own = try_connect(&app).await.unwrap();
+    own.hello("carol").await;
+    assert_eq!(try_connect(&app).await.err(), Some(429));
+}
+
+#[tokio::test]
+async fn forwarded_for_from_a_peer_not_trusted_is_ignored() {
+    let app = spawn_app_with(|c| {
+        c.max_conns_per_ip = 1;
+        c.trusted_proxies = vec!["10.0.0.0/8".parse().unwrap()];
+    })
+    .await;
+    let mut first = connect_forwarded_for(&app, "203.0.113.1").await.unwrap();
+    first.hello("alice").await;
+    // Every connection here comes from 127.0.0.1, whatever it claims.
+    assert_eq!(
+        connect_forwarded_for(&app, "203.0.113.2").await.err(),
+        Some(429)
+    );
 }
 
 #[tokio::test]
