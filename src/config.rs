@@ -1,11 +1,12 @@
 //! Settings, from command-line flags or `CHATTERPRO_*` environment variables.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
+use std::str::FromStr;
 use std::time::Duration;
 
 use clap::Parser;
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net};
 
 use crate::limits::LimitsConfig;
 
@@ -127,11 +128,12 @@ pub struct Config {
     #[arg(long, env = "CHATTERPRO_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
 
-    /// Reverse proxies (addresses or networks, comma-separated, e.g.
-    /// 127.0.0.1,10.0.0.0/8) whose X-Forwarded-For names the client for the
-    /// per-address limits. Empty: each connection's TCP peer is its address.
+    /// Reverse proxies (addresses, or networks holding only proxies,
+    /// comma-separated, e.g. 127.0.0.1,10.0.0.8/29) whose X-Forwarded-For
+    /// names the client for the per-address limits. Empty: each
+    /// connection's TCP peer is its address.
     #[arg(long, env = "CHATTERPRO_TRUSTED_PROXIES", value_delimiter = ',',
-          value_parser = crate::http::client_ip::parse_network)]
+          value_parser = parse_network)]
     pub trusted_proxies: Vec<IpNet>,
 
     /// How often the server pings each connection (at least 100ms); one that
@@ -203,6 +205,27 @@ fn parse_ping_interval(raw: &str) -> Result<Duration, String> {
     Ok(interval)
 }
 
+/// One `--trusted-proxies` entry: a network (`10.0.0.0/24`) or a single
+/// address (`127.0.0.1`, `::1`). IPv4-mapped IPv6 entries are taken as the
+/// IPv4 they map, since that is how connections from them are seen.
+pub(crate) fn parse_network(raw: &str) -> Result<IpNet, String> {
+    let raw = raw.trim();
+    let net = IpNet::from_str(raw)
+        .or_else(|_| {
+            IpAddr::from_str(raw.trim_start_matches('[').trim_end_matches(']')).map(IpNet::from)
+        })
+        .map_err(|_| format!("`{raw}` is neither an IP address nor a network like 10.0.0.0/24"))?;
+    Ok(match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => Ipv4Net::new(v4, v6.prefix_len() - 96)
+                .map(IpNet::V4)
+                .expect("a prefix of 96..=128 leaves 0..=32"),
+            None => net,
+        },
+        _ => net,
+    })
+}
+
 fn parse_window(raw: &str) -> Result<Duration, String> {
     let window = humantime::parse_duration(raw).map_err(|e| e.to_string())?;
     if window > Duration::from_secs(1) {
@@ -247,5 +270,32 @@ impl Config {
         config.addr = SocketAddr::from(([127, 0, 0, 1], 0));
         config.database_url = database_url.into();
         config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trusted_proxies_are_networks_or_single_addresses() {
+        assert_eq!(parse_network("10.0.0.0/8").unwrap().prefix_len(), 8);
+        assert_eq!(parse_network(" 127.0.0.1 ").unwrap().prefix_len(), 32);
+        assert_eq!(parse_network("::1").unwrap().prefix_len(), 128);
+        assert_eq!(parse_network("[::1]").unwrap().prefix_len(), 128);
+        assert!(parse_network("localhost").is_err());
+        assert!(parse_network("10.0.0.0/33").is_err());
+    }
+
+    #[test]
+    fn mapped_entries_are_taken_as_the_ipv4_they_map() {
+        assert_eq!(
+            parse_network("::ffff:127.0.0.1").unwrap(),
+            parse_network("127.0.0.1").unwrap()
+        );
+        assert_eq!(
+            parse_network("::ffff:10.0.0.0/120").unwrap(),
+            parse_network("10.0.0.0/24").unwrap()
+        );
     }
 }

@@ -35,23 +35,27 @@ impl TrustedProxies {
 
     /// The client's address: `peer` itself unless `peer` is a trusted proxy,
     /// else the rightmost `X-Forwarded-For` hop that is not trusted. If the
-    /// header is missing, malformed, or lists only trusted hops, the last
-    /// trusted hop reached is the answer: the limits then count those
-    /// clients together, which is the safe side.
+    /// header is missing, malformed where it is read, or lists only trusted
+    /// hops, the last trusted hop reached is the answer: the limits then
+    /// count those clients together, which is the safe side. Hops left of
+    /// the answer are never looked at, so nothing a client writes there
+    /// (not even bytes that are not text) changes the answer.
     pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
         let mut client = peer.to_canonical();
         if self.0.is_empty() || !self.contains(client) {
             return client;
         }
-        let mut values = Vec::new();
-        for value in headers.get_all("x-forwarded-for") {
-            let Ok(value) = value.to_str() else {
-                return client;
-            };
-            values.push(value);
-        }
-        // Several header lines are one list, in order (RFC 9110 §5.3).
-        let hops = values.iter().rev().flat_map(|value| value.rsplit(','));
+        // Several header lines are one list, in order (RFC 9110 §5.3): a
+        // proxy that adds a line of its own adds it after the client's.
+        let lines: Vec<&[u8]> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .map(|value| value.as_bytes())
+            .collect();
+        let hops = lines
+            .into_iter()
+            .rev()
+            .flat_map(|line| line.rsplit(|&b| b == b','));
         for hop in hops.take(MAX_HOPS) {
             let Some(ip) = parse_hop(hop) else {
                 return client;
@@ -65,27 +69,24 @@ impl TrustedProxies {
     }
 }
 
-/// One hop: an address, possibly with a port (`1.2.3.4:80`, `[::1]:80`).
-fn parse_hop(hop: &str) -> Option<IpAddr> {
-    let hop = hop.trim();
-    IpAddr::from_str(hop)
+/// One hop: an address, possibly bracketed or with a port (`1.2.3.4:80`,
+/// `[::1]`, `[::1]:80`).
+fn parse_hop(hop: &[u8]) -> Option<IpAddr> {
+    let hop = std::str::from_utf8(hop).ok()?.trim();
+    let unbracketed = hop
+        .strip_prefix('[')
+        .and_then(|rest| rest.strip_suffix(']'))
+        .unwrap_or(hop);
+    IpAddr::from_str(unbracketed)
         .or_else(|_| SocketAddr::from_str(hop).map(|addr| addr.ip()))
         .ok()
         .map(|ip| ip.to_canonical())
 }
 
-/// Parses one `--trusted-proxies` entry: a network (`10.0.0.0/8`) or a
-/// single address (`127.0.0.1`, `::1`).
-pub fn parse_network(entry: &str) -> Result<IpNet, String> {
-    let entry = entry.trim();
-    IpNet::from_str(entry)
-        .or_else(|_| IpAddr::from_str(entry).map(IpNet::from))
-        .map_err(|_| format!("`{entry}` is neither an IP address nor a network like 10.0.0.0/8"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::parse_network;
     use axum::http::HeaderValue;
 
     fn trusting(entries: &[&str]) -> TrustedProxies {
@@ -93,9 +94,13 @@ mod tests {
     }
 
     fn forwarded(lines: &[&str]) -> HeaderMap {
+        forwarded_bytes(&lines.iter().map(|l| l.as_bytes()).collect::<Vec<_>>())
+    }
+
+    fn forwarded_bytes(lines: &[&[u8]]) -> HeaderMap {
         let mut headers = HeaderMap::new();
         for line in lines {
-            headers.append("x-forwarded-for", HeaderValue::from_str(line).unwrap());
+            headers.append("x-forwarded-for", HeaderValue::from_bytes(line).unwrap());
         }
         headers
     }
@@ -147,6 +152,30 @@ mod tests {
     }
 
     #[test]
+    fn a_line_the_proxy_added_after_the_clients_own_line_wins() {
+        // HAProxy's `option forwardfor` adds a line instead of appending.
+        let proxies = trusting(&["127.0.0.1"]);
+        let headers = forwarded(&["198.51.100.1", "203.0.113.7"]);
+        assert_eq!(
+            proxies.client_ip(ip("127.0.0.1"), &headers),
+            ip("203.0.113.7")
+        );
+    }
+
+    #[test]
+    fn bytes_that_are_not_text_left_of_the_client_change_nothing() {
+        let proxies = trusting(&["127.0.0.1"]);
+        let peer = ip("127.0.0.1");
+        let same_line = forwarded_bytes(&[b"\xff\xfe, 203.0.113.7"]);
+        assert_eq!(proxies.client_ip(peer, &same_line), ip("203.0.113.7"));
+        let own_line = forwarded_bytes(&[b"\xff", b"203.0.113.7"]);
+        assert_eq!(proxies.client_ip(peer, &own_line), ip("203.0.113.7"));
+        // Where the answer would be, they are malformed: the proxy's own.
+        let at_the_end = forwarded_bytes(&[b"203.0.113.7, \xff"]);
+        assert_eq!(proxies.client_ip(peer, &at_the_end), peer);
+    }
+
+    #[test]
     fn a_chain_of_trusted_proxies_is_walked_to_the_first_untrusted_hop() {
         let proxies = trusting(&["127.0.0.1", "10.0.0.0/8"]);
         let headers = forwarded(&["198.51.100.1, 203.0.113.7", "10.1.2.3"]);
@@ -194,17 +223,12 @@ mod tests {
             ip("2001:db8::5")
         );
         assert_eq!(
+            proxies.client_ip(ip("::1"), &forwarded(&["[2001:db8::6]"])),
+            ip("2001:db8::6")
+        );
+        assert_eq!(
             proxies.client_ip(ip("::ffff:127.0.0.1"), &forwarded(&["203.0.113.7:80"])),
             ip("203.0.113.7")
         );
-    }
-
-    #[test]
-    fn entries_are_networks_or_single_addresses() {
-        assert_eq!(parse_network("10.0.0.0/8").unwrap().prefix_len(), 8);
-        assert_eq!(parse_network(" 127.0.0.1 ").unwrap().prefix_len(), 32);
-        assert_eq!(parse_network("::1").unwrap().prefix_len(), 128);
-        assert!(parse_network("localhost").is_err());
-        assert!(parse_network("10.0.0.0/33").is_err());
     }
 }

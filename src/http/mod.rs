@@ -4,7 +4,7 @@
 
 mod api;
 mod assets;
-pub mod client_ip;
+mod client_ip;
 mod health;
 mod server;
 mod ws;
@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::set_header::SetResponseHeaderLayer;
 
-use client_ip::TrustedProxies;
+pub use client_ip::TrustedProxies;
 
 use crate::conn;
 use crate::hub::Hub;

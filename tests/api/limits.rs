@@ -18,10 +18,17 @@ async fn try_connect(app: &TestApp) -> Result<Client, u16> {
 
 /// Connects as a reverse proxy would, naming the client in `X-Forwarded-For`.
 async fn connect_forwarded_for(app: &TestApp, forwarded_for: &str) -> Result<Client, u16> {
+    connect_forwarded_lines(app, &[forwarded_for]).await
+}
+
+/// The same with one header line per entry of `lines`, in order.
+async fn connect_forwarded_lines(app: &TestApp, lines: &[&str]) -> Result<Client, u16> {
     let mut request = app.ws_url().into_client_request().unwrap();
-    request
-        .headers_mut()
-        .insert("x-forwarded-for", forwarded_for.parse().unwrap());
+    for line in lines {
+        request
+            .headers_mut()
+            .append("x-forwarded-for", line.parse().unwrap());
+    }
     Client::try_connect(request).await
 }
 
@@ -254,10 +261,39 @@ async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_cap() {
             .err(),
         Some(429)
     );
+    // Nor does a line of its own before the one the proxy added.
+    assert_eq!(
+        connect_forwarded_lines(&app, &["198.51.100.9", "203.0.113.1"])
+            .await
+            .err(),
+        Some(429)
+    );
     // Without the header, the connection is the proxy's own.
     let mut own = try_connect(&app).await.unwrap();
     own.hello("carol").await;
     assert_eq!(try_connect(&app).await.err(), Some(429));
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_room_creation_is_limited_per_forwarded_client() {
+    let app = spawn_app_with(|c| {
+        c.rooms_per_ip_per_minute = nz(1);
+        c.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+    })
+    .await;
+    let mut alice = connect_forwarded_for(&app, "203.0.113.1").await.unwrap();
+    alice.hello("alice").await;
+    alice.join("Alice Room").await;
+    let mut bob = connect_forwarded_for(&app, "203.0.113.2").await.unwrap();
+    bob.hello("bob").await;
+    bob.join("Bob Room").await;
+    // A second connection of alice's shares her budget.
+    let mut again = connect_forwarded_for(&app, "203.0.113.1").await.unwrap();
+    again.hello("alice2").await;
+    again
+        .send_json(json!({"type":"join","room":"Alice Two","ref":7}))
+        .await;
+    assert_eq!(again.recv_error("rate_limited").await["ref"], 7);
 }
 
 #[tokio::test]
