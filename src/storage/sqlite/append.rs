@@ -44,7 +44,7 @@ impl Appender {
         let path = path.to_owned();
         let (jobs, mut jobs_rx) = mpsc::channel::<Job>(QUEUE);
         let (opened_tx, opened) = oneshot::channel();
-        let checkpointer = Checkpointer::start(&path)?;
+        let checkpointer = Checkpointer::start(&path, checkpoint::IDLE_CHECKPOINT)?;
         std::thread::Builder::new()
             .name("sqlite-append".into())
             .spawn(move || {
@@ -239,7 +239,7 @@ mod tests {
         // The rows are in the WAL; the database file holds only the schema.
         let db_len = || std::fs::metadata(&path).unwrap().len();
         let before = db_len();
-        let checkpointer = Checkpointer::start(&path).unwrap();
+        let checkpointer = Checkpointer::start(&path, checkpoint::IDLE_CHECKPOINT).unwrap();
         // A short WAL: nothing to do.
         WAL_PAGES.with(|p| p.set(10));
         keep_wal_short(&conn, &checkpointer);

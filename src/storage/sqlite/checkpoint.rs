@@ -33,6 +33,11 @@ use crate::storage::StorageError;
 pub(super) const CHECKPOINT_PAGES: i32 = 8000;
 /// WAL pages after which the append connection checkpoints by itself (~128 MiB).
 pub(super) const HARD_LIMIT_PAGES: i32 = 4 * CHECKPOINT_PAGES;
+/// How long the thread waits for a nudge before checkpointing anyway. Only
+/// appends nudge it; this copies back what other writes left in the WAL
+/// (rooms created through the read pool, which never checkpoints) and
+/// whatever a quiet server's last appends left.
+pub(super) const IDLE_CHECKPOINT: Duration = Duration::from_secs(30);
 /// Most checkpoint rounds per nudge: each copies what the appends wrote
 /// during the previous one, so they shrink fast; a writer faster than the
 /// copying is left to the hard limit.
@@ -44,8 +49,9 @@ pub(super) struct Checkpointer {
 }
 
 impl Checkpointer {
-    /// Starts the thread on `path` (already created, in WAL mode).
-    pub(super) fn start(path: &Path) -> Result<Self, StorageError> {
+    /// Starts the thread on `path` (already created, in WAL mode); it
+    /// checkpoints when nudged, and after `idle` without a nudge.
+    pub(super) fn start(path: &Path, idle: Duration) -> Result<Self, StorageError> {
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -58,8 +64,11 @@ impl Checkpointer {
         std::thread::Builder::new()
             .name("sqlite-checkpoint".into())
             .spawn(move || {
-                while nudged.recv().is_ok() {
-                    catch_up(&conn);
+                loop {
+                    match nudged.recv_timeout(idle) {
+                        Ok(()) | Err(mpsc::RecvTimeoutError::Timeout) => catch_up(&conn),
+                        Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                    }
                 }
             })
             .map_err(StorageError::Thread)?;
@@ -91,4 +100,38 @@ pub(super) fn checkpoint(conn: &Connection) -> rusqlite::Result<(i64, i64)> {
     conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
         Ok((row.get(1)?, row.get(2)?))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_other_writers_leave_in_the_wal_is_copied_back_when_idle() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("idle.db");
+        // A writer that never checkpoints, like the read pool creating rooms.
+        let conn = Connection::open(&path).unwrap();
+        let _: String = conn
+            .pragma_update_and_check(None, "journal_mode", "wal", |row| row.get(0))
+            .unwrap();
+        conn.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+        conn.execute_batch("CREATE TABLE t (x BLOB)").unwrap();
+        let db_len = || std::fs::metadata(&path).unwrap().len();
+        let checkpointer = Checkpointer::start(&path, Duration::from_millis(50)).unwrap();
+        for _ in 0..50 {
+            conn.execute("INSERT INTO t VALUES (zeroblob(4000))", [])
+                .unwrap();
+        }
+        let before = db_len();
+        // Never nudged: the rows reach the database file all the same.
+        for _ in 0..100 {
+            if db_len() > before + 50 * 4000 {
+                drop(checkpointer);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("the WAL was not copied back: {} → {}", before, db_len());
+    }
 }
