@@ -57,7 +57,7 @@ impl Decoder {
     pub fn wanted(input: &[u8]) -> usize {
         match FrameHeader::parse(&mut Cursor::new(input)) {
             Ok(Some((header, len))) => {
-                let total = header.len(len) as u64 + len;
+                let total = (header.len(len) as u64).saturating_add(len);
                 usize::try_from(total)
                     .unwrap_or(usize::MAX)
                     .saturating_sub(input.len())
@@ -134,7 +134,8 @@ impl Decoder {
                     return Err(violation(PROTOCOL_ERROR, "unexpected fragment"));
                 }
                 let so_far = self.fragments.as_ref().map_or(0, |f| f.len()) as u64;
-                if so_far + len > MAX_FRAME_BYTES as u64 {
+                // `len` is the client's 64-bit claim: it must not wrap.
+                if so_far.saturating_add(len) > MAX_FRAME_BYTES as u64 {
                     return Err(violation(close::TOO_BIG, "frame larger than 64 KiB"));
                 }
             }
@@ -283,6 +284,32 @@ mod tests {
         let bytes = frame(true, 1, &vec![b'a'; MAX_FRAME_BYTES + 1]);
         let (_, violation, _) = decode_all(&bytes[..14]);
         assert_eq!(violation.map(|v| v.code), Some(close::TOO_BIG));
+    }
+
+    /// Just the header of a masked frame claiming a 64-bit `len`.
+    fn header_claiming(fin: bool, opcode: u8, len: u64) -> Vec<u8> {
+        let mut out = vec![(u8::from(fin) << 7) | opcode, 0x80 | 127];
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(&[1, 2, 3, 4]);
+        out
+    }
+
+    #[test]
+    fn lengths_near_the_top_of_u64_are_refused_not_overflowed() {
+        for len in [u64::MAX, u64::MAX - 1, 1 << 63] {
+            // Alone, and as the continuation of a message already begun.
+            for bytes in [
+                header_claiming(true, 1, len),
+                [frame(false, 1, b"a"), header_claiming(true, 0, len)].concat(),
+            ] {
+                let (items, violation, _) = decode_all(&bytes);
+                assert!(items.is_empty(), "{items:?}");
+                assert_eq!(violation.map(|v| v.code), Some(close::TOO_BIG), "{len}");
+            }
+            // The reader clamps this to one frame's worth; it must not wrap to a small number.
+            let wanted = Decoder::wanted(&header_claiming(true, 1, len));
+            assert!(wanted > MAX_FRAME_BYTES, "{len}: {wanted}");
+        }
     }
 
     #[test]

@@ -211,6 +211,22 @@ async fn protocol_violations_close_with_1002_and_bad_utf8_with_1007() {
 }
 
 #[tokio::test]
+async fn a_continuation_claiming_an_enormous_length_closes_with_1009() {
+    let app = spawn_app().await;
+    let mut client = RawClient::connect(&app, b"").await;
+    // A first fragment, then a continuation whose 64-bit length would wrap
+    // the running total if added naively.
+    let mut bytes = frame(false, 1, b"{", true);
+    bytes.extend([0x80, 0x80 | 127]);
+    bytes.extend(u64::MAX.to_be_bytes());
+    bytes.extend([1, 2, 3, 4]);
+    client.send(&bytes).await;
+    assert_eq!(client.close_code().await, 1009);
+    let mut other = app.client().await;
+    other.hello("after").await;
+}
+
+#[tokio::test]
 async fn plain_http_requests_to_the_socket_endpoint_are_told_to_upgrade() {
     let app = spawn_app().await;
     let response = reqwest::get(app.http("/ws")).await.unwrap();
