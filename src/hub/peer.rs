@@ -145,6 +145,11 @@ struct Queue {
     /// nobody else writes or takes frames until it settles.
     batched: bool,
     closed: bool,
+    /// A frame was refused for lack of room. Every later one is refused
+    /// too, so that what is queued (and flushed if the connection closes for
+    /// another reason first) never has a gap: a client resuming from the
+    /// last seq it saw gets everything after it.
+    overflowed: bool,
 }
 
 /// What happened to a frame handed to [`Peer::push`].
@@ -216,9 +221,11 @@ impl Outbox {
             }
             for frame in frames {
                 let len = frame.len();
-                let full = queue.frames.len() >= self.max_frames
+                let full = queue.overflowed
+                    || queue.frames.len() >= self.max_frames
                     || (queue.bytes > 0 && queue.bytes + len > self.max_bytes);
                 if full {
+                    queue.overflowed = true;
                     outcome = Pushed::Overflowed;
                     break;
                 }
@@ -464,6 +471,24 @@ mod tests {
         assert_eq!(taken.len(), 1);
         // Taken but not yet written: still counted.
         assert_eq!(peer.push(frame(10)), Pushed::Overflowed);
+    }
+
+    #[test]
+    fn after_one_frame_is_refused_no_later_frame_is_queued() {
+        // A connection already closing for another reason (here a shutdown's
+        // 1001) flushes its queue: that queue must not skip a frame.
+        let outbox = Arc::new(Outbox::new(100, 100));
+        let peer = Peer::new(outbox.clone());
+        peer.kick(1001, "server shutting down");
+        assert_eq!(peer.push(frame(60)), Pushed::Queued);
+        assert_eq!(peer.push(frame(60)), Pushed::Overflowed);
+        // Room enough for this one, but it would follow a gap.
+        assert_eq!(peer.push(frame(10)), Pushed::Overflowed);
+        assert_eq!(peer.queue(&[frame(10)]), 0);
+        let (taken, _) = outbox.take(10);
+        assert_eq!(taken.len(), 1);
+        // The first close reason stands.
+        assert_eq!(outbox.kick().reason().map(|r| r.0), Some(1001));
     }
 
     #[test]
