@@ -144,9 +144,14 @@ struct Member {
 
 /// Whether live frames go straight to a member or wait for its `joined` reply.
 enum Gate {
-    /// Between registering and sending `joined`: frames wait here so the
-    /// client never sees a live message before the reply that catches it up.
-    CatchingUp(Vec<Frame>),
+    /// Between registering and sending `joined`: frames wait in `buffered`
+    /// so the client never sees a live message before the reply that
+    /// catches it up. `after_seq` is the member's filter from before this
+    /// join (0 on a first join), put back if the join is abandoned.
+    CatchingUp {
+        buffered: Vec<Frame>,
+        after_seq: u64,
+    },
     /// Frames with `seq <= after_seq` were in `joined` already and are skipped.
     Live { after_seq: u64 },
 }
@@ -180,7 +185,9 @@ impl Room {
                 continue;
             }
             match &mut member.gate {
-                Gate::CatchingUp(buffer) => {
+                Gate::CatchingUp {
+                    buffered: buffer, ..
+                } => {
                     if buffer.len() + frames.len() > CATCH_UP_BUFFER {
                         member
                             .peer
@@ -320,8 +327,11 @@ impl Registry {
             Some(member) => {
                 // A repeated join re-syncs the client: hold live frames again
                 // until the fresh `joined` reply is out.
-                if let Gate::Live { .. } = member.gate {
-                    member.gate = Gate::CatchingUp(Vec::new());
+                if let Gate::Live { after_seq } = member.gate {
+                    member.gate = Gate::CatchingUp {
+                        buffered: Vec::new(),
+                        after_seq,
+                    };
                 }
                 true
             }
@@ -331,7 +341,10 @@ impl Registry {
                     Member {
                         peer: peer.clone(),
                         name: name.clone(),
-                        gate: Gate::CatchingUp(Vec::new()),
+                        gate: Gate::CatchingUp {
+                            buffered: Vec::new(),
+                            after_seq: 0,
+                        },
                         counted: false,
                     },
                 );
@@ -363,7 +376,7 @@ impl Registry {
             return;
         };
         let name = member.name.clone();
-        let Gate::CatchingUp(buffered) = std::mem::replace(
+        let Gate::CatchingUp { buffered, .. } = std::mem::replace(
             &mut member.gate,
             Gate::Live {
                 after_seq: catch_up.last_seq,
@@ -436,11 +449,21 @@ impl Registry {
                 .get_mut(room)
                 .and_then(|r| r.members.get_mut(&conn))
             {
-                // The client is still a member; let frames flow again.
-                if let Gate::CatchingUp(buffered) =
-                    std::mem::replace(&mut member.gate, Gate::Live { after_seq: 0 })
+                // The client is still a member; let frames flow again, as
+                // filtered as before this join: what arrived meanwhile may
+                // include messages its previous `joined` carried (a pacing
+                // hold flushed into the buffer).
+                if let Gate::CatchingUp {
+                    buffered,
+                    after_seq,
+                } = std::mem::replace(&mut member.gate, Gate::Live { after_seq: 0 })
                 {
-                    member.peer.queue(&buffered);
+                    member.gate = Gate::Live { after_seq };
+                    let fresh: Vec<Frame> = buffered
+                        .into_iter()
+                        .filter(|frame| frame.seq().is_none_or(|seq| seq > after_seq))
+                        .collect();
+                    member.peer.queue(&fresh);
                     let peer = member.peer.clone();
                     drop(state);
                     peer.write_queued();
@@ -746,6 +769,34 @@ mod tests {
     fn messages(outbox: &Outbox) -> Vec<u64> {
         let (frames, _) = outbox.take(1000);
         frames.iter().filter_map(Frame::seq).collect()
+    }
+
+    #[test]
+    fn an_abandoned_rejoin_keeps_skipping_what_the_first_join_carried() {
+        let registry = unpaced();
+        let outbox = Arc::new(Outbox::new(64, 1 << 20));
+        let peer = Peer::new(outbox.clone());
+        let (room, name) = (RoomName::parse("a").unwrap(), Nickname::parse("m").unwrap());
+        registry.begin_join(&room, &peer, &name);
+        let carried_20 = PreparedCatchUp {
+            messages: EncodedMessages::encode::<crate::protocol::ChatMessage>(&[]),
+            last_seq: 20,
+            truncated: false,
+        };
+        registry.finish_join(&room, peer.id(), carried_20, "hi", None);
+        let _ = messages(&outbox);
+        // A second join begins; meanwhile 19 and 20 (held by pacing when the
+        // first `joined` was built, so already in it) and 21 arrive.
+        assert!(registry.begin_join(&room, &peer, &name));
+        let frame = |seq| Frame::message(format!("{{\"seq\":{seq}}}"), seq);
+        registry.deliver(&[(room.clone(), frame(19)), (room.clone(), frame(20))]);
+        registry.deliver(&[(room.clone(), frame(21))]);
+        // Its storage read fails: the join is abandoned.
+        registry.abort_join(&room, peer.id(), true);
+        assert_eq!(messages(&outbox), [21]);
+        // And the member is live again, with the same filter.
+        registry.deliver(&[(room.clone(), frame(20)), (room.clone(), frame(22))]);
+        assert_eq!(messages(&outbox), [22]);
     }
 
     #[test]
