@@ -22,6 +22,11 @@ pub const HISTORY_LIMIT_MAX: u32 = 200;
 pub const HISTORY_LIMIT_DEFAULT: u32 = 50;
 /// Most messages a `join` with `since` returns; beyond it the reply says `truncated`.
 pub const SINCE_LIMIT: u32 = 1000;
+/// Most bytes of messages (their JSON) a `join` with `since` returns; beyond
+/// it the oldest are left out, as past [`SINCE_LIMIT`]. Without it one reply
+/// could be 1,000 messages of 16 KB, held in full for a client that does
+/// not read, on each of its connections.
+pub const SINCE_MAX_BYTES: usize = 1 << 20;
 
 /// WebSocket close codes the server uses (RFC 6455 §7.4.1).
 pub mod close {

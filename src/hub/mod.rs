@@ -36,8 +36,8 @@ use crate::broker::Broker;
 use crate::domain::{InputError, MessageText, Nickname, RoomName};
 use crate::metrics::Metrics;
 use crate::protocol::{
-    ChatMessage, EncodedMessages, ErrorCode, HISTORY_LIMIT_DEFAULT, HISTORY_LIMIT_MAX, Ref,
-    RoomInfo, SINCE_LIMIT,
+    ChatMessage, EncodedMessage, EncodedMessages, ErrorCode, HISTORY_LIMIT_DEFAULT,
+    HISTORY_LIMIT_MAX, Ref, RoomInfo, SINCE_LIMIT, SINCE_MAX_BYTES,
 };
 use crate::storage::{MessageStore, StorageError};
 use recent::RecentMessages;
@@ -163,7 +163,9 @@ impl Hub {
         let catch_up = async {
             // The gate is up (begin_join), so a snapshot taken now, from
             // memory or storage, is followed by everything newer, live.
-            if let Some((messages, last_seq)) = self.recent.catch_up(&room, since, limit) {
+            if let Some((messages, last_seq)) = self.recent.catch_up(&room, since, limit)
+                && (since.is_none() || messages.as_json().len() <= SINCE_MAX_BYTES)
+            {
                 return Ok(PreparedCatchUp {
                     messages,
                     last_seq,
@@ -180,6 +182,14 @@ impl Hub {
                 self.recent.offer(&room, &stored, limit);
             }
             // Serialized here, outside the registry's lock.
+            if since.is_some() {
+                let (messages, cut) = newest_within(&stored.messages, SINCE_MAX_BYTES);
+                return Ok(PreparedCatchUp {
+                    messages,
+                    last_seq: stored.last_seq,
+                    truncated: stored.truncated || cut,
+                });
+            }
             Ok::<_, StorageError>(PreparedCatchUp {
                 messages: EncodedMessages::encode(&stored.messages),
                 last_seq: stored.last_seq,
@@ -361,6 +371,23 @@ impl Hub {
             Err(not_member(room))
         }
     }
+}
+
+/// The newest of `messages` (oldest first) whose JSON fits in `max_bytes`,
+/// as a reply's array, and whether any were left out.
+fn newest_within(messages: &[ChatMessage], max_bytes: usize) -> (EncodedMessages, bool) {
+    let mut encoded: Vec<EncodedMessage> = Vec::new();
+    let mut bytes = 0;
+    for message in messages.iter().rev() {
+        let json = EncodedMessage::new(message);
+        bytes += json.as_json().len() + 1;
+        if bytes > max_bytes {
+            break;
+        }
+        encoded.push(json);
+    }
+    let cut = encoded.len() < messages.len();
+    (EncodedMessages::concat(encoded.iter().rev()), cut)
 }
 
 fn not_member(room: &RoomName) -> Refusal {

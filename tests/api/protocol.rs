@@ -444,6 +444,48 @@ async fn since_is_capped_at_1000_and_says_truncated() {
 }
 
 #[tokio::test]
+async fn since_is_capped_at_a_megabyte_of_messages_and_says_truncated() {
+    let app = spawn_app_with(unlimited).await;
+    let mut alice = app.member("alice", "Chat Room").await;
+    // 100 messages of 16 KB (4,000 four-byte characters): 1.6 MB in all,
+    // all of them still in the server's in-memory tail of the room.
+    let long = "😀".repeat(3_997);
+    for i in 1..=100 {
+        alice
+            .send_json(json!({"type":"send","room":"Chat Room","text":format!("{i:03}{long}")}))
+            .await;
+    }
+    for _ in 0..100 {
+        alice.recv_until("message").await;
+    }
+    let mut bob = app.user("bob").await;
+    bob.send_json(json!({"type":"join","room":"Chat Room","since":0}))
+        .await;
+    let joined = bob.recv_type("joined").await;
+    assert_eq!(joined["truncated"], true);
+    let bytes = joined["messages"].to_string().len();
+    assert!(bytes <= 1 << 20, "{bytes} bytes of messages");
+    let seqs: Vec<u64> = joined["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect();
+    // The newest that fit, with no gap: history fills the old end.
+    assert!(seqs.len() > 50 && seqs.len() < 100, "{}", seqs.len());
+    assert_eq!(seqs, ((101 - seqs.len() as u64)..=100).collect::<Vec<_>>());
+    assert_eq!(joined["last_seq"], 100);
+    // A `since` close to the end is answered in full.
+    let mut carol = app.user("carol").await;
+    carol
+        .send_json(json!({"type":"join","room":"Chat Room","since":90}))
+        .await;
+    let joined = carol.recv_type("joined").await;
+    assert!(joined.get("truncated").is_none(), "{}", joined["truncated"]);
+    assert_eq!(joined["messages"].as_array().unwrap().len(), 10);
+}
+
+#[tokio::test]
 async fn malformed_frames_are_bad_requests_and_the_connection_survives() {
     let app = spawn_app().await;
     let mut c = app.client().await;
