@@ -23,15 +23,22 @@ use crate::storage::CatchUp;
 /// Rooms whose tails are kept; beyond it an arbitrary tail is dropped
 /// (it is only a cache: storage answers for the room again).
 const ROOMS_KEPT: usize = 4096;
+/// Bytes of message JSON kept over all tails; beyond it arbitrary tails are
+/// dropped. Counting messages alone would let 4,096 rooms of 100 messages of
+/// 16 KB each hold 6.5 GB.
+const BYTES_KEPT: usize = 64 << 20;
 
 pub struct RecentMessages {
     keep: usize,
+    max_bytes: usize,
     inner: Mutex<Inner>,
 }
 
 #[derive(Default)]
 struct Inner {
     tails: HashMap<RoomName, Tail>,
+    /// Bytes of message JSON in `tails`.
+    bytes: usize,
     /// The last seq committed in each room by this process: a snapshot older
     /// than this is stale. One small entry per room written to.
     committed: HashMap<RoomName, u64>,
@@ -48,8 +55,14 @@ struct Tail {
 impl RecentMessages {
     /// Keeps the newest `keep` messages of each cached room.
     pub fn new(keep: usize) -> Self {
+        Self::with_budget(keep, BYTES_KEPT)
+    }
+
+    /// The same, with at most `max_bytes` of message JSON over all rooms.
+    fn with_budget(keep: usize, max_bytes: usize) -> Self {
         Self {
             keep: keep.max(1),
+            max_bytes,
             inner: Mutex::new(Inner::default()),
         }
     }
@@ -76,15 +89,21 @@ impl RecentMessages {
             return; // the snapshot already had it
         }
         if seq != tail.last_seq + 1 {
-            inner.tails.remove(&room);
+            inner.drop_tail(&room);
             return;
         }
         tail.messages.push_back((seq, encoded.clone()));
         tail.last_seq = seq;
-        if tail.messages.len() > keep {
-            tail.messages.pop_front();
+        let mut bytes = inner.bytes + encoded.as_json().len();
+        let tail = inner.tails.get_mut(&room).expect("just pushed to");
+        if tail.messages.len() > keep
+            && let Some((_, dropped)) = tail.messages.pop_front()
+        {
+            bytes -= dropped.as_json().len();
             tail.complete = false;
         }
+        inner.bytes = bytes;
+        inner.keep_within(self.max_bytes);
     }
 
     /// What `MessageStore::catch_up(room, after, limit)` would answer — its
@@ -140,7 +159,7 @@ impl RecentMessages {
         if inner.tails.len() >= ROOMS_KEPT
             && let Some(victim) = inner.tails.keys().next().cloned()
         {
-            inner.tails.remove(&victim);
+            inner.drop_tail(&victim);
         }
         let skip = snapshot.messages.len().saturating_sub(self.keep);
         let messages: VecDeque<(u64, EncodedMessage)> = snapshot
@@ -152,6 +171,10 @@ impl RecentMessages {
         let complete = skip == 0 && snapshot.messages.len() < asked as usize
             || snapshot.last_seq == 0
             || messages.front().is_some_and(|(seq, _)| *seq == 1);
+        inner.bytes += messages
+            .iter()
+            .map(|(_, json)| json.as_json().len())
+            .sum::<usize>();
         inner.tails.insert(
             room.clone(),
             Tail {
@@ -160,6 +183,29 @@ impl RecentMessages {
                 complete,
             },
         );
+        inner.keep_within(self.max_bytes);
+    }
+}
+
+impl Inner {
+    fn drop_tail(&mut self, room: &RoomName) {
+        if let Some(tail) = self.tails.remove(room) {
+            self.bytes -= tail
+                .messages
+                .iter()
+                .map(|(_, json)| json.as_json().len())
+                .sum::<usize>();
+        }
+    }
+
+    /// Drops arbitrary tails until the rest fit in `max_bytes`.
+    fn keep_within(&mut self, max_bytes: usize) {
+        while self.bytes > max_bytes {
+            let Some(victim) = self.tails.keys().next().cloned() else {
+                break;
+            };
+            self.drop_tail(&victim);
+        }
     }
 }
 
@@ -242,6 +288,55 @@ mod tests {
         recent.offer(&room(), &snapshot(6..=10), 5);
         commit(&recent, 12);
         assert!(recent.catch_up(&room(), None, 5).is_none());
+    }
+
+    #[test]
+    fn the_tails_together_stay_within_their_byte_budget() {
+        let one = EncodedMessage::new(&msg(1)).as_json().len();
+        // Room for about three rooms of five messages.
+        let recent = RecentMessages::with_budget(5, 16 * one);
+        let rooms: Vec<RoomName> = (0..6)
+            .map(|i| RoomName::parse(&format!("r{i}")).unwrap())
+            .collect();
+        for room in &rooms {
+            recent.offer(room, &snapshot(1..=5), 5);
+            let inner = recent.lock();
+            let counted: usize = inner
+                .tails
+                .values()
+                .flat_map(|t| t.messages.iter())
+                .map(|(_, json)| json.as_json().len())
+                .sum();
+            assert_eq!(inner.bytes, counted);
+            assert!(inner.bytes <= 16 * one, "{} > {}", inner.bytes, 16 * one);
+        }
+        let kept = rooms
+            .iter()
+            .filter(|room| recent.catch_up(room, None, 5).is_some())
+            .count();
+        assert!((1..=3).contains(&kept), "{kept} rooms kept");
+        // Commits, the oldest message leaving, and a gap keep the count exact.
+        let recent = RecentMessages::with_budget(5, usize::MAX);
+        let counted = |recent: &RecentMessages| {
+            let inner = recent.lock();
+            let sum: usize = inner
+                .tails
+                .values()
+                .flat_map(|t| t.messages.iter())
+                .map(|(_, json)| json.as_json().len())
+                .sum();
+            (inner.bytes, sum)
+        };
+        recent.offer(&room(), &snapshot(1..=5), 5);
+        commit(&recent, 6);
+        assert_eq!(
+            seqs(recent.catch_up(&room(), None, 5)),
+            Some((vec![2, 3, 4, 5, 6], 6))
+        );
+        let (bytes, sum) = counted(&recent);
+        assert_eq!((bytes, bytes), (sum, 5 * one));
+        commit(&recent, 8);
+        assert_eq!(counted(&recent), (0, 0));
     }
 
     #[test]
