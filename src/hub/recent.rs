@@ -290,6 +290,18 @@ mod tests {
         assert!(recent.catch_up(&room(), None, 5).is_none());
     }
 
+    /// The byte count kept, and the bytes the tails really hold.
+    fn counted(recent: &RecentMessages) -> (usize, usize) {
+        let inner = recent.lock();
+        let held = inner
+            .tails
+            .values()
+            .flat_map(|t| t.messages.iter())
+            .map(|(_, json)| json.as_json().len())
+            .sum();
+        (inner.bytes, held)
+    }
+
     #[test]
     fn the_tails_together_stay_within_their_byte_budget() {
         let one = EncodedMessage::new(&msg(1)).as_json().len();
@@ -300,15 +312,9 @@ mod tests {
             .collect();
         for room in &rooms {
             recent.offer(room, &snapshot(1..=5), 5);
-            let inner = recent.lock();
-            let counted: usize = inner
-                .tails
-                .values()
-                .flat_map(|t| t.messages.iter())
-                .map(|(_, json)| json.as_json().len())
-                .sum();
-            assert_eq!(inner.bytes, counted);
-            assert!(inner.bytes <= 16 * one, "{} > {}", inner.bytes, 16 * one);
+            let (bytes, held) = counted(&recent);
+            assert_eq!(bytes, held);
+            assert!(bytes <= 16 * one, "{bytes} > {}", 16 * one);
         }
         let kept = rooms
             .iter()
@@ -317,24 +323,13 @@ mod tests {
         assert!((1..=3).contains(&kept), "{kept} rooms kept");
         // Commits, the oldest message leaving, and a gap keep the count exact.
         let recent = RecentMessages::with_budget(5, usize::MAX);
-        let counted = |recent: &RecentMessages| {
-            let inner = recent.lock();
-            let sum: usize = inner
-                .tails
-                .values()
-                .flat_map(|t| t.messages.iter())
-                .map(|(_, json)| json.as_json().len())
-                .sum();
-            (inner.bytes, sum)
-        };
         recent.offer(&room(), &snapshot(1..=5), 5);
         commit(&recent, 6);
         assert_eq!(
             seqs(recent.catch_up(&room(), None, 5)),
             Some((vec![2, 3, 4, 5, 6], 6))
         );
-        let (bytes, sum) = counted(&recent);
-        assert_eq!((bytes, bytes), (sum, 5 * one));
+        assert_eq!(counted(&recent), (5 * one, 5 * one));
         commit(&recent, 8);
         assert_eq!(counted(&recent), (0, 0));
     }
