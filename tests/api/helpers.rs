@@ -327,6 +327,16 @@ impl Client {
 }
 
 /// The `text` fields of a list of message objects.
+/// The seqs of a `messages` array, in order.
+pub fn seqs(messages: &Value) -> Vec<u64> {
+    messages
+        .as_array()
+        .expect("an array of messages")
+        .iter()
+        .map(|m| m["seq"].as_u64().expect("seq"))
+        .collect()
+}
+
 pub fn texts(messages: &Value) -> Vec<String> {
     messages
         .as_array()

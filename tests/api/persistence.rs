@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::helpers::{spawn_app, spawn_app_on, spawn_app_with, texts, unlimited};
+use crate::helpers::{seqs, spawn_app, spawn_app_on, spawn_app_with, texts, unlimited};
 
 #[tokio::test]
 async fn history_and_since_survive_a_restart() {
@@ -87,12 +87,7 @@ async fn joining_during_a_burst_sees_every_message_exactly_once_in_order() {
     let _sender = burst.await.unwrap();
     for mut c in joiners {
         let joined = c.recv_type("joined").await;
-        let mut seqs: Vec<u64> = joined["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["seq"].as_u64().unwrap())
-            .collect();
+        let mut seqs: Vec<u64> = seqs(&joined["messages"]);
         assert_eq!(seqs.len() as u64, joined["last_seq"].as_u64().unwrap());
         c.recv_type("notice").await;
         while seqs.len() < total as usize {
@@ -147,12 +142,7 @@ async fn a_dropped_client_resumes_with_exactly_what_it_missed() {
     let joined = back.recv_type("joined").await;
     let expected: Vec<String> = (0..200).map(|i| format!("missed {i}")).collect();
     assert_eq!(texts(&joined["messages"]), expected);
-    let seqs: Vec<u64> = joined["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["seq"].as_u64().unwrap())
-        .collect();
+    let seqs: Vec<u64> = seqs(&joined["messages"]);
     assert_eq!(seqs, (6..=205).collect::<Vec<_>>());
     assert_eq!(joined["last_seq"], 205);
     // And live delivery continues after the catch-up, with nothing repeated.

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::helpers::{spawn_app, spawn_app_with, texts, unlimited};
+use crate::helpers::{Client, seqs, spawn_app, spawn_app_with, texts, unlimited};
 
 #[tokio::test]
 async fn hello_gets_welcome_with_session_and_rooms() {
@@ -348,12 +348,7 @@ async fn history_pages_back_oldest_first() {
     assert_eq!(h["ref"], "h");
     assert_eq!(h["room"], "Chat Room");
     assert_eq!(texts(&h["messages"]), ["m16", "m17", "m18", "m19", "m20"]);
-    let seqs: Vec<u64> = h["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["seq"].as_u64().unwrap())
-        .collect();
+    let seqs: Vec<u64> = seqs(&h["messages"]);
     assert_eq!(seqs, [16, 17, 18, 19, 20]);
     // Without `before`: the newest; a page that reaches the start is short.
     c.send_json(json!({"type":"history","room":"Chat Room","limit":2}))
@@ -419,18 +414,26 @@ async fn joined_carries_the_latest_50_or_everything_since() {
     assert!(joined.get("truncated").is_none());
 }
 
+/// Sends every text to "Chat Room" without waiting, then waits until the
+/// sender has seen each of them come back.
+async fn flood(sender: &mut Client, texts: impl Iterator<Item = String>) {
+    let mut sent = 0;
+    for text in texts {
+        sender
+            .send_json(json!({"type":"send","room":"Chat Room","text":text}))
+            .await;
+        sent += 1;
+    }
+    for _ in 0..sent {
+        sender.recv_until("message").await;
+    }
+}
+
 #[tokio::test]
 async fn since_is_capped_at_1000_and_says_truncated() {
     let app = spawn_app_with(unlimited).await;
     let mut alice = app.member("alice", "Chat Room").await;
-    for i in 1..=1005 {
-        alice
-            .send_json(json!({"type":"send","room":"Chat Room","text":format!("m{i}")}))
-            .await;
-    }
-    for _ in 0..1005 {
-        alice.recv_until("message").await;
-    }
+    flood(&mut alice, (1..=1005).map(|i| format!("m{i}"))).await;
     let mut bob = app.user("bob").await;
     bob.send_json(json!({"type":"join","room":"Chat Room","since":0}))
         .await;
@@ -450,14 +453,7 @@ async fn since_is_capped_at_a_megabyte_of_messages_and_says_truncated() {
     // 100 messages of 16 KB (4,000 four-byte characters): 1.6 MB in all,
     // all of them still in the server's in-memory tail of the room.
     let long = "😀".repeat(3_997);
-    for i in 1..=100 {
-        alice
-            .send_json(json!({"type":"send","room":"Chat Room","text":format!("{i:03}{long}")}))
-            .await;
-    }
-    for _ in 0..100 {
-        alice.recv_until("message").await;
-    }
+    flood(&mut alice, (1..=100).map(|i| format!("{i:03}{long}"))).await;
     let mut bob = app.user("bob").await;
     bob.send_json(json!({"type":"join","room":"Chat Room","since":0}))
         .await;
@@ -465,12 +461,7 @@ async fn since_is_capped_at_a_megabyte_of_messages_and_says_truncated() {
     assert_eq!(joined["truncated"], true);
     let bytes = joined["messages"].to_string().len();
     assert!(bytes <= 1 << 20, "{bytes} bytes of messages");
-    let seqs: Vec<u64> = joined["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["seq"].as_u64().unwrap())
-        .collect();
+    let seqs: Vec<u64> = seqs(&joined["messages"]);
     // The newest that fit, with no gap: history fills the old end.
     assert!(seqs.len() > 50 && seqs.len() < 100, "{}", seqs.len());
     assert_eq!(seqs, ((101 - seqs.len() as u64)..=100).collect::<Vec<_>>());

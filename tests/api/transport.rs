@@ -8,7 +8,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use futures_util::SinkExt;
 
-use crate::helpers::{spawn_app, spawn_app_with, texts, unlimited};
+use crate::helpers::{seqs, spawn_app, spawn_app_with, texts, unlimited};
 
 #[tokio::test]
 async fn binary_frames_close_with_1003() {
@@ -199,12 +199,7 @@ async fn shutdown_closes_clients_with_1001_after_storing_what_was_acknowledged()
         .send_json(json!({"type":"join","room":"Chat Room","since":0}))
         .await;
     let joined = check.recv_type("joined").await;
-    let stored: Vec<u64> = joined["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["seq"].as_u64().unwrap())
-        .collect();
+    let stored: Vec<u64> = seqs(&joined["messages"]);
     for seq in &acked {
         assert!(stored.contains(seq), "acknowledged seq {seq} was lost");
     }

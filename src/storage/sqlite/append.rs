@@ -226,16 +226,8 @@ mod tests {
     fn a_wal_past_the_hard_limit_is_checkpointed_by_the_append_thread_itself() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.db");
-        let conn = Connection::open(&path).unwrap();
-        let _: String = conn
-            .pragma_update_and_check(None, "journal_mode", "wal", |row| row.get(0))
-            .unwrap();
-        conn.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
-        conn.execute_batch("CREATE TABLE t (x BLOB)").unwrap();
-        for _ in 0..50 {
-            conn.execute("INSERT INTO t VALUES (zeroblob(4000))", [])
-                .unwrap();
-        }
+        let conn = checkpoint::fixture::never_checkpointing(&path);
+        checkpoint::fixture::write_rows(&conn, 50);
         // The rows are in the WAL; the database file holds only the schema.
         let db_len = || std::fs::metadata(&path).unwrap().len();
         let before = db_len();

@@ -102,8 +102,36 @@ pub(super) fn checkpoint(conn: &Connection) -> rusqlite::Result<(i64, i64)> {
     })
 }
 
+/// Test fixtures: a database written by a connection that never checkpoints.
+#[cfg(test)]
+pub(super) mod fixture {
+    use std::path::Path;
+
+    use rusqlite::Connection;
+
+    /// Opens `path` in WAL mode with automatic checkpoints off, with an empty table `t`.
+    pub fn never_checkpointing(path: &Path) -> Connection {
+        let conn = Connection::open(path).unwrap();
+        let _: String = conn
+            .pragma_update_and_check(None, "journal_mode", "wal", |row| row.get(0))
+            .unwrap();
+        conn.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+        conn.execute_batch("CREATE TABLE t (x BLOB)").unwrap();
+        conn
+    }
+
+    /// Adds `rows` rows of 4,000 bytes to `t`: they stay in the WAL.
+    pub fn write_rows(conn: &Connection, rows: usize) {
+        for _ in 0..rows {
+            conn.execute("INSERT INTO t VALUES (zeroblob(4000))", [])
+                .unwrap();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::fixture::{never_checkpointing, write_rows};
     use super::*;
 
     #[test]
@@ -111,18 +139,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("idle.db");
         // A writer that never checkpoints, like the read pool creating rooms.
-        let conn = Connection::open(&path).unwrap();
-        let _: String = conn
-            .pragma_update_and_check(None, "journal_mode", "wal", |row| row.get(0))
-            .unwrap();
-        conn.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
-        conn.execute_batch("CREATE TABLE t (x BLOB)").unwrap();
+        let conn = never_checkpointing(&path);
         let db_len = || std::fs::metadata(&path).unwrap().len();
         let checkpointer = Checkpointer::start(&path, Duration::from_millis(50)).unwrap();
-        for _ in 0..50 {
-            conn.execute("INSERT INTO t VALUES (zeroblob(4000))", [])
-                .unwrap();
-        }
+        write_rows(&conn, 50);
         let before = db_len();
         // Never nudged: the rows reach the database file all the same.
         for _ in 0..100 {
