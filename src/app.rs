@@ -101,6 +101,7 @@ impl App {
                 outbox_capacity: config.outbox_capacity as usize,
                 outbox_bytes: config.outbox_bytes,
                 ping_interval: config.ping_interval,
+                frame_timeout: config.frame_timeout,
             },
             limits: AddressLimits::new(config.limits()),
             allowed_origins: Arc::new(config.allowed_origins.clone()),

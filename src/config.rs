@@ -142,6 +142,14 @@ pub struct Config {
           value_parser = parse_ping_interval)]
     pub ping_interval: Duration,
 
+    /// Longest a client may take to send one WebSocket message, from its
+    /// first byte to its last fragment (at least 100ms). Past it the
+    /// connection is closed with 1008: a client trickling a frame in a byte
+    /// at a time cannot hold its read buffer (up to 64 KiB) open.
+    #[arg(long, env = "CHATTERPRO_FRAME_TIMEOUT", default_value = "10s",
+          value_parser = parse_frame_timeout)]
+    pub frame_timeout: Duration,
+
     /// Messages one connection may send per second, steadily...
     #[arg(long, env = "CHATTERPRO_MSG_RATE", default_value = "10")]
     pub msg_rate: NonZeroU32,
@@ -203,6 +211,14 @@ fn parse_ping_interval(raw: &str) -> Result<Duration, String> {
         return Err("must be at least 100ms".into());
     }
     Ok(interval)
+}
+
+fn parse_frame_timeout(raw: &str) -> Result<Duration, String> {
+    let timeout = humantime::parse_duration(raw).map_err(|e| e.to_string())?;
+    if timeout < Duration::from_millis(100) {
+        return Err("must be at least 100ms".into());
+    }
+    Ok(timeout)
 }
 
 /// One `--trusted-proxies` entry: a network (`10.0.0.0/24`) or a single

@@ -5,6 +5,10 @@
 //! Decoding is two-step so that a bad request still gets a useful answer: the
 //! frame is parsed as a JSON object first (to recover `ref` and tell an
 //! unknown `type` from a malformed known one), then into [`ClientMsg`].
+//! A well-formed request with only known fields skips the first step (the
+//! fast path). Neither path accepts a duplicate key, at any depth: with
+//! `{"type":"join","type":"send"}` a filter reading the first key would
+//! judge another request than the one a last-key-wins parser runs.
 
 use std::borrow::Cow;
 
@@ -28,13 +32,21 @@ pub const SINCE_LIMIT: u32 = 1000;
 /// not read, on each of its connections.
 pub const SINCE_MAX_BYTES: usize = 1 << 20;
 
-/// WebSocket close codes the server uses (RFC 6455 §7.4.1).
+/// WebSocket close codes the server uses (RFC 6455 §7.4.1), and the ones it
+/// accepts from a client.
 pub mod close {
+    /// A normal close; also the answer to a client's close frame without a code.
+    pub const NORMAL: u16 = 1000;
     /// The server is shutting down.
     pub const GOING_AWAY: u16 = 1001;
+    /// The client broke the framing rules (RFC 6455 §5, §7.4.1).
+    pub const PROTOCOL_ERROR: u16 = 1002;
     /// A binary frame: the protocol is JSON text only.
     pub const UNSUPPORTED_DATA: u16 = 1003;
-    /// The client kept breaking rate limits after being told to slow down.
+    /// Text (or a close reason) that is not UTF-8 (RFC 6455 §8.1).
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    /// The client kept breaking rate limits after being told to slow down,
+    /// or took longer than `--frame-timeout` to send one message.
     pub const POLICY_VIOLATION: u16 = 1008;
     /// A frame over [`super::MAX_FRAME_BYTES`].
     pub const TOO_BIG: u16 = 1009;
@@ -44,6 +56,16 @@ pub mod close {
     pub const TRY_AGAIN_LATER: u16 = 1013;
     /// The client did not answer pings for two intervals (application code).
     pub const PING_TIMEOUT: u16 = 4000;
+
+    /// Whether a close frame may carry `code` (RFC 6455 §7.4.1 and §7.4.2,
+    /// with the codes IANA registered since: 1012–1014). 1004 is reserved,
+    /// 1005, 1006 and 1015 only ever describe a close to the application and
+    /// must not be sent, 1016–2999 are for future RFCs, 3000–4999 belong to
+    /// libraries and applications; anything else is outside the range.
+    /// (tungstenite's `CloseCode::is_allowed` leaves 1014 out, hence our own.)
+    pub fn may_be_received(code: u16) -> bool {
+        matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+    }
 }
 
 /// The client's correlation id for a request, echoed on the reply.
@@ -187,9 +209,14 @@ impl Rejection {
 /// Every field any request has, in one flat struct: well-formed requests
 /// (nearly all of them) decode in one pass with borrowed strings, instead of
 /// through a JSON tree. Anything this cannot take — a missing or mistyped
-/// field, an unknown type, a duplicate key — goes the careful way, which
-/// produces the precise error.
+/// field, an unknown type, an unknown field, a duplicate key — goes the
+/// careful way, which produces the precise error.
+///
+/// Duplicates cost this path nothing: serde's derive refuses a field seen
+/// twice, unknown fields are refused (they could hide a duplicate, at any
+/// depth, that ignoring them would not see), and every field is a scalar.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct FlatRequest<'a> {
     #[serde(rename = "type", borrow)]
     kind: Cow<'a, str>,
@@ -259,8 +286,17 @@ pub fn decode(text: &str) -> Result<Request, Rejection> {
 /// The slow path: a JSON tree first, to recover `ref` and tell an unknown
 /// `type` from a malformed known one.
 fn decode_carefully(text: &str) -> Result<Request, Rejection> {
-    let value: Value = serde_json::from_str(text)
-        .map_err(|e| Rejection::new(None, ErrorCode::BadRequest, format!("not valid JSON: {e}")))?;
+    let UniqueKeys(value) = serde_json::from_str(text).map_err(|e| {
+        // Our own error (a duplicate key) is a data error; the rest are
+        // the JSON text's. Which `ref` a duplicate-key frame has is not
+        // known, so the reply has none, as for text that is not JSON.
+        let message = if e.is_data() {
+            e.to_string()
+        } else {
+            format!("not valid JSON: {e}")
+        };
+        Rejection::new(None, ErrorCode::BadRequest, message)
+    })?;
     let Value::Object(mut object) = value else {
         return Err(Rejection::new(
             None,
@@ -293,6 +329,80 @@ fn decode_carefully(text: &str) -> Result<Request, Rejection> {
     match ClientMsg::deserialize(Value::Object(object)) {
         Ok(msg) => Ok(Request { r#ref, msg }),
         Err(e) => Err(Rejection::new(r#ref, ErrorCode::BadRequest, e.to_string())),
+    }
+}
+
+/// A JSON value whose objects, at every depth, have distinct keys:
+/// serde_json's own `Value` keeps the last of two equal keys silently.
+struct UniqueKeys(Value);
+
+impl<'de> Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer
+            .deserialize_any(UniqueKeysVisitor)
+            .map(UniqueKeys)
+    }
+}
+
+struct UniqueKeysVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, b: bool) -> Result<Value, E> {
+        Ok(Value::Bool(b))
+    }
+
+    fn visit_i64<E>(self, n: i64) -> Result<Value, E> {
+        Ok(Value::from(n))
+    }
+
+    fn visit_u64<E>(self, n: u64) -> Result<Value, E> {
+        Ok(Value::from(n))
+    }
+
+    fn visit_f64<E>(self, n: f64) -> Result<Value, E> {
+        // JSON text has no NaN or infinity: `from` never makes a null here.
+        Ok(Value::from(n))
+    }
+
+    fn visit_str<E>(self, s: &str) -> Result<Value, E> {
+        Ok(Value::String(s.to_owned()))
+    }
+
+    fn visit_string<E>(self, s: String) -> Result<Value, E> {
+        Ok(Value::String(s))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(UniqueKeys(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if object.contains_key(&key) {
+                return Err(serde::de::Error::custom(format_args!(
+                    "duplicate key {:?}",
+                    truncate(&key, 40)
+                )));
+            }
+            let UniqueKeys(value) = map.next_value()?;
+            object.insert(key, value);
+        }
+        Ok(Value::Object(object))
     }
 }
 
@@ -591,7 +701,7 @@ mod tests {
             r#"{"type":"hello","name":"al\u0069ce","session":null}"#,
             r#"{"type":"join","room":"Chat Room","since":41,"ref":"a"}"#,
             r#"{"type":"join","room":"r","since":null}"#,
-            r#"{"type":"send","room":"r","text":"line\nbreak \"quoted\"","extra":[1,2]}"#,
+            r#"{"type":"send","room":"r","text":"line\nbreak \"quoted\""}"#,
             r#"{"type":"leave","room":"r","ref":-5}"#,
             r#"{"type":"history","room":"r","before":9,"limit":3}"#,
             r#"{"ref":"x","type":"rooms"}"#,
@@ -607,6 +717,7 @@ mod tests {
             r#"{"type":"rooms","ref":1.5}"#,
             r#"{"type":"rooms","ref":9223372036854775808}"#,
             r#"{"type":"rooms","type":"rooms"}"#,
+            r#"{"type":"send","room":"r","text":"hi","extra":[1,2]}"#,
             "[]",
             r#"["rooms", 1]"#,
         ] {
@@ -617,6 +728,42 @@ mod tests {
     #[test]
     fn unknown_fields_are_ignored_for_forward_compatibility() {
         assert!(decode(r#"{"type":"rooms","extra":{"x":1}}"#).is_ok());
+        assert_eq!(
+            decode(r#"{"type":"send","room":"r","text":"hi","extra":[1,{"y":2}],"ref":3}"#),
+            Ok(Request {
+                r#ref: Some(Ref::Int(3)),
+                msg: ClientMsg::Send {
+                    room: "r".into(),
+                    text: "hi".into()
+                }
+            })
+        );
+    }
+
+    #[test]
+    fn a_duplicate_key_anywhere_is_a_bad_request() {
+        for frame in [
+            // The attack: a filter reading the first `type` sees a join.
+            r#"{"type":"join","type":"send","room":"r","text":"hi"}"#,
+            r#"{"type":"send","room":"a","room":"b","text":"hi"}"#,
+            r#"{"type":"send","room":"r","text":"a","text":"b"}"#,
+            r#"{"type":"rooms","ref":1,"ref":2}"#,
+            r#"{"type":"hello","name":"a","session":"x","session":"y"}"#,
+            r#"{"type":"rooms","extra":1,"extra":2}"#,
+            r#"{"type":"rooms","extra":{"a":1,"a":2}}"#,
+            r#"{"type":"rooms","extra":[{"a":1,"b":{"c":1,"c":1}}]}"#,
+            r#"{"type":"join","room":{"x":1,"x":1}}"#,
+            r#"{"type":"dance","type":"dance"}"#,
+            // Equal after unescaping.
+            r#"{"type":"rooms","typ\u0065":"send"}"#,
+        ] {
+            assert!(decode_fast(frame).is_none(), "{frame}");
+            let rejection = decode(frame).expect_err(frame);
+            assert_eq!(rejection.code, ErrorCode::BadRequest, "{frame}");
+            assert!(rejection.message.contains("duplicate key"), "{rejection:?}");
+        }
+        // Equal keys in different objects are not duplicates.
+        assert!(decode(r#"{"type":"rooms","a":{"type":1},"b":[{"a":1},{"a":2}]}"#).is_ok());
     }
 
     #[test]

@@ -46,8 +46,11 @@ pub struct Settings {
     pub outbox_capacity: usize,
     /// Bytes queued before the connection counts as too slow (1013).
     pub outbox_bytes: usize,
-    /// How often to ping; two intervals without hearing from the client close it.
+    /// How often to ping; two intervals without a whole frame from the client close it.
     pub ping_interval: Duration,
+    /// Longest a client may take to send one message, from its first byte
+    /// to its last fragment (1008 past it).
+    pub frame_timeout: Duration,
 }
 
 /// Most frames taken off the outbox for one vectored write (well under the
@@ -55,7 +58,8 @@ pub struct Settings {
 const WRITE_MAX: usize = 256;
 /// Bytes read at a time (more when a large frame is on its way).
 const READ_CHUNK: usize = 4096;
-/// How long the server waits for the client's close frame after its own.
+/// How long the server waits for the client's close frame (or the end of
+/// its stream) after its own.
 const CLOSING_HANDSHAKE_GRACE: Duration = Duration::from_secs(2);
 /// How long a write already under way may go on after the connection was
 /// told to close (a slow reader still gets its close code); past it the
@@ -96,6 +100,8 @@ pub fn serve(
             // copied and dropped here, not kept for the connection's life.
             input: BytesMut::from(&pre_read[..]),
             decoder: Decoder::default(),
+            frame_timeout: settings.frame_timeout,
+            message_deadline: None,
             session: Some(session),
             close_all,
         },
@@ -139,6 +145,12 @@ struct Reader {
     /// Bytes read and not yet decoded; unallocated while idle.
     input: BytesMut,
     decoder: Decoder,
+    frame_timeout: Duration,
+    /// When the message being received (a partial frame in `input`, or a
+    /// fragmented message begun) must be complete; `None` between messages.
+    /// Without it a client could hold a 64 KiB buffer open forever by
+    /// sending a frame one byte at a time.
+    message_deadline: Option<Instant>,
     /// Dropped when reading ends: the connection leaves its rooms then.
     session: Option<Session>,
     close_all: CancellationToken,
@@ -179,11 +191,15 @@ impl Connection {
         shared.outbox.close();
         // The client may still be talking; wait for its close frame so the
         // socket is not reset (a reset discards what is still on its way).
-        if closed_sent && matches!(end, ReadEnd::Kicked | ReadEnd::Violation(_)) {
-            Box::pin(reader.finish_closing_handshake(stream)).await;
+        let violated = matches!(end, ReadEnd::Violation(_));
+        if closed_sent && (violated || matches!(end, ReadEnd::Kicked)) {
+            Box::pin(reader.finish_closing_handshake(stream, violated)).await;
         }
+        // Only the server's own closes are counted: a client's code echoed
+        // back is the client's choice (and would let it mint metric labels).
         if let Some((code, _)) = shared.outbox.kick().reason()
-            && code != 1000
+            && code != close::NORMAL
+            && !matches!(end, ReadEnd::ClientClosed(Some(echoed)) if echoed == code)
         {
             self.hub.metrics().count_close(code);
         }
@@ -195,8 +211,8 @@ impl Connection {
 enum ReadEnd {
     /// The client closed the TCP connection, or reading failed.
     Gone,
-    /// The client sent its close frame.
-    ClientClosed,
+    /// The client sent its close frame, with this status code if any.
+    ClientClosed(Option<u16>),
     /// The client broke the WebSocket rules.
     Violation(wire::Violation),
     /// Something else asked the connection to close.
@@ -213,7 +229,9 @@ impl Reader {
         let kick = shared.outbox.kick();
         match end {
             ReadEnd::Violation(v) => kick.kick(v.code, v.reason),
-            _ => kick.kick(1000, ""),
+            // RFC 6455 §5.5.1: the answer to a close frame echoes its code.
+            ReadEnd::ClientClosed(code) => kick.kick(code.unwrap_or(close::NORMAL), ""),
+            ReadEnd::Gone | ReadEnd::Kicked => kick.kick(close::NORMAL, ""),
         }
         end
     }
@@ -225,8 +243,21 @@ impl Reader {
         };
         loop {
             loop {
-                match self.decoder.next(&mut self.input) {
-                    Ok(Some(Incoming::Text(text))) => {
+                let item = match self.decoder.next(&mut self.input) {
+                    Ok(Some(item)) => item,
+                    Ok(None) => break,
+                    Err(violation) => return ReadEnd::Violation(violation),
+                };
+                // A whole frame is a sign of life, pongs included; bytes
+                // trickling in are not (see `message_deadline`).
+                shared.heard.store(true, Ordering::Relaxed);
+                if !self.decoder.in_message() {
+                    // A message or a control frame between messages is
+                    // complete: the next one gets time of its own.
+                    self.message_deadline = None;
+                }
+                match item {
+                    Incoming::Text(text) => {
                         let text = std::str::from_utf8(&text).expect("the decoder checked UTF-8");
                         // Boxed: handling a request awaits storage and the
                         // hub, a deep future that would otherwise sit in
@@ -236,49 +267,87 @@ impl Reader {
                             return ReadEnd::Kicked;
                         }
                     }
-                    Ok(Some(Incoming::Ping(payload))) => {
+                    Incoming::Ping(payload) => {
                         shared.peer.push(Frame::pong(payload));
                     }
-                    Ok(Some(Incoming::Pong)) => {}
-                    Ok(Some(Incoming::Close)) => return ReadEnd::ClientClosed,
-                    Ok(None) => break,
-                    Err(violation) => return ReadEnd::Violation(violation),
+                    Incoming::Pong => {}
+                    Incoming::Close(code) => return ReadEnd::ClientClosed(code),
                 }
             }
-            // An idle connection holds no read buffer.
-            if self.input.is_empty() {
+            if self.input.is_empty() && !self.decoder.in_message() {
+                // An idle connection holds no read buffer.
                 self.input = BytesMut::new();
+            } else if self.message_deadline.is_none() {
+                self.message_deadline = Some(Instant::now() + self.frame_timeout);
             }
-            tokio::select! {
-                () = kick.kicked() => return ReadEnd::Kicked,
-                () = self.close_all.cancelled() => {
+            let close_all = &self.close_all;
+            let woken = match self.message_deadline {
+                // The same as `wake`, written out: an idle connection's
+                // task is smaller without a call's copy of its arguments.
+                None => tokio::select! {
+                    () = kick.kicked() => Woken::Kicked,
+                    () = close_all.cancelled() => Woken::ShuttingDown,
+                    ready = stream.readable() => match ready {
+                        Ok(()) => Woken::Readable,
+                        Err(_) => Woken::Gone,
+                    },
+                },
+                // Boxed: only a connection in the middle of a message pays
+                // for a timer; an idle one holds none.
+                Some(deadline) => {
+                    let woken = tokio::time::timeout_at(deadline, wake(kick, close_all, stream));
+                    match Box::pin(woken).await {
+                        Ok(woken) => woken,
+                        Err(_) => return ReadEnd::Violation(MESSAGE_TOO_SLOW),
+                    }
+                }
+            };
+            match woken {
+                Woken::Readable => {}
+                Woken::Kicked => return ReadEnd::Kicked,
+                Woken::ShuttingDown => {
                     kick.kick(close::GOING_AWAY, "server shutting down");
                     return ReadEnd::Kicked;
                 }
-                ready = stream.readable() => if ready.is_err() { return ReadEnd::Gone },
+                Woken::Gone => return ReadEnd::Gone,
             }
             match read_some(stream, &mut self.input) {
                 Ok(0) => return ReadEnd::Gone,
-                // Any frame counts as a sign of life, pongs included.
-                Ok(_) => shared.heard.store(true, Ordering::Relaxed),
+                Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(_) => return ReadEnd::Gone,
             }
         }
     }
 
-    /// Reads (and drops) what the client still sends until its close frame
-    /// or the end of the stream. Dropping a socket with unread data makes the
-    /// kernel reset the connection, and a reset discards our close frame and
-    /// whatever was still on its way to the client.
-    async fn finish_closing_handshake(&mut self, stream: &TcpStream) {
+    /// Reads what the client still sends until its close frame or the end of
+    /// the stream, and drops it. Dropping a socket with unread data makes
+    /// the kernel reset the connection, and a reset discards our close frame
+    /// and whatever was still on its way to the client.
+    ///
+    /// After a violation (`violated`), the bytes in hand are the offending
+    /// frame and what followed it: they are dropped unread, never decoded
+    /// again. Whenever the frames cannot be told apart (a violation, or
+    /// garbage after it), what is in hand is dropped and the close frame is
+    /// looked for in what arrives next: a client answering our close frame
+    /// sends its own in a later write.
+    async fn finish_closing_handshake(&mut self, stream: &TcpStream, violated: bool) {
+        if violated {
+            self.input.clear();
+            self.decoder = Decoder::default();
+        }
         let drain = async {
             loop {
                 loop {
                     match self.decoder.next(&mut self.input) {
-                        Ok(Some(Incoming::Close)) | Err(_) => return,
+                        Ok(Some(Incoming::Close(_))) => return,
                         Ok(Some(_)) => {}
                         Ok(None) => break,
+                        Err(_) => {
+                            self.input.clear();
+                            self.decoder = Decoder::default();
+                            break;
+                        }
                     }
                 }
                 if stream.readable().await.is_err() {
@@ -295,6 +364,33 @@ impl Reader {
         let _ = tokio::time::timeout(CLOSING_HANDSHAKE_GRACE, drain).await;
     }
 }
+
+/// Waits until the socket has bytes, the connection is kicked or the server
+/// shuts down.
+async fn wake(kick: &Kick, close_all: &CancellationToken, stream: &TcpStream) -> Woken {
+    tokio::select! {
+        () = kick.kicked() => Woken::Kicked,
+        () = close_all.cancelled() => Woken::ShuttingDown,
+        ready = stream.readable() => match ready {
+            Ok(()) => Woken::Readable,
+            Err(_) => Woken::Gone,
+        },
+    }
+}
+
+/// What woke an idle reader.
+enum Woken {
+    Readable,
+    Kicked,
+    ShuttingDown,
+    Gone,
+}
+
+/// A message (all its fragments) not complete within `--frame-timeout`.
+const MESSAGE_TOO_SLOW: wire::Violation = wire::Violation {
+    code: close::POLICY_VIOLATION,
+    reason: "message not completed in time",
+};
 
 /// Reads what the socket has, growing `input` for a large frame on its way.
 fn read_some(stream: &TcpStream, input: &mut BytesMut) -> io::Result<usize> {

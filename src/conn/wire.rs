@@ -1,10 +1,13 @@
 //! Reading client WebSocket frames (RFC 6455) out of a connection's input bytes.
 //!
-//! tungstenite parses each frame header; this module applies the rules a
-//! server must enforce on top (client frames are masked, control frames are
-//! short and unfragmented, text is UTF-8, no extensions were negotiated) and
-//! joins fragments. It owns no socket: the connection feeds it bytes, which
-//! keeps it testable and lets an idle connection hold no buffer at all.
+//! tungstenite parses each frame header (and refuses reserved opcodes); this
+//! module applies the rules a server must enforce on top (client frames are
+//! masked, control frames are short and unfragmented, text is UTF-8, no
+//! extensions were negotiated, a close frame's body is a status code an
+//! endpoint may send and a UTF-8 reason) and joins fragments. It owns no
+//! socket and no clock: the connection feeds it bytes (and times how long a
+//! message takes, with [`Decoder::in_message`]), which keeps it testable
+//! and lets an idle connection hold no buffer at all.
 
 use std::io::Cursor;
 
@@ -21,8 +24,10 @@ pub enum Incoming {
     Text(Bytes),
     Ping(Bytes),
     Pong,
-    /// The client's close frame: it will send nothing more.
-    Close,
+    /// The client's close frame, with its status code if it gave one
+    /// (checked: a code an endpoint may send, and a UTF-8 reason): it will
+    /// send nothing more.
+    Close(Option<u16>),
 }
 
 /// Why the connection must close; `code` is the close code to send.
@@ -36,10 +41,7 @@ const fn violation(code: u16, reason: &'static str) -> Violation {
     Violation { code, reason }
 }
 
-/// The close code for a protocol error (RFC 6455 §7.4.1).
-const PROTOCOL_ERROR: u16 = 1002;
-/// The close code for text that is not UTF-8.
-const INVALID_PAYLOAD: u16 = 1007;
+use close::{INVALID_PAYLOAD, PROTOCOL_ERROR};
 
 /// Longest control-frame payload (RFC 6455 §5.5).
 const MAX_CONTROL_PAYLOAD: u64 = 125;
@@ -52,6 +54,13 @@ pub struct Decoder {
 }
 
 impl Decoder {
+    /// Whether a fragmented message has begun and not ended: its frames so
+    /// far are held here, and the connection's clock for the message keeps
+    /// running across the control frames it may carry in between.
+    pub fn in_message(&self) -> bool {
+        self.fragments.is_some()
+    }
+
     /// How many more bytes the frame at the start of `input` needs, at
     /// least; lets the reader size one read for a large frame.
     pub fn wanted(input: &[u8]) -> usize {
@@ -92,7 +101,10 @@ impl Decoder {
                     return Ok(Some(Incoming::Ping(payload.freeze())));
                 }
                 OpCode::Control(Control::Pong) => return Ok(Some(Incoming::Pong)),
-                OpCode::Control(_) => return Ok(Some(Incoming::Close)),
+                OpCode::Control(Control::Close) => return close_frame(&payload).map(Some),
+                OpCode::Control(Control::Reserved(_)) | OpCode::Data(Data::Reserved(_)) => {
+                    unreachable!("tungstenite refuses reserved opcodes in the header")
+                }
                 OpCode::Data(Data::Binary) => {
                     return Err(violation(
                         close::UNSUPPORTED_DATA,
@@ -101,7 +113,7 @@ impl Decoder {
                 }
                 OpCode::Data(Data::Text) if header.is_final => return text(payload),
                 OpCode::Data(Data::Text) => self.fragments = Some(payload),
-                OpCode::Data(_) => {
+                OpCode::Data(Data::Continue) => {
                     let Some(mut fragments) = self.fragments.take() else {
                         unreachable!("checked: a continuation follows a first fragment");
                     };
@@ -141,6 +153,28 @@ impl Decoder {
             }
         }
         Ok(())
+    }
+}
+
+/// The body of a close frame (RFC 6455 §5.5.1): empty, or a status code
+/// (§7.4) followed by a UTF-8 reason.
+fn close_frame(payload: &[u8]) -> Result<Incoming, Violation> {
+    match payload {
+        [] => Ok(Incoming::Close(None)),
+        [_] => Err(violation(
+            PROTOCOL_ERROR,
+            "a close frame's body is at least a code",
+        )),
+        [high, low, reason @ ..] => {
+            let code = u16::from_be_bytes([*high, *low]);
+            if !close::may_be_received(code) {
+                return Err(violation(PROTOCOL_ERROR, "invalid close code"));
+            }
+            if std::str::from_utf8(reason).is_err() {
+                return Err(violation(INVALID_PAYLOAD, "close reason is not UTF-8"));
+            }
+            Ok(Incoming::Close(Some(code)))
+        }
     }
 }
 
@@ -207,7 +241,7 @@ mod tests {
                 Incoming::Text(Bytes::from_static(b"{\"type\":\"rooms\"}")),
                 Incoming::Ping(Bytes::from_static(b"p")),
                 Incoming::Pong,
-                Incoming::Close,
+                Incoming::Close(Some(1000)),
             ]
         );
         assert_eq!((violation, left), (None, 0));
@@ -277,6 +311,91 @@ mod tests {
             assert!(items.is_empty(), "{items:?}");
             assert_eq!(violation.map(|v| v.code), Some(code), "{:x?}", &bytes[..2]);
         }
+    }
+
+    /// The close frame's verdict: the code it was accepted with, or the
+    /// close code of the violation.
+    fn close_verdict(body: &[u8]) -> Result<Option<u16>, u16> {
+        match decode_all(&frame(true, 8, body)) {
+            (items, None, 0) => match items.as_slice() {
+                [Incoming::Close(code)] => Ok(*code),
+                other => panic!("{other:?}"),
+            },
+            (items, Some(violation), _) if items.is_empty() => Err(violation.code),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn with_code(code: u16, reason: &[u8]) -> Vec<u8> {
+        [&code.to_be_bytes()[..], reason].concat()
+    }
+
+    #[test]
+    fn close_frames_carry_nothing_or_an_allowed_code_and_a_utf8_reason() {
+        assert_eq!(close_verdict(b""), Ok(None));
+        assert_eq!(close_verdict(&[3]), Err(PROTOCOL_ERROR));
+        for code in [
+            1000, 1001, 1002, 1003, 1007, 1010, 1011, 1014, 3000, 4000, 4999,
+        ] {
+            assert_eq!(
+                close_verdict(&with_code(code, b"")),
+                Ok(Some(code)),
+                "{code}"
+            );
+            assert_eq!(
+                close_verdict(&with_code(code, "bye ✓".as_bytes())),
+                Ok(Some(code))
+            );
+        }
+        for code in [
+            0,
+            999,
+            1004,
+            1005,
+            1006,
+            1015,
+            1016,
+            2000,
+            2999,
+            5000,
+            u16::MAX,
+        ] {
+            assert_eq!(
+                close_verdict(&with_code(code, b"")),
+                Err(PROTOCOL_ERROR),
+                "{code}"
+            );
+        }
+        for reason in [&[0xff][..], &[b'o', b'k', 0xc3], &[0xed, 0xa0, 0x80]] {
+            assert_eq!(
+                close_verdict(&with_code(1000, reason)),
+                Err(INVALID_PAYLOAD),
+                "{reason:x?}"
+            );
+        }
+    }
+
+    #[test]
+    fn in_message_lasts_from_the_first_fragment_to_the_last() {
+        let mut decoder = Decoder::default();
+        let mut input = BytesMut::from(&frame(false, 1, b"he")[..]);
+        assert_eq!(decoder.next(&mut input), Ok(None));
+        assert!(decoder.in_message());
+        input.extend_from_slice(&frame(true, 9, b""));
+        assert_eq!(
+            decoder.next(&mut input),
+            Ok(Some(Incoming::Ping(Bytes::new())))
+        );
+        assert!(
+            decoder.in_message(),
+            "a ping between fragments does not end the message"
+        );
+        input.extend_from_slice(&frame(true, 0, b"y"));
+        assert_eq!(
+            decoder.next(&mut input),
+            Ok(Some(Incoming::Text(Bytes::from_static(b"hey"))))
+        );
+        assert!(!decoder.in_message());
     }
 
     #[test]
