@@ -20,7 +20,7 @@ use crate::broker::{Broker, LocalBroker};
 use crate::config::Config;
 use crate::conn;
 use crate::domain::RoomName;
-use crate::http::{self, AppState, TrustedProxies};
+use crate::http::{self, AllowedOrigins, AppState, ServeSettings, SocketBudget, TrustedProxies};
 use crate::hub::{Hub, HubConfig, Pacing, Registry, SocketWrites};
 use crate::limits::AddressLimits;
 use crate::metrics::Metrics;
@@ -34,6 +34,8 @@ const WRITER_GRACE: Duration = Duration::from_secs(30);
 
 pub struct App {
     listener: TcpListener,
+    metrics_listener: TcpListener,
+    handshake_timeout: Duration,
     state: AppState,
     registry: Arc<Registry>,
     writer: JoinHandle<()>,
@@ -95,6 +97,25 @@ impl App {
         let listener = TcpListener::bind(config.addr)
             .await
             .with_context(|| format!("binding {}", config.addr))?;
+        let metrics_listener = TcpListener::bind(config.metrics_addr)
+            .await
+            .with_context(|| format!("binding {} (--metrics-addr)", config.metrics_addr))?;
+        let origins = AllowedOrigins::new(
+            config.public_url.as_deref(),
+            listener.local_addr()?,
+            &config.allowed_origins,
+        );
+        tracing::debug!(origins = ?origins.list(), "WebSocket origins allowed");
+        let mut limits = config.limits();
+        let budget = SocketBudget::of_this_process();
+        if budget.sockets < limits.max_connections {
+            tracing::warn!(
+                open_files = budget.open_files,
+                max_connections = budget.sockets,
+                "--max-connections lowered to the open-file limit less the server's reserve"
+            );
+            limits.max_connections = budget.sockets;
+        }
         let state = AppState {
             hub: Arc::new(hub),
             conn_settings: conn::Settings {
@@ -103,14 +124,16 @@ impl App {
                 ping_interval: config.ping_interval,
                 frame_timeout: config.frame_timeout,
             },
-            limits: AddressLimits::new(config.limits()),
-            allowed_origins: Arc::new(config.allowed_origins.clone()),
+            limits: AddressLimits::new(limits),
+            origins: Arc::new(origins),
             trusted_proxies: Arc::new(TrustedProxies::new(config.trusted_proxies.clone())),
             close_connections: CancellationToken::new(),
             sessions: TaskTracker::new(),
         };
         Ok(Self {
             listener,
+            metrics_listener,
+            handshake_timeout: config.handshake_timeout,
             state,
             registry,
             writer,
@@ -125,6 +148,13 @@ impl App {
             .expect("a bound listener has an address")
     }
 
+    /// Where `/metrics` is served (the real port when configured with port 0).
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
     /// Serves until `shutdown` resolves, then shuts down in order.
     pub async fn run(
         self,
@@ -132,15 +162,43 @@ impl App {
     ) -> anyhow::Result<()> {
         let Self {
             listener,
+            metrics_listener,
+            handshake_timeout,
             state,
             registry,
             writer,
             writer_stop,
         } = self;
-        tracing::info!(addr = %listener.local_addr()?, "serving");
+        tracing::info!(
+            addr = %listener.local_addr()?,
+            metrics_addr = %metrics_listener.local_addr()?,
+            "serving"
+        );
         let router = http::router(state.clone());
         let stop_accepting = CancellationToken::new();
-        let server = tokio::spawn(http::serve(listener, router, stop_accepting.clone()));
+        let settings = ServeSettings {
+            limits: state.limits.clone(),
+            trusted_proxies: state.trusted_proxies.clone(),
+            handshake_timeout,
+        };
+        let server = tokio::spawn(http::serve(
+            listener,
+            router,
+            settings,
+            stop_accepting.clone(),
+        ));
+        let metrics_server = {
+            let stop = stop_accepting.clone();
+            let router = http::metrics_router(state.clone());
+            tokio::spawn(async move {
+                let served = axum::serve(metrics_listener, router)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "metrics listener failed");
+                }
+            })
+        };
         shutdown.await;
         stop_accepting.cancel();
         // Store everything queued before any connection is told to go.
@@ -165,6 +223,12 @@ impl App {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!(error = %e, "HTTP server task failed"),
             Err(_) => tracing::warn!("HTTP server did not stop in time"),
+        }
+        if tokio::time::timeout(SHUTDOWN_GRACE, metrics_server)
+            .await
+            .is_err()
+        {
+            tracing::warn!("metrics listener did not stop in time");
         }
         tracing::info!("stopped");
         Ok(())

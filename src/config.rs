@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Parser;
 use ipnet::{IpNet, Ipv4Net};
 
-use crate::limits::LimitsConfig;
+use crate::limits::{ByteRate, LimitsConfig};
 
 /// ChatterPro: a real-time multi-room chat server with its browser app.
 ///
@@ -39,9 +39,31 @@ pub enum Command {
 /// The server's settings.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
-    /// Address to listen on (port 0 picks a free port).
+    /// Address to listen on (port 0 picks a free port). An address other
+    /// than loopback needs --public-url.
     #[arg(long, env = "CHATTERPRO_ADDR", default_value = "127.0.0.1:3000")]
     pub addr: SocketAddr,
+
+    /// The origin browsers reach the server at (scheme://host[:port], e.g.
+    /// https://chat.example.com): a WebSocket upgrade whose Origin is not
+    /// this one (scheme, host and port) nor in --allowed-origins is refused.
+    /// Default, for a loopback --addr only: http://127.0.0.1:PORT and
+    /// http://localhost:PORT with the port actually bound.
+    #[arg(long, env = "CHATTERPRO_PUBLIC_URL", value_parser = parse_origin)]
+    pub public_url: Option<String>,
+
+    /// Address /metrics is served on, apart from the app and the WebSocket;
+    /// the default is a free loopback port, announced on stdout at start
+    /// ("metrics on http://…"). Give a fixed one for a scraper.
+    #[arg(long, env = "CHATTERPRO_METRICS_ADDR", default_value = "127.0.0.1:0")]
+    pub metrics_addr: SocketAddr,
+
+    /// How long a connection may take to send a complete request head (the
+    /// WebSocket handshake included) — and how long a keep-alive connection
+    /// may stay silent between requests — before it is closed.
+    #[arg(long, env = "CHATTERPRO_HANDSHAKE_TIMEOUT", default_value = "10s",
+          value_parser = parse_handshake_timeout)]
+    pub handshake_timeout: Duration,
 
     /// Where messages are stored: sqlite://PATH (created if missing; WAL mode).
     #[arg(
@@ -123,9 +145,10 @@ pub struct Config {
     pub write_batch: u32,
 
     /// Extra origins (scheme://host[:port]) allowed to open WebSockets, besides
-    /// the server's own (comma-separated). Requests without Origin (non-browser
+    /// --public-url (comma-separated). Requests without Origin (non-browser
     /// clients) are always allowed.
-    #[arg(long, env = "CHATTERPRO_ALLOWED_ORIGINS", value_delimiter = ',')]
+    #[arg(long, env = "CHATTERPRO_ALLOWED_ORIGINS", value_delimiter = ',',
+          value_parser = parse_origin)]
     pub allowed_origins: Vec<String>,
 
     /// Reverse proxies (addresses, or networks holding only proxies,
@@ -183,16 +206,19 @@ pub struct Config {
     #[arg(long, env = "CHATTERPRO_ABUSE_STRIKES", default_value = "30")]
     pub abuse_strikes: NonZeroU32,
 
-    /// Connections the whole server holds; beyond it upgrades get HTTP 503.
-    /// Keep it under the process's open-file limit.
+    /// TCP connections (WebSockets, HTTP, not yet upgraded) the whole server
+    /// holds; beyond it new ones are answered 503 and closed. Lowered at
+    /// start to the open-file limit less a reserve for the server's own files.
     #[arg(long, env = "CHATTERPRO_MAX_CONNECTIONS", default_value_t = 15_000)]
     pub max_connections: usize,
 
-    /// Connections one IP address may hold at once (HTTP 429 beyond).
+    /// TCP connections one IP address may hold at once, counted from accept
+    /// (a WebSocket keeps its connection's place); beyond it new ones are
+    /// answered 429 and closed.
     #[arg(long, env = "CHATTERPRO_MAX_CONNS_PER_IP", default_value_t = 50)]
     pub max_conns_per_ip: usize,
 
-    /// New connections one IP address may open per minute (HTTP 429 beyond).
+    /// New WebSockets one IP address may open per minute (HTTP 429 beyond).
     #[arg(
         long,
         env = "CHATTERPRO_CONNS_PER_IP_PER_MINUTE",
@@ -200,9 +226,63 @@ pub struct Config {
     )]
     pub conns_per_ip_per_minute: NonZeroU32,
 
-    /// New rooms one IP address may create per minute (rate_limited beyond).
+    /// New rooms one IP address may create per minute (rate_limited
+    /// beyond); an IPv6 /48 may create four times as many.
     #[arg(long, env = "CHATTERPRO_ROOMS_PER_IP_PER_MINUTE", default_value = "10")]
     pub rooms_per_ip_per_minute: NonZeroU32,
+
+    /// Plain HTTP requests (app files, /api/rooms, /healthz) one IP address
+    /// may make per second, steadily (HTTP 429 with Retry-After beyond)...
+    #[arg(long, env = "CHATTERPRO_HTTP_RATE", default_value = "20")]
+    pub http_rate: NonZeroU32,
+
+    /// ...and in a burst (loading the app takes about ten).
+    #[arg(long, env = "CHATTERPRO_HTTP_BURST", default_value = "100")]
+    pub http_burst: NonZeroU32,
+
+    /// Bytes of history and room-list replies one connection may be served
+    /// per second, steadily; a request while over budget is refused
+    /// (rate_limited with retry_after_ms)...
+    #[arg(long, env = "CHATTERPRO_SERVED_BYTES_PER_CONN", default_value_t = 256 * 1024,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub served_bytes_per_conn: u64,
+
+    /// ...and in a burst.
+    #[arg(long, env = "CHATTERPRO_SERVED_BYTES_BURST_PER_CONN", default_value_t = 2 * 1024 * 1024)]
+    pub served_bytes_burst_per_conn: u64,
+
+    /// The same, for all connections of one IP address together...
+    #[arg(long, env = "CHATTERPRO_SERVED_BYTES_PER_IP", default_value_t = 1024 * 1024,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub served_bytes_per_ip: u64,
+
+    /// ...and in a burst.
+    #[arg(long, env = "CHATTERPRO_SERVED_BYTES_BURST_PER_IP", default_value_t = 8 * 1024 * 1024)]
+    pub served_bytes_burst_per_ip: u64,
+}
+
+fn parse_handshake_timeout(raw: &str) -> Result<Duration, String> {
+    let timeout = humantime::parse_duration(raw).map_err(|e| e.to_string())?;
+    if timeout < Duration::from_millis(100) {
+        return Err("must be at least 100ms".into());
+    }
+    Ok(timeout)
+}
+
+/// An origin (`scheme://host[:port]`), in the form browsers send it:
+/// lower case, without a default port or a trailing slash. Only http and
+/// https are origins a page can have here.
+pub(crate) fn parse_origin(raw: &str) -> Result<String, String> {
+    let url = url::Url::parse(raw.trim()).map_err(|e| format!("`{raw}`: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("`{raw}`: an origin is http:// or https://"));
+    }
+    if url.path() != "/" || url.query().is_some() || !url.username().is_empty() {
+        return Err(format!(
+            "`{raw}`: an origin is scheme://host[:port], without a path"
+        ));
+    }
+    Ok(url.origin().ascii_serialization())
 }
 
 fn parse_ping_interval(raw: &str) -> Result<Duration, String> {
@@ -260,6 +340,15 @@ impl Config {
                 self.outbox_capacity, self.write_batch
             ));
         }
+        if self.public_url.is_none() && !self.addr.ip().is_loopback() {
+            return Err(format!(
+                "--addr {} is reachable from other machines, so --public-url must say which \
+                 origin browsers use to reach this server (e.g. https://chat.example.com): \
+                 WebSocket upgrades are accepted only from that origin, and the Host header \
+                 cannot be trusted to tell it",
+                self.addr
+            ));
+        }
         Ok(())
     }
 
@@ -277,6 +366,16 @@ impl Config {
             max_conns_per_ip: self.max_conns_per_ip,
             conns_per_ip_per_minute: self.conns_per_ip_per_minute,
             rooms_per_ip_per_minute: self.rooms_per_ip_per_minute,
+            http_rate: self.http_rate,
+            http_burst: self.http_burst,
+            served_bytes_per_conn: ByteRate {
+                per_second: self.served_bytes_per_conn,
+                burst: self.served_bytes_burst_per_conn,
+            },
+            served_bytes_per_ip: ByteRate {
+                per_second: self.served_bytes_per_ip,
+                burst: self.served_bytes_burst_per_ip,
+            },
         }
     }
 
@@ -284,6 +383,7 @@ impl Config {
     pub fn for_tests(database_url: impl Into<String>) -> Self {
         let mut config = Cli::parse_from(["chatterpro"]).serve;
         config.addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.metrics_addr = SocketAddr::from(([127, 0, 0, 1], 0));
         config.database_url = database_url.into();
         config
     }
@@ -313,5 +413,33 @@ mod tests {
             parse_network("::ffff:10.0.0.0/120").unwrap(),
             parse_network("10.0.0.0/24").unwrap()
         );
+    }
+
+    #[test]
+    fn origins_are_kept_as_browsers_send_them() {
+        assert_eq!(
+            parse_origin("HTTPS://Chat.Example:443/").unwrap(),
+            "https://chat.example"
+        );
+        assert_eq!(
+            parse_origin("http://127.0.0.1:3000").unwrap(),
+            "http://127.0.0.1:3000"
+        );
+        assert!(parse_origin("chat.example").is_err());
+        assert!(parse_origin("https://chat.example/app").is_err());
+        assert!(parse_origin("ftp://chat.example").is_err());
+    }
+
+    #[test]
+    fn a_public_bind_without_a_public_url_is_refused_with_the_reason() {
+        let mut config = Config::for_tests("sqlite::memory:");
+        config.addr = "0.0.0.0:3000".parse().unwrap();
+        let refusal = config.validate().unwrap_err();
+        assert!(refusal.contains("--public-url"), "{refusal}");
+        config.public_url = Some(parse_origin("https://chat.example").unwrap());
+        assert!(config.validate().is_ok());
+        config.public_url = None;
+        config.addr = "[::1]:3000".parse().unwrap();
+        assert!(config.validate().is_ok());
     }
 }

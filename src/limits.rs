@@ -1,10 +1,16 @@
 //! Abuse limits: how fast one connection may act, how many connections one
-//! address and the whole server may hold, and how fast an address may create
-//! rooms. Policy only — the connection layer asks, this module answers.
+//! address and the whole server may hold, how fast an address may create
+//! rooms, make HTTP requests and be served bytes. Policy only — the
+//! connection layer asks, this module answers.
 //!
 //! Rates are token buckets (the `governor` crate's GCRA): a burst is allowed,
 //! then a steady rate. A refusal says how long to wait, which becomes the
-//! `retry_after_ms` of a `rate_limited` error.
+//! `retry_after_ms` of a `rate_limited` error (or an HTTP `Retry-After`).
+//!
+//! Bytes served are the exception: what a reply costs is known only once it
+//! is built, and one reply may be larger than a whole burst, which GCRA
+//! cannot charge. They are a [`ByteBucket`] that may go into debt: a reply
+//! is served while the bucket is not in debt, then charged in full.
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -32,6 +38,17 @@ pub struct LimitsConfig {
     pub max_conns_per_ip: usize,
     pub conns_per_ip_per_minute: NonZeroU32,
     pub rooms_per_ip_per_minute: NonZeroU32,
+    pub http_rate: NonZeroU32,
+    pub http_burst: NonZeroU32,
+    pub served_bytes_per_conn: ByteRate,
+    pub served_bytes_per_ip: ByteRate,
+}
+
+/// A steady rate of bytes per second and the burst allowed above it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ByteRate {
+    pub per_second: u64,
+    pub burst: u64,
 }
 
 /// Which limit refused a request; strikes are judged per kind, so waiting
@@ -43,10 +60,11 @@ pub enum LimitKind {
     Joins,
     Rooms,
     NewRooms,
+    Bytes,
 }
 
 impl LimitKind {
-    const COUNT: usize = 5;
+    const COUNT: usize = 6;
 }
 
 /// How long to wait before trying again.
@@ -88,6 +106,9 @@ pub struct ConnLimits {
     /// For each kind of limit, when its last refusal said trying again would work.
     not_before: [Cell<Option<Instant>>; LimitKind::COUNT],
     max_rooms: usize,
+    /// Bytes of costly replies (history, room lists) served.
+    served: Cell<ByteBucket>,
+    served_rate: ByteRate,
 }
 
 impl ConnLimits {
@@ -114,7 +135,27 @@ impl ConnLimits {
             clock: clock.clone(),
             not_before: Default::default(),
             max_rooms: config.max_rooms_per_conn,
+            served: Cell::new(ByteBucket::full(
+                config.served_bytes_per_conn,
+                Instant::now(),
+            )),
+            served_rate: config.served_bytes_per_conn,
         }
+    }
+
+    /// May this connection be served another costly reply now?
+    pub fn may_serve(&self) -> Result<(), RetryAfter> {
+        let mut bucket = self.served.get();
+        let verdict = bucket.may_spend(self.served_rate, Instant::now());
+        self.served.set(bucket);
+        verdict
+    }
+
+    /// Charges a costly reply of `bytes` to this connection.
+    pub fn served(&self, bytes: usize) {
+        let mut bucket = self.served.get();
+        bucket.spend(self.served_rate, bytes, Instant::now());
+        self.served.set(bucket);
     }
 
     /// Any frame at all.
@@ -149,10 +190,58 @@ impl ConnLimits {
     }
 }
 
+/// A token bucket of bytes that may go into debt (see the module doc): it
+/// holds up to `burst` bytes, refills at `per_second`, and a reply is
+/// allowed while it is not below zero. A client that took a large reply
+/// waits until the debt is repaid, so over time it gets the steady rate
+/// and never more than one reply beyond the burst.
+#[derive(Debug, Clone, Copy)]
+pub struct ByteBucket {
+    /// Bytes available; negative while in debt.
+    tokens: f64,
+    at: Instant,
+}
+
+impl ByteBucket {
+    pub fn full(rate: ByteRate, now: Instant) -> Self {
+        Self {
+            tokens: rate.burst as f64,
+            at: now,
+        }
+    }
+
+    fn refill(&mut self, rate: ByteRate, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate.per_second as f64).min(rate.burst as f64);
+        self.at = now;
+    }
+
+    /// `Ok` unless in debt; the error says when the debt will be repaid.
+    pub fn may_spend(&mut self, rate: ByteRate, now: Instant) -> Result<(), RetryAfter> {
+        self.refill(rate, now);
+        if self.tokens >= 0.0 {
+            return Ok(());
+        }
+        let secs = -self.tokens / rate.per_second.max(1) as f64;
+        Err(RetryAfter(Duration::from_secs_f64(secs.min(3600.0))))
+    }
+
+    pub fn spend(&mut self, rate: ByteRate, bytes: usize, now: Instant) {
+        self.refill(rate, now);
+        self.tokens -= bytes as f64;
+    }
+
+    fn is_full(&mut self, rate: ByteRate, now: Instant) -> bool {
+        self.refill(rate, now);
+        self.tokens >= rate.burst as f64
+    }
+}
+
 /// Why a new connection was turned away at the HTTP upgrade.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
-    /// The server holds its maximum number of connections (HTTP 503).
+    /// The server holds its maximum number of connections (HTTP 503). At
+    /// accept, "connections" are TCP sockets of any kind.
     ServerFull,
     /// This address holds its maximum number of connections (HTTP 429).
     TooManyFromAddress,
@@ -168,30 +257,44 @@ pub struct AddressLimits {
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     new_conns: DefaultKeyedRateLimiter<IpAddr>,
     new_rooms: DefaultKeyedRateLimiter<IpAddr>,
+    /// Room creation again, per IPv6 /48 (see [`site_key`]).
+    new_rooms_per_site: DefaultKeyedRateLimiter<IpAddr>,
+    http_requests: DefaultKeyedRateLimiter<IpAddr>,
+    /// Bytes of costly replies served per address; an address whose bucket
+    /// has refilled is forgotten.
+    served: Mutex<HashMap<IpAddr, ByteBucket>>,
     admissions: AtomicUsize,
 }
 
-/// Holds one connection's place in the counts; dropping it frees the place.
+/// Holds one TCP connection's place in the counts from accept to close,
+/// through its upgrade to a WebSocket; dropping it frees the place.
 pub struct ConnPermit {
     limits: Arc<AddressLimits>,
     ip: IpAddr,
-    key: IpAddr,
+    /// The per-address count this connection holds a place in; `None` for a
+    /// connection from a trusted proxy until a WebSocket upgrade names its
+    /// client (the proxy's own keep-alive connections are counted in the
+    /// total only, or one busy proxy would be capped like one client).
+    key: Option<IpAddr>,
 }
 
 impl Drop for ConnPermit {
     fn drop(&mut self) {
         let mut per_ip = self.limits.per_ip.lock().unwrap_or_else(|e| e.into_inner());
         self.limits.total.fetch_sub(1, Ordering::Relaxed);
-        if let Some(n) = per_ip.get_mut(&self.key) {
+        if let Some(key) = self.key
+            && let Some(n) = per_ip.get_mut(&key)
+        {
             *n -= 1;
             if *n == 0 {
-                per_ip.remove(&self.key);
+                per_ip.remove(&key);
             }
         }
     }
 }
 
 impl ConnPermit {
+    /// The client's address (after an upgrade, as named by a trusted proxy).
     pub fn ip(&self) -> IpAddr {
         self.ip
     }
@@ -213,6 +316,24 @@ pub fn address_key(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// The key room creation is also limited under for IPv6: the /48 prefix,
+/// the usual allocation of a whole site, which holds 65,536 /64s. Without it,
+/// one customer could create rooms 65,536 times as fast as the limit means.
+/// IPv4 addresses have no such key.
+pub fn site_key(ip: IpAddr) -> Option<IpAddr> {
+    match address_key(ip) {
+        IpAddr::V4(_) => None,
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 80) - 1);
+            Some(IpAddr::V6(prefix.into()))
+        }
+    }
+}
+
+/// How many times an address's room-creation rate a whole IPv6 /48 gets:
+/// a few /64s of one site may create rooms each, not thousands.
+const ROOMS_PER_SITE_FACTOR: u32 = 4;
+
 /// Keyed limiters keep a cell per address; forget idle ones this often.
 const PRUNE_EVERY: usize = 1024;
 
@@ -229,12 +350,45 @@ impl AddressLimits {
                 per_minute(config.rooms_per_ip_per_minute),
                 clock.clone(),
             ),
+            new_rooms_per_site: RateLimiter::dashmap_with_clock(
+                per_minute(
+                    config
+                        .rooms_per_ip_per_minute
+                        .saturating_mul(NonZeroU32::new(ROOMS_PER_SITE_FACTOR).expect("not 0")),
+                ),
+                clock.clone(),
+            ),
+            http_requests: RateLimiter::dashmap_with_clock(
+                per_second(config.http_rate, config.http_burst),
+                clock.clone(),
+            ),
             clock,
             config,
             total: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
+            served: Mutex::new(HashMap::new()),
             admissions: AtomicUsize::new(0),
         })
+    }
+
+    /// Forgets idle keyed-limiter cells every [`PRUNE_EVERY`] calls.
+    fn prune_now_and_then(&self) {
+        if self
+            .admissions
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(PRUNE_EVERY)
+        {
+            self.new_conns.retain_recent();
+            self.new_rooms.retain_recent();
+            self.new_rooms_per_site.retain_recent();
+            self.http_requests.retain_recent();
+            let now = Instant::now();
+            let rate = self.config.served_bytes_per_ip;
+            self.served
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|_, bucket| !bucket.is_full(rate, now));
+        }
     }
 
     pub fn config(&self) -> &LimitsConfig {
@@ -246,44 +400,106 @@ impl AddressLimits {
         ConnLimits::new(&self.config, &self.clock)
     }
 
-    /// Admits a new connection from `ip`, or says why not.
-    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnPermit, Admission> {
-        let key = address_key(ip);
-        if self
-            .admissions
-            .fetch_add(1, Ordering::Relaxed)
-            .is_multiple_of(PRUNE_EVERY)
-        {
-            self.new_conns.retain_recent();
-            self.new_rooms.retain_recent();
-        }
-        // Check and count under one lock, so concurrent upgrades cannot
+    /// Admits a TCP connection just accepted from `peer`, or says why not:
+    /// every socket counts against the server's total, and against its
+    /// address unless `peer` is a trusted proxy (`counted` false). Only
+    /// caps are checked here; the per-minute rate applies to WebSockets.
+    pub fn admit_socket(
+        self: &Arc<Self>,
+        peer: IpAddr,
+        counted: bool,
+    ) -> Result<ConnPermit, Admission> {
+        let key = counted.then(|| address_key(peer));
+        // Check and count under one lock, so concurrent accepts cannot
         // overshoot either cap.
         let mut per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
         if self.total.load(Ordering::Relaxed) >= self.config.max_connections {
             return Err(Admission::ServerFull);
         }
+        if let Some(key) = key {
+            let held = per_ip.get(&key).copied().unwrap_or(0);
+            if held >= self.config.max_conns_per_ip {
+                return Err(Admission::TooManyFromAddress);
+            }
+            per_ip.insert(key, held + 1);
+        }
+        self.total.fetch_add(1, Ordering::Relaxed);
+        Ok(ConnPermit {
+            limits: self.clone(),
+            ip: peer.to_canonical(),
+            key,
+        })
+    }
+
+    /// Admits the upgrade of the connection holding `permit` to a WebSocket
+    /// for `client`: the connection keeps its place, so only the rate of new
+    /// WebSockets is checked, and — for a connection from a trusted proxy,
+    /// not yet counted per address — the cap of `client`'s address.
+    pub fn admit_websocket(
+        &self,
+        permit: &mut ConnPermit,
+        client: IpAddr,
+    ) -> Result<(), Admission> {
+        self.prune_now_and_then();
+        let key = address_key(client);
+        let mut per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
         let held = per_ip.get(&key).copied().unwrap_or(0);
-        if held >= self.config.max_conns_per_ip {
+        if permit.key.is_none() && held >= self.config.max_conns_per_ip {
             return Err(Admission::TooManyFromAddress);
         }
         self.new_conns.check_key(&key).map_err(|not_until| {
             Admission::TooFastFromAddress(RetryAfter(not_until.wait_time_from(self.clock.now())))
         })?;
-        self.total.fetch_add(1, Ordering::Relaxed);
-        per_ip.insert(key, held + 1);
-        Ok(ConnPermit {
-            limits: self.clone(),
-            ip,
-            key,
-        })
+        if permit.key.is_none() {
+            per_ip.insert(key, held + 1);
+            permit.key = Some(key);
+        }
+        permit.ip = client.to_canonical();
+        Ok(())
     }
 
-    /// May `ip` create a new room now?
-    pub fn create_room(&self, ip: IpAddr) -> Result<(), RetryAfter> {
-        self.new_rooms
+    /// May `ip` make another plain HTTP request now?
+    pub fn http_request(&self, ip: IpAddr) -> Result<(), RetryAfter> {
+        self.prune_now_and_then();
+        self.http_requests
             .check_key(&address_key(ip))
             .map_err(|not_until| RetryAfter(not_until.wait_time_from(self.clock.now())))
+    }
+
+    /// May `ip` be served another costly reply now?
+    pub fn may_serve(&self, ip: IpAddr) -> Result<(), RetryAfter> {
+        let rate = self.config.served_bytes_per_ip;
+        let mut served = self.served.lock().unwrap_or_else(|e| e.into_inner());
+        match served.get_mut(&address_key(ip)) {
+            Some(bucket) => bucket.may_spend(rate, Instant::now()),
+            None => Ok(()),
+        }
+    }
+
+    /// Charges a costly reply of `bytes` to `ip`.
+    pub fn served(&self, ip: IpAddr, bytes: usize) {
+        self.prune_now_and_then();
+        let rate = self.config.served_bytes_per_ip;
+        let now = Instant::now();
+        self.served
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(address_key(ip))
+            .or_insert_with(|| ByteBucket::full(rate, now))
+            .spend(rate, bytes, now);
+    }
+
+    /// May `ip` create a new room now? Checked per address, then for IPv6
+    /// per /48 as well.
+    pub fn create_room(&self, ip: IpAddr) -> Result<(), RetryAfter> {
+        let retry = |not_until: governor::NotUntil<_>| {
+            RetryAfter(not_until.wait_time_from(self.clock.now()))
+        };
+        self.new_rooms.check_key(&address_key(ip)).map_err(retry)?;
+        if let Some(site) = site_key(ip) {
+            self.new_rooms_per_site.check_key(&site).map_err(retry)?;
+        }
+        Ok(())
     }
 }
 
@@ -309,6 +525,16 @@ mod tests {
             max_conns_per_ip: 2,
             conns_per_ip_per_minute: nz(100),
             rooms_per_ip_per_minute: nz(2),
+            http_rate: nz(1),
+            http_burst: nz(3),
+            served_bytes_per_conn: ByteRate {
+                per_second: 1000,
+                burst: 10_000,
+            },
+            served_bytes_per_ip: ByteRate {
+                per_second: 1000,
+                burst: 20_000,
+            },
         }
     }
 
@@ -354,9 +580,12 @@ mod tests {
         assert_eq!(address_key(mapped), "10.0.0.1".parse::<IpAddr>().unwrap());
 
         let limits = AddressLimits::new(config());
-        let _p1 = limits.admit(a).unwrap();
-        let _p2 = limits.admit(b).unwrap();
-        assert_eq!(limits.admit(b).err(), Some(Admission::TooManyFromAddress));
+        let _p1 = limits.admit_socket(a, true).unwrap();
+        let _p2 = limits.admit_socket(b, true).unwrap();
+        assert_eq!(
+            limits.admit_socket(b, true).err(),
+            Some(Admission::TooManyFromAddress)
+        );
     }
 
     #[test]
@@ -364,13 +593,19 @@ mod tests {
         let limits = AddressLimits::new(config());
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
-        let p1 = limits.admit(a).unwrap();
-        let _p2 = limits.admit(a).unwrap();
-        assert_eq!(limits.admit(a).err(), Some(Admission::TooManyFromAddress));
-        let _p3 = limits.admit(b).unwrap();
-        assert_eq!(limits.admit(b).err(), Some(Admission::ServerFull));
+        let p1 = limits.admit_socket(a, true).unwrap();
+        let _p2 = limits.admit_socket(a, true).unwrap();
+        assert_eq!(
+            limits.admit_socket(a, true).err(),
+            Some(Admission::TooManyFromAddress)
+        );
+        let _p3 = limits.admit_socket(b, true).unwrap();
+        assert_eq!(
+            limits.admit_socket(b, true).err(),
+            Some(Admission::ServerFull)
+        );
         drop(p1);
-        assert!(limits.admit(a).is_ok());
+        assert!(limits.admit_socket(a, true).is_ok());
     }
 
     #[test]
@@ -382,5 +617,109 @@ mod tests {
         let retry = limits.create_room(a).unwrap_err();
         assert!(retry.millis() > 1000);
         assert!(limits.create_room("10.0.0.9".parse().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn a_websocket_keeps_the_place_its_connection_took_at_accept() {
+        let limits = AddressLimits::new(config());
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let mut socket = limits.admit_socket(a, true).unwrap();
+        limits.admit_websocket(&mut socket, a).unwrap();
+        // Still one place of two: a second socket fits, a third does not.
+        let _second = limits.admit_socket(a, true).unwrap();
+        assert_eq!(
+            limits.admit_socket(a, true).err(),
+            Some(Admission::TooManyFromAddress)
+        );
+    }
+
+    #[test]
+    fn a_trusted_proxys_sockets_count_per_client_only_once_upgraded() {
+        let limits = AddressLimits::new(LimitsConfig {
+            max_connections: 10,
+            ..config()
+        });
+        let proxy: IpAddr = "10.0.0.1".parse().unwrap();
+        let client: IpAddr = "203.0.113.7".parse().unwrap();
+        // The proxy's keep-alive connections are not capped per address.
+        let mut sockets: Vec<_> = (0..4)
+            .map(|_| limits.admit_socket(proxy, false).unwrap())
+            .collect();
+        limits.admit_websocket(&mut sockets[0], client).unwrap();
+        limits.admit_websocket(&mut sockets[1], client).unwrap();
+        assert_eq!(sockets[1].ip(), client);
+        assert_eq!(
+            limits.admit_websocket(&mut sockets[2], client).err(),
+            Some(Admission::TooManyFromAddress)
+        );
+        // A refused upgrade leaves the connection uncounted per address.
+        sockets.swap_remove(1);
+        limits.admit_websocket(&mut sockets[1], client).unwrap();
+    }
+
+    #[test]
+    fn room_creation_is_also_limited_per_ipv6_48() {
+        let limits = AddressLimits::new(config());
+        // 2 per /64, 8 per /48: the fifth /64 of the same /48 is refused.
+        let mut created = 0;
+        for subnet in 0..5 {
+            let ip: IpAddr = format!("2001:db8:1:{subnet}::1").parse().unwrap();
+            while limits.create_room(ip).is_ok() {
+                created += 1;
+            }
+        }
+        assert_eq!(created, 8);
+        assert!(limits.create_room("2001:db8:2::1".parse().unwrap()).is_ok());
+        assert_eq!(site_key("10.0.0.1".parse().unwrap()), None);
+    }
+
+    #[test]
+    fn http_requests_are_rate_limited_per_address() {
+        let limits = AddressLimits::new(config());
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        for _ in 0..3 {
+            limits.http_request(a).unwrap();
+        }
+        let retry = limits.http_request(a).unwrap_err();
+        assert!(retry.secs() == 1, "{retry:?}");
+        assert!(limits.http_request("10.0.0.2".parse().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn a_byte_bucket_serves_one_reply_past_its_burst_then_waits_out_the_debt() {
+        let rate = ByteRate {
+            per_second: 1000,
+            burst: 10_000,
+        };
+        let start = Instant::now();
+        let mut bucket = ByteBucket::full(rate, start);
+        assert!(bucket.may_spend(rate, start).is_ok());
+        bucket.spend(rate, 15_000, start);
+        let retry = bucket.may_spend(rate, start).unwrap_err();
+        assert_eq!(retry.millis(), 5000);
+        let later = start + Duration::from_secs(5);
+        assert!(bucket.may_spend(rate, later).is_ok());
+    }
+
+    #[test]
+    fn bytes_served_are_limited_per_connection_and_per_address() {
+        let limits = AddressLimits::new(config());
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let (one, two, three) = (
+            limits.conn_limits(),
+            limits.conn_limits(),
+            limits.conn_limits(),
+        );
+        one.served(12_000);
+        assert!(one.may_serve().is_err());
+        assert!(two.may_serve().is_ok());
+        limits.served(a, 12_000);
+        assert!(limits.may_serve(a).is_ok());
+        two.served(9_000);
+        limits.served(a, 9_000);
+        // Each connection is within its own budget; together they are not.
+        assert!(three.may_serve().is_ok());
+        assert!(limits.may_serve(a).is_err());
+        assert!(limits.may_serve("10.0.0.2".parse().unwrap()).is_ok());
     }
 }

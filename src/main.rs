@@ -21,6 +21,7 @@ async fn main() -> anyhow::Result<()> {
     let app = App::build(cli.serve).await?;
     // Tests and scripts read this line to learn the port.
     println!("listening on http://{}", app.local_addr());
+    println!("metrics on http://{}/metrics", app.metrics_addr());
     app.run(shutdown_signal()).await
 }
 

@@ -84,11 +84,33 @@ impl Session {
                 return;
             }
         };
+        // A request of a few bytes may cost a large reply: those are
+        // served within byte budgets, charged their size once built.
+        let costly = matches!(msg, ClientMsg::History { .. } | ClientMsg::Rooms);
+        if costly && let Err(refusal) = self.may_serve() {
+            self.reply_error(r#ref.as_ref(), refusal);
+            return;
+        }
         match self.dispatch(msg, r#ref.as_ref()).await {
-            Ok(Some(reply)) => self.reply(&reply, r#ref.as_ref()),
+            Ok(Some(reply)) => {
+                let bytes = self.reply(&reply, r#ref.as_ref());
+                if costly {
+                    self.limits.served(bytes);
+                    self.address_limits.served(self.ip, bytes);
+                }
+            }
             Ok(None) => {}
             Err(refusal) => self.reply_error(r#ref.as_ref(), refusal),
         }
+    }
+
+    /// Whether this connection and its address are within their budgets
+    /// of bytes served.
+    fn may_serve(&self) -> Result<(), Refusal> {
+        self.limits
+            .may_serve()
+            .and_then(|()| self.address_limits.may_serve(self.ip))
+            .map_err(|r| self.limited(LimitKind::Bytes, rate_limited("bytes requested", r)))
     }
 
     /// Returns the reply to queue, or `None` when the hub queues it itself
@@ -200,8 +222,12 @@ impl Session {
         })
     }
 
-    fn reply(&self, msg: &ServerMsg, r#ref: Option<&Ref>) {
-        self.peer.push(Frame::new(encode(msg, r#ref)));
+    /// Queues `msg`; returns its size.
+    fn reply(&self, msg: &ServerMsg, r#ref: Option<&Ref>) -> usize {
+        let encoded = encode(msg, r#ref);
+        let bytes = encoded.len();
+        self.peer.push(Frame::new(encoded));
+        bytes
     }
 
     fn reply_error(&self, r#ref: Option<&Ref>, refusal: Refusal) {

@@ -1,7 +1,9 @@
-//! `GET /ws`: checks the Origin, then hands the upgraded socket to `conn`.
+//! `GET /ws`: checks the Origin, then hands the upgraded socket to `conn`
+//! with the place in the connection limits its TCP connection took at accept.
 
 use std::net::SocketAddr;
 
+use axum::Extension;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -10,6 +12,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::AppState;
+use super::server::SocketPermit;
 use crate::conn;
 use crate::limits::Admission;
 
@@ -19,10 +22,11 @@ use crate::limits::Admission;
 pub async fn upgrade(
     State(state): State<AppState>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    Extension(socket_permit): Extension<SocketPermit>,
     mut request: Request,
 ) -> Response {
     let headers = request.headers();
-    if !origin_allowed(headers, &state.allowed_origins) {
+    if !state.origins.allow(headers) {
         return (StatusCode::FORBIDDEN, "cross-origin WebSocket refused").into_response();
     }
     let accept = match handshake_accept(headers) {
@@ -30,9 +34,22 @@ pub async fn upgrade(
         Err(refusal) => return refusal,
     };
     let client = state.trusted_proxies.client_ip(remote.ip(), headers);
-    let permit = match state.limits.admit(client) {
-        Ok(permit) => permit,
-        Err(refusal) => return refused(refusal),
+    // Taken only once admitted: a refused upgrade leaves the place with the
+    // connection, which may go on as plain HTTP.
+    let permit = {
+        let mut slot = socket_permit.0.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(permit) = slot.as_mut() else {
+            // A second upgrade request on a connection already upgrading.
+            return (
+                StatusCode::BAD_REQUEST,
+                "this connection is already upgrading\n",
+            )
+                .into_response();
+        };
+        if let Err(refusal) = state.limits.admit_websocket(permit, client) {
+            return refused(refusal);
+        }
+        slot.take().expect("checked above")
     };
     let on_upgrade = hyper::upgrade::on(&mut request);
     let AppState {
@@ -125,7 +142,18 @@ fn handshake_accept(headers: &HeaderMap) -> Result<HeaderValue, Response> {
 }
 
 fn refused(admission: Admission) -> Response {
-    let (status, retry_after_secs, text) = match admission {
+    let (status, retry_after_secs, text) = refusal_parts(admission);
+    (
+        status,
+        [(header::RETRY_AFTER, retry_after_secs.to_string())],
+        text,
+    )
+        .into_response()
+}
+
+/// A refused connection's status, `Retry-After` seconds and text.
+pub(super) fn refusal_parts(admission: Admission) -> (StatusCode, u64, &'static str) {
+    match admission {
         Admission::ServerFull => (
             StatusCode::SERVICE_UNAVAILABLE,
             5,
@@ -141,73 +169,5 @@ fn refused(admission: Admission) -> Response {
             retry.secs().max(1),
             "too many new connections from your address\n",
         ),
-    };
-    (
-        status,
-        [(header::RETRY_AFTER, retry_after_secs.to_string())],
-        text,
-    )
-        .into_response()
-}
-
-/// Browsers always send `Origin` on WebSocket upgrades; a page on another
-/// site must not be able to open a socket with this site's cookies
-/// (cross-site WebSocket hijacking). Clients without `Origin` are not
-/// browsers and are allowed.
-fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
-    let Some(origin) = headers.get(header::ORIGIN) else {
-        return true;
-    };
-    let Ok(origin) = origin.to_str() else {
-        return false;
-    };
-    if allowed.iter().any(|a| a.eq_ignore_ascii_case(origin)) {
-        return true;
-    }
-    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
-        return false;
-    };
-    let own = origin
-        .strip_prefix("http://")
-        .or_else(|| origin.strip_prefix("https://"));
-    own.is_some_and(|o| o.eq_ignore_ascii_case(host))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use axum::http::HeaderValue;
-
-    fn headers(origin: Option<&'static str>, host: &'static str) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        h.insert(header::HOST, HeaderValue::from_static(host));
-        if let Some(o) = origin {
-            h.insert(header::ORIGIN, HeaderValue::from_static(o));
-        }
-        h
-    }
-
-    #[test]
-    fn same_origin_and_originless_are_allowed() {
-        assert!(origin_allowed(&headers(None, "127.0.0.1:3000"), &[]));
-        assert!(origin_allowed(
-            &headers(Some("http://127.0.0.1:3000"), "127.0.0.1:3000"),
-            &[]
-        ));
-        assert!(origin_allowed(
-            &headers(Some("https://chat.example"), "chat.example"),
-            &[]
-        ));
-    }
-
-    #[test]
-    fn cross_origin_is_refused_unless_listed() {
-        let h = headers(Some("http://evil.example"), "127.0.0.1:3000");
-        assert!(!origin_allowed(&h, &[]));
-        assert!(origin_allowed(&h, &["http://evil.example".to_owned()]));
-        assert!(!origin_allowed(
-            &headers(Some("http://127.0.0.1:3000.evil.example"), "127.0.0.1:3000"),
-            &[]
-        ));
     }
 }

@@ -20,6 +20,8 @@ pub const WAIT: Duration = Duration::from_secs(10);
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// Where `/metrics` is served (`--metrics-addr`).
+    pub metrics_addr: SocketAddr,
     pub db_url: String,
     stop: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
@@ -39,6 +41,12 @@ pub fn unlimited(config: &mut Config) {
     config.rooms_per_ip_per_minute = many;
     config.conns_per_ip_per_minute = many;
     config.max_conns_per_ip = 100_000;
+    config.http_rate = many;
+    config.http_burst = many;
+    config.served_bytes_per_conn = 1 << 40;
+    config.served_bytes_burst_per_conn = 1 << 40;
+    config.served_bytes_per_ip = 1 << 40;
+    config.served_bytes_burst_per_ip = 1 << 40;
 }
 
 /// A server on a fresh temporary database.
@@ -61,12 +69,14 @@ pub async fn spawn_app_on(db_url: &str, tweak: impl FnOnce(&mut Config)) -> Test
     tweak(&mut config);
     let app = App::build(config).await.expect("app builds");
     let addr = app.local_addr();
+    let metrics_addr = app.metrics_addr();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let handle = tokio::spawn(app.run(async move {
         let _ = stop_rx.await;
     }));
     TestApp {
         addr,
+        metrics_addr,
         db_url: db_url.to_owned(),
         stop: Some(stop_tx),
         handle: Some(handle),
@@ -117,10 +127,14 @@ impl TestApp {
         c
     }
 
+    pub fn metrics_url(&self) -> String {
+        format!("http://{}/metrics", self.metrics_addr)
+    }
+
     /// The value of the first `/metrics` line starting with `series`
     /// (e.g. `chatterpro_errors_total{code="not_member"}`), if any.
     pub async fn metric(&self, series: &str) -> Option<f64> {
-        let text = reqwest::get(self.http("/metrics"))
+        let text = reqwest::get(self.metrics_url())
             .await
             .expect("metrics answer")
             .text()

@@ -1,8 +1,12 @@
-//! The HTTP surface: app assets, room list, health, metrics, security headers, Origin checks.
+//! The HTTP surface: app assets, room list, health, metrics (on their own
+//! listener), security headers, Origin checks, per-address request rates.
+
+use std::net::IpAddr;
 
 use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use crate::helpers::{Client, spawn_app, spawn_app_with};
+use crate::helpers::{Client, TestApp, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn the_app_is_served_with_security_headers() {
@@ -108,6 +112,147 @@ async fn metrics_count_connections_messages_and_errors() {
     assert_eq!(
         value("chatterpro_commit_seconds_bucket{le=\"+Inf\"}").await,
         1.0
+    );
+}
+
+#[tokio::test]
+async fn metrics_are_served_only_on_the_metrics_address() {
+    let app = spawn_app().await;
+    assert_ne!(app.metrics_addr.port(), app.addr.port());
+    assert!(app.metrics_addr.ip().is_loopback());
+    let public = reqwest::get(app.http("/metrics")).await.unwrap();
+    assert_eq!(public.status(), 404);
+    assert!(!public.text().await.unwrap().contains("chatterpro_"));
+    let private = reqwest::get(app.metrics_url()).await.unwrap();
+    assert_eq!(private.status(), 200);
+    assert!(
+        private
+            .text()
+            .await
+            .unwrap()
+            .contains("chatterpro_connections")
+    );
+}
+
+/// Upgrades with these `Origin` and `Host` headers; the HTTP status on refusal.
+async fn connect_with(app: &TestApp, origin: &str, host: &str) -> Result<Client, u16> {
+    let mut request = app.ws_url().into_client_request().unwrap();
+    let headers = request.headers_mut();
+    headers.insert("origin", origin.parse().unwrap());
+    headers.insert("host", host.parse().unwrap());
+    Client::try_connect(request).await
+}
+
+#[tokio::test]
+async fn a_dns_rebinding_upgrade_is_refused() {
+    // The attacker's page at evil.example:PORT, its name now resolving to
+    // this server: Host and Origin agree, and neither is the server's.
+    let app = spawn_app().await;
+    let port = app.addr.port();
+    let evil = format!("evil.example:{port}");
+    assert_eq!(
+        connect_with(&app, &format!("http://{evil}"), &evil)
+            .await
+            .err(),
+        Some(403)
+    );
+    // The loopback defaults: the bound address and localhost, same port.
+    let own = app.addr.to_string();
+    assert!(
+        connect_with(&app, &format!("http://{own}"), &own)
+            .await
+            .is_ok()
+    );
+    let localhost = format!("localhost:{port}");
+    assert!(
+        connect_with(&app, &format!("http://{localhost}"), &localhost)
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn an_https_origin_is_not_an_http_servers_own() {
+    let app = spawn_app().await;
+    let own = app.addr.to_string();
+    assert_eq!(
+        connect_with(&app, &format!("https://{own}"), &own)
+            .await
+            .err(),
+        Some(403)
+    );
+}
+
+#[tokio::test]
+async fn with_a_public_url_only_that_origin_is_the_servers_own() {
+    let app = spawn_app_with(|c| c.public_url = Some("https://chat.example".into())).await;
+    let own = app.addr.to_string();
+    assert!(
+        connect_with(&app, "https://chat.example", "chat.example")
+            .await
+            .is_ok()
+    );
+    assert_eq!(
+        connect_with(&app, "http://chat.example", "chat.example")
+            .await
+            .err(),
+        Some(403)
+    );
+    assert_eq!(
+        connect_with(&app, &format!("http://{own}"), &own)
+            .await
+            .err(),
+        Some(403)
+    );
+}
+
+#[tokio::test]
+async fn a_public_bind_without_a_public_url_does_not_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config =
+        chatterpro::Config::for_tests(format!("sqlite://{}", dir.path().join("t.db").display()));
+    config.addr = "0.0.0.0:0".parse().unwrap();
+    let refusal = chatterpro::App::build(config).await.err().expect("refused");
+    assert!(refusal.to_string().contains("--public-url"), "{refusal}");
+}
+
+/// A GET from `source` (a loopback address other than 127.0.0.1 stands for
+/// another client).
+async fn get_from(source: &str, url: &str) -> reqwest::Response {
+    let client = reqwest::Client::builder()
+        .local_address(source.parse::<IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    client.get(url).send().await.unwrap()
+}
+
+#[tokio::test]
+async fn plain_http_requests_are_rate_limited_per_address() {
+    let app = spawn_app_with(|c| {
+        c.http_rate = std::num::NonZeroU32::new(1).unwrap();
+        c.http_burst = std::num::NonZeroU32::new(3).unwrap();
+    })
+    .await;
+    for path in ["/api/rooms", "/healthz", "/"] {
+        assert_eq!(get_from("127.0.0.1", &app.http(path)).await.status(), 200);
+    }
+    let refused = get_from("127.0.0.1", &app.http("/api/rooms")).await;
+    assert_eq!(refused.status(), 429);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    // Another address is served; WebSockets are limited apart.
+    assert_eq!(
+        get_from("127.0.0.2", &app.http("/api/rooms"))
+            .await
+            .status(),
+        200
+    );
+    let mut c = app.client().await;
+    c.hello("alice").await;
+    // The steady rate refills.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(
+        get_from("127.0.0.1", &app.http("/healthz")).await.status(),
+        200
     );
 }
 

@@ -4,9 +4,12 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::MaybeTlsStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use crate::helpers::{Client, TestApp, spawn_app, spawn_app_with};
+use crate::helpers::{Client, TestApp, spawn_app, spawn_app_with, unlimited};
 
 fn nz(n: u32) -> NonZeroU32 {
     NonZeroU32::new(n).unwrap()
@@ -381,4 +384,150 @@ async fn a_peer_that_stops_answering_pings_is_dropped_and_leaves() {
     alive.expect_silence(Duration::from_millis(800)).await;
     alive.sync().await;
     drop(half_open);
+}
+
+/// A TCP connection to the server from `source` (another loopback address
+/// stands for another client) that sends nothing.
+async fn silent_from(app: &TestApp, source: &str) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    socket.connect(app.addr).await.unwrap()
+}
+
+/// A WebSocket from `source`; the HTTP status on refusal.
+async fn connect_from(app: &TestApp, source: &str) -> Result<Client, u16> {
+    let stream = silent_from(app, source).await;
+    match tokio_tungstenite::client_async(app.ws_url(), MaybeTlsStream::Plain(stream)).await {
+        Ok((ws, _)) => Ok(Client { ws }),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            Err(response.status().as_u16())
+        }
+        Err(e) => panic!("unexpected connect error: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn silent_connections_count_against_their_address_from_accept() {
+    let app = spawn_app_with(|c| c.max_conns_per_ip = 3).await;
+    let _silent: Vec<TcpStream> =
+        futures_util::future::join_all((0..3).map(|_| silent_from(&app, "127.0.0.1"))).await;
+    // Let the server accept them before the next one arrives.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(connect_from(&app, "127.0.0.1").await.err(), Some(429));
+    // Another address is not affected.
+    let mut other = connect_from(&app, "127.0.0.2").await.unwrap();
+    other.hello("other").await;
+}
+
+#[tokio::test]
+async fn a_websocket_keeps_the_place_its_connection_took() {
+    let app = spawn_app_with(|c| c.max_conns_per_ip = 1).await;
+    // One keep-alive connection: a plain request, then the upgrade.
+    let mut stream = silent_from(&app, "127.0.0.1").await;
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    while !answer.ends_with(b"ok\n") {
+        let mut chunk = [0u8; 1024];
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&chunk[..n]);
+    }
+    let (ws, _) = tokio_tungstenite::client_async(app.ws_url(), MaybeTlsStream::Plain(stream))
+        .await
+        .expect("the upgrade fits in the place the connection holds");
+    let mut c = Client { ws };
+    c.hello("alice").await;
+    // And it holds it: a second connection from the address is refused.
+    assert_eq!(try_connect(&app).await.err(), Some(429));
+}
+
+#[tokio::test]
+async fn a_connection_silent_past_the_handshake_timeout_is_closed() {
+    let app = spawn_app_with(|c| c.handshake_timeout = Duration::from_millis(300)).await;
+    let mut silent = silent_from(&app, "127.0.0.1").await;
+    let mut byte = [0u8; 1];
+    let closed = tokio::time::timeout(Duration::from_secs(3), silent.read(&mut byte))
+        .await
+        .expect("closed within the timeout");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    // An upgrade sent in time is not affected.
+    let mut c = app.client().await;
+    c.hello("alice").await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    c.join("Chat Room").await;
+}
+
+/// A room holding `n` messages of `size` characters.
+async fn room_with_history(app: &TestApp, room: &str, n: usize, size: usize) {
+    let mut writer = app.member("writer", room).await;
+    let text = "x".repeat(size);
+    for _ in 0..n {
+        writer.say(room, &text).await;
+    }
+}
+
+/// The next error, past presence frames; it must be `rate_limited`.
+async fn refusal_of(c: &mut Client) -> serde_json::Value {
+    let error = c.recv_until("error").await;
+    assert_eq!(error["code"], "rate_limited", "{error}");
+    error
+}
+
+#[tokio::test]
+async fn history_is_served_within_a_byte_budget_per_connection() {
+    let app = spawn_app_with(|c| {
+        unlimited(c);
+        c.served_bytes_per_conn = 10_000;
+        c.served_bytes_burst_per_conn = 50_000;
+    })
+    .await;
+    room_with_history(&app, "Chat Room", 40, 2000).await;
+    let mut reader = app.member("reader", "Chat Room").await;
+    // Each reply is ~80 KB: the first overdraws the burst and is served,
+    // the next waits until the debt is repaid (~3 s at 10 KB/s).
+    let ask = json!({"type":"history","room":"Chat Room","limit":40,"ref":1});
+    reader.send_json(ask.clone()).await;
+    let history = reader.recv_until("history").await;
+    assert_eq!(history["messages"].as_array().unwrap().len(), 40);
+    reader.send_json(ask).await;
+    let refusal = refusal_of(&mut reader).await;
+    let retry = refusal["retry_after_ms"].as_u64().unwrap();
+    assert!((2000..=4000).contains(&retry), "{refusal}");
+    // Small requests are not charged for what history cost.
+    reader.say("Chat Room", "still here").await;
+    // Another connection has its own budget.
+    let mut other = app.member("other", "Chat Room").await;
+    other
+        .send_json(json!({"type":"history","room":"Chat Room","limit":40}))
+        .await;
+    other.recv_until("history").await;
+}
+
+#[tokio::test]
+async fn history_is_served_within_a_byte_budget_per_address() {
+    let app = spawn_app_with(|c| {
+        unlimited(c);
+        c.served_bytes_per_ip = 10_000;
+        c.served_bytes_burst_per_ip = 50_000;
+    })
+    .await;
+    room_with_history(&app, "Chat Room", 40, 2000).await;
+    let ask = json!({"type":"history","room":"Chat Room","limit":40});
+    let mut first = app.member("first", "Chat Room").await;
+    first.send_json(ask.clone()).await;
+    first.recv_until("history").await;
+    // A fresh connection from the same address shares the address's budget.
+    let mut second = app.member("second", "Chat Room").await;
+    second.send_json(ask.clone()).await;
+    let refusal = refusal_of(&mut second).await;
+    assert!(
+        refusal["retry_after_ms"].as_u64().unwrap() > 1000,
+        "{refusal}"
+    );
+    // Room lists are charged too.
+    second.send_json(json!({"type":"rooms"})).await;
+    refusal_of(&mut second).await;
 }

@@ -58,7 +58,26 @@ struct ServerProcess {
 impl ServerProcess {
     /// Starts the binary on `db_path` and waits until it is listening.
     fn start(db_path: &Path, extra_args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_chatterpro"))
+        Self::start_command(
+            Command::new(env!("CARGO_BIN_EXE_chatterpro")),
+            db_path,
+            extra_args,
+        )
+    }
+
+    /// The same, with the open-file limit (soft and hard) at `open_files`.
+    fn start_with_open_files(db_path: &Path, extra_args: &[&str], open_files: u32) -> Self {
+        let mut bash = Command::new("bash");
+        bash.args([
+            "-c",
+            &format!("ulimit -n {open_files} && exec \"$0\" \"$@\""),
+            env!("CARGO_BIN_EXE_chatterpro"),
+        ]);
+        Self::start_command(bash, db_path, extra_args)
+    }
+
+    fn start_command(mut command: Command, db_path: &Path, extra_args: &[&str]) -> Self {
+        let mut child = command
             .args(["--addr", "127.0.0.1:0", "--database-url"])
             .arg(format!("sqlite://{}", db_path.display()))
             .args(extra_args)
@@ -861,4 +880,111 @@ async fn half_open_client_is_dropped_by_heartbeat() {
     }
     a.sync().await;
     drop(b);
+}
+
+// ---------------------------------------------------------------------------
+// Descriptor exhaustion: connections that never send a byte.
+
+/// Opens `n` TCP connections from `source` to `addr` that send nothing,
+/// at most 64 connecting at once.
+async fn silent_connections(
+    addr: SocketAddr,
+    source: &str,
+    n: usize,
+) -> Vec<tokio::net::TcpStream> {
+    let source: SocketAddr = format!("{source}:0").parse().unwrap();
+    let gate = Arc::new(Semaphore::new(64));
+    let connects = (0..n).map(|_| {
+        let gate = gate.clone();
+        async move {
+            let _permit = gate.acquire().await.unwrap();
+            let socket = tokio::net::TcpSocket::new_v4().ok()?;
+            socket.bind(source).ok()?;
+            tokio::time::timeout(Duration::from_secs(5), socket.connect(addr))
+                .await
+                .ok()?
+                .ok()
+        }
+    });
+    futures_util::future::join_all(connects)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// Descriptors the process holds open.
+fn open_files_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_cannot_starve_other_addresses_of_descriptors() {
+    const OPEN_FILES: u32 = 256;
+    const BURST: usize = 600;
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start_with_open_files(
+        &dir.path().join("db.sqlite"),
+        &["--handshake-timeout", "10s"],
+        OPEN_FILES,
+    );
+    let idle_files = open_files_of(server.pid());
+    // More silent connections from one address than the server has
+    // descriptors: without a cap per address counted from accept, they take
+    // every descriptor, accept fails, and nobody else is served.
+    let silent = silent_connections(server.addr, "127.0.0.1", BURST).await;
+    assert!(
+        silent.len() > OPEN_FILES as usize,
+        "only {} connected",
+        silent.len()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let held_files = open_files_of(server.pid());
+
+    // Another address is served at once, over HTTP and WebSocket.
+    let started = Instant::now();
+    let other = reqwest::Client::builder()
+        .local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap())
+        .timeout(Duration::from_secs(3))
+        .build()
+        .unwrap();
+    let health = other
+        .get(format!("http://{}/healthz", server.addr))
+        .send()
+        .await
+        .expect("/healthz answers another address during the burst");
+    assert_eq!(health.status(), 200);
+    let [stream] = <[_; 1]>::try_from(silent_connections(server.addr, "127.0.0.2", 1).await)
+        .expect("another address connects");
+    let (ws, _) = tokio::time::timeout(
+        Duration::from_secs(3),
+        tokio_tungstenite::client_async(
+            format!("ws://{}/ws", server.addr),
+            tokio_tungstenite::MaybeTlsStream::Plain(stream),
+        ),
+    )
+    .await
+    .expect("the upgrade is answered in time")
+    .expect("the upgrade succeeds");
+    let mut c = Client { ws };
+    c.hello("honest").await;
+    let served_in = started.elapsed();
+    drop(silent);
+    eprintln!(
+        "open files: {idle_files} idle, {held_files} during a burst of {BURST} silent \
+         connections; another address served in {served_in:?}"
+    );
+    assert!(
+        held_files < OPEN_FILES as usize,
+        "{held_files} descriptors held"
+    );
+    // Accept failures, if any, are logged once per interval, not per failure.
+    let failures = server
+        .log
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter(|l| l.contains("accept failed"))
+        .count();
+    assert!(failures <= 1, "{failures} accept failure lines");
 }

@@ -1594,7 +1594,7 @@ impl Run {
         let want = self.model.connected() as f64;
         let mut last = String::new();
         for _ in 0..500 {
-            let text = reqwest::get(self.app.http("/metrics"))
+            let text = reqwest::get(self.app.metrics_url())
                 .await
                 .map_err(|e| format!("GET /metrics: {e}"))?
                 .text()
