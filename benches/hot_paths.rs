@@ -19,7 +19,7 @@ fn decode_and_validate(c: &mut Criterion) {
     c.bench_function("decode + validate a send", |b| {
         b.iter(|| {
             let request = protocol::decode(black_box(SEND)).unwrap();
-            let ClientMsg::Send { room, text } = request.msg else {
+            let ClientMsg::Send { room, text, .. } = request.msg else {
                 unreachable!()
             };
             (

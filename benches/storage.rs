@@ -19,6 +19,7 @@ fn batch(rooms: &[RoomName], size: usize, counter: &mut u64) -> Vec<NewMessage> 
                 from: from.clone(),
                 text: MessageText::parse("a typical chat message of some forty bytes").unwrap(),
                 ts: 1_764_111_111_111,
+                key: None,
             }
         })
         .collect()

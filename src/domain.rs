@@ -15,6 +15,8 @@ pub const NICKNAME_MAX_CHARS: usize = 32;
 pub const ROOM_NAME_MAX_CHARS: usize = 64;
 /// Maximum message length in characters.
 pub const MESSAGE_MAX_CHARS: usize = 4000;
+/// Maximum length of a send's `nonce`: a UUID (36) or a ULID (26) fits.
+pub const NONCE_MAX_CHARS: usize = 64;
 
 /// Why a piece of user input was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -28,6 +30,11 @@ pub enum InputError {
     #[error("is reserved")]
     Reserved,
 }
+
+/// Why a nonce was refused: it breaks the one rule of [`Nonce`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("must be 1–64 ASCII letters, digits, '-' or '_'")]
+pub struct BadNonce;
 
 /// Zero-width, bidirectional-control and other invisible formatting
 /// characters (Unicode category Cf and the default-ignorable code points
@@ -168,6 +175,29 @@ impl MessageText {
     }
 }
 
+/// The key a client picks for one message it sends (`send.nonce`), so that
+/// resending it after a lost connection cannot store it twice: 1–64 ASCII
+/// letters, digits, `-` or `_` (a UUID, a ULID, base64url). Narrow on purpose:
+/// it is stored beside every message for a day and appears in logs.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Nonce(String);
+
+impl Nonce {
+    pub fn parse(raw: &str) -> Result<Self, BadNonce> {
+        let token = raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if raw.is_empty() || raw.len() > NONCE_MAX_CHARS || !token {
+            return Err(BadNonce);
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,5 +287,27 @@ mod tests {
             MessageText::parse(&"m".repeat(4001)),
             Err(InputError::TooLong(4000))
         );
+    }
+
+    #[test]
+    fn nonce_rules() {
+        let uuid = "0192f1c2-7a3b-7c4d-8e5f-60718293a4b5";
+        assert_eq!(Nonce::parse(uuid).unwrap().as_str(), uuid);
+        assert!(Nonce::parse("01JABCDEFGHJKMNPQRSTVWXYZ_").is_ok());
+        assert!(Nonce::parse(&"n".repeat(64)).is_ok());
+        let too_long = "n".repeat(65);
+        for bad in [
+            "",
+            &too_long,
+            " a",
+            "a b",
+            "a\n",
+            "é",
+            "a/b",
+            "a\u{200B}b",
+            "a.b",
+        ] {
+            assert_eq!(Nonce::parse(bad), Err(BadNonce), "{bad:?}");
+        }
     }
 }

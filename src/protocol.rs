@@ -31,6 +31,10 @@ pub const SINCE_LIMIT: u32 = 1000;
 /// could be 1,000 messages of 16 KB, held in full for a client that does
 /// not read, on each of its connections.
 pub const SINCE_MAX_BYTES: usize = 1 << 20;
+/// How long a send's `nonce` is remembered: a resend within it is answered
+/// with the original `sent`; after it, it would be stored as a new message.
+/// A day covers a laptop closed overnight on a page that then reconnects.
+pub const NONCE_WINDOW_MS: i64 = 24 * 60 * 60 * 1000;
 
 /// WebSocket close codes the server uses (RFC 6455 §7.4.1), and the ones it
 /// accepts from a client.
@@ -118,6 +122,11 @@ pub enum ClientMsg {
     Send {
         room: String,
         text: String,
+        /// The client's key for this message: a resend with the same nonce
+        /// (same sender, within [`NONCE_WINDOW_MS`]) is answered with the
+        /// first one's `sent` and stores nothing.
+        #[serde(default)]
+        nonce: Option<String>,
     },
     Leave {
         room: String,
@@ -230,6 +239,8 @@ struct FlatRequest<'a> {
     room: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     text: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    nonce: Option<Cow<'a, str>>,
     #[serde(default)]
     since: Option<u64>,
     #[serde(default)]
@@ -257,6 +268,7 @@ fn decode_fast(text: &str) -> Option<Request> {
         "send" => ClientMsg::Send {
             room: owned(flat.room)?,
             text: owned(flat.text)?,
+            nonce: owned(flat.nonce),
         },
         "leave" => ClientMsg::Leave {
             room: owned(flat.room)?,
@@ -702,6 +714,8 @@ mod tests {
             r#"{"type":"join","room":"Chat Room","since":41,"ref":"a"}"#,
             r#"{"type":"join","room":"r","since":null}"#,
             r#"{"type":"send","room":"r","text":"line\nbreak \"quoted\""}"#,
+            r#"{"type":"send","room":"r","text":"hi","nonce":"0192f1c2-7a3b","ref":3}"#,
+            r#"{"type":"send","room":"r","text":"hi","nonce":null}"#,
             r#"{"type":"leave","room":"r","ref":-5}"#,
             r#"{"type":"history","room":"r","before":9,"limit":3}"#,
             r#"{"ref":"x","type":"rooms"}"#,
@@ -713,6 +727,7 @@ mod tests {
         for frame in [
             r#"{"type":"hello"}"#,
             r#"{"type":"send","room":"r","text":5}"#,
+            r#"{"type":"send","room":"r","text":"hi","nonce":7}"#,
             r#"{"type":"dance"}"#,
             r#"{"type":"rooms","ref":1.5}"#,
             r#"{"type":"rooms","ref":9223372036854775808}"#,
@@ -785,6 +800,27 @@ mod tests {
             code_of(r#"{"type":"rooms","ref":1.5}"#),
             ErrorCode::BadRequest
         );
+        assert_eq!(
+            code_of(r#"{"type":"send","room":"r","text":"hi","nonce":["n"]}"#),
+            ErrorCode::BadRequest
+        );
+    }
+
+    #[test]
+    fn a_send_carries_its_nonce_on_both_paths() {
+        let nonce = Some("abc-1".to_owned());
+        let fast = decode(r#"{"type":"send","room":"r","text":"hi","nonce":"abc-1"}"#).unwrap();
+        assert_eq!(
+            fast.msg,
+            ClientMsg::Send {
+                room: "r".into(),
+                text: "hi".into(),
+                nonce: nonce.clone()
+            }
+        );
+        let careful =
+            decode_carefully(r#"{"type":"send","room":"r","text":"hi","nonce":"abc-1"}"#).unwrap();
+        assert_eq!(careful.msg, fast.msg);
     }
 
     #[test]

@@ -33,7 +33,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::frame::{Position, advance};
-use crate::hub::{DirectWrite, Frame, Hub, Kick, Outbox, Peer};
+use crate::hub::{DirectWrite, Frame, Hub, Kick, Outbox, Peer, SendsInFlight};
 use crate::limits::{AddressLimits, ConnPermit};
 use crate::protocol::{MAX_FRAME_BYTES, close};
 use session::Session;
@@ -61,6 +61,11 @@ const READ_CHUNK: usize = 4096;
 /// How long the server waits for the client's close frame (or the end of
 /// its stream) after its own.
 const CLOSING_HANDSHAKE_GRACE: Duration = Duration::from_secs(2);
+/// How long a connection being closed waits for the answers (`sent`) to
+/// the sends it already handed to the writer, so that its close frame does
+/// not overtake their commit. A commit takes milliseconds; past this,
+/// storage is stuck and the client resends with its nonces instead.
+const ANSWERS_GRACE: Duration = Duration::from_secs(2);
 /// How long a write already under way may go on after the connection was
 /// told to close (a slow reader still gets its close code); past it the
 /// socket is considered stuck and dropped without one.
@@ -92,7 +97,14 @@ pub fn serve(
         Some(stream.clone()),
     ));
     let peer = Peer::new(outbox.clone());
-    let session = Session::new(hub.clone(), peer.clone(), address_limits, permit.ip());
+    let sends = Arc::new(SendsInFlight::default());
+    let session = Session::new(
+        hub.clone(),
+        peer.clone(),
+        address_limits,
+        permit.ip(),
+        sends.clone(),
+    );
     let mut connection = Connection {
         stream,
         reader: Reader {
@@ -112,6 +124,7 @@ pub fn serve(
             outbox,
             peer,
             heard: AtomicBool::new(false),
+            sends,
         },
         _gauge: ConnectionGauge::new(&hub),
         hub,
@@ -139,6 +152,8 @@ struct Shared {
     peer: Peer,
     /// Set by the reader whenever bytes arrive; the heartbeat clears it.
     heard: AtomicBool,
+    /// Sends handed to the hub's writer and not answered yet.
+    sends: Arc<SendsInFlight>,
 }
 
 struct Reader {
@@ -458,8 +473,23 @@ impl Writer {
             }
             outbox.written(frames.iter().map(Frame::len).sum());
         }
+        let (code, _) = kick.reason().unwrap_or((1000, ""));
+        if awaits_answers(code) && shared.sends.count() > 0 {
+            // Their `sent`s join the queue flushed before the close frame.
+            let _ = tokio::time::timeout(ANSWERS_GRACE, shared.sends.all_answered()).await;
+        }
         Box::pin(finish(stream, outbox)).await
     }
+}
+
+/// Whether a connection closing with `code` first waits for the answers to
+/// its sends in flight: when it is closed on purpose — abuse (1008),
+/// shutdown (1001), a broken rule (1003, 1009) — and will still read them.
+/// Not for a slow consumer (1013), whose queue is cut off at once and whose
+/// client resends with its nonces, nor when the client left (1000) or went
+/// silent (4000).
+fn awaits_answers(code: u16) -> bool {
+    !matches!(code, 1000 | close::TRY_AGAIN_LATER | close::PING_TIMEOUT)
 }
 
 /// After the kick: flushes what is queued (unless the client is too slow)

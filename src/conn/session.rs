@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::domain::Nickname;
-use crate::hub::{self, Frame, Hub, Peer, Refusal};
+use crate::hub::{self, Frame, Hub, Outgoing, Peer, Refusal, SendsInFlight};
 use crate::limits::{AddressLimits, ConnLimits, LimitKind, RetryAfter};
 use crate::protocol::{
     self, ClientMsg, ErrorCode, PROTOCOL_VERSION, Ref, Request, ServerMsg, close, encode,
@@ -22,6 +22,9 @@ pub struct Session {
     abusive: Cell<bool>,
     address_limits: Arc<AddressLimits>,
     ip: IpAddr,
+    /// This connection's sends not yet answered (shared with the connection,
+    /// which waits for them before closing).
+    sends: Arc<SendsInFlight>,
 }
 
 struct Identity {
@@ -48,8 +51,15 @@ impl Session {
 }
 
 impl Session {
-    pub fn new(hub: Arc<Hub>, peer: Peer, address_limits: Arc<AddressLimits>, ip: IpAddr) -> Self {
+    pub fn new(
+        hub: Arc<Hub>,
+        peer: Peer,
+        address_limits: Arc<AddressLimits>,
+        ip: IpAddr,
+        sends: Arc<SendsInFlight>,
+    ) -> Self {
         Self {
+            sends,
             hub,
             peer,
             identity: None,
@@ -157,12 +167,18 @@ impl Session {
                 hub.join(peer, &identity.name, room, since, r#ref).await?;
                 Ok(None)
             }
-            ClientMsg::Send { room, text } => {
+            ClientMsg::Send { room, text, nonce } => {
                 let room = hub::parse_room(&room)?;
                 self.limits
                     .message()
                     .map_err(|r| self.limited(LimitKind::Messages, rate_limited("messages", r)))?;
-                hub.send(peer, &identity.name, room, &text, r#ref.cloned())
+                let outgoing = Outgoing {
+                    room,
+                    text: &text,
+                    nonce: nonce.as_deref(),
+                    r#ref: r#ref.cloned(),
+                };
+                hub.send(peer, &identity.name, outgoing, &self.sends)
                     .await?;
                 Ok(None)
             }

@@ -23,6 +23,7 @@ pub use crate::frame::Frame;
 pub use batch::SocketWrites;
 pub use peer::{ConnId, DirectWrite, Kick, Outbox, Peer, Pushed};
 pub use registry::{Pacing, PreparedCatchUp, Refusal, Registry};
+pub use writer::{SendTicket, SendsInFlight};
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -33,13 +34,13 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::Broker;
-use crate::domain::{InputError, MessageText, Nickname, RoomName};
+use crate::domain::{InputError, MessageText, Nickname, Nonce, RoomName};
 use crate::metrics::Metrics;
 use crate::protocol::{
     ChatMessage, EncodedMessage, EncodedMessages, ErrorCode, HISTORY_LIMIT_DEFAULT,
     HISTORY_LIMIT_MAX, Ref, RoomInfo, SINCE_LIMIT, SINCE_MAX_BYTES,
 };
-use crate::storage::{MessageStore, StorageError};
+use crate::storage::{MessageStore, SendKey, StorageError};
 use recent::RecentMessages;
 use writer::{SendJob, Writer};
 
@@ -65,6 +66,14 @@ pub struct HubConfig {
     pub write_queue: usize,
     /// Least time between the starts of two commits.
     pub commit_interval: Duration,
+}
+
+/// A `send` request, its fields not yet parsed (but the room's).
+pub struct Outgoing<'a> {
+    pub room: RoomName,
+    pub text: &'a str,
+    pub nonce: Option<&'a str>,
+    pub r#ref: Option<Ref>,
 }
 
 pub struct Hub {
@@ -211,27 +220,50 @@ impl Hub {
         }
     }
 
-    /// Accepts a message for storing; the writer replies `sent` once it is durable.
+    /// Accepts a message for storing; the writer replies `sent` once it is
+    /// durable. With a `nonce`, a resend of a message stored before (same
+    /// sender, same nonce, within [`crate::protocol::NONCE_WINDOW_MS`]) is
+    /// answered with that message's `sent` instead. The send counts in
+    /// `in_flight` until its answer is queued.
     pub async fn send(
         &self,
         peer: &Peer,
         name: &Nickname,
-        room: RoomName,
-        text: &str,
-        r#ref: Option<Ref>,
+        outgoing: Outgoing<'_>,
+        in_flight: &Arc<SendsInFlight>,
     ) -> Result<(), Refusal> {
+        let Outgoing {
+            room,
+            text,
+            nonce,
+            r#ref,
+        } = outgoing;
         self.require_member(&room, peer)?;
         let text = MessageText::parse(text).map_err(|e| match e {
             InputError::TooLong(_) => Refusal::new(ErrorCode::TooLarge, format!("text {e}")),
             _ => Refusal::new(ErrorCode::BadRequest, format!("text {e}")),
         })?;
+        let key = nonce
+            .map(|nonce| {
+                let nonce = Nonce::parse(nonce)
+                    .map_err(|e| Refusal::new(ErrorCode::BadRequest, format!("nonce {e}")))?;
+                // "The same sender" is the name's key until accounts give
+                // people a stable id; the store takes it as an opaque value.
+                Ok(SendKey {
+                    sender: name.key(),
+                    nonce,
+                })
+            })
+            .transpose()?;
         let job = SendJob {
             room,
             from: name.clone(),
             text,
+            key,
             sender: peer.clone(),
             r#ref,
             accepted: tokio::time::Instant::now(),
+            _ticket: in_flight.ticket(),
         };
         self.jobs_tx
             .send(job)

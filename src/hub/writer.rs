@@ -9,14 +9,21 @@
 //! under load the sends arriving meanwhile join the next commit, so the cost
 //! of a transaction (its fsync, its hand-off to the storage thread) is shared
 //! by more of them, while a trickle of sends is stored without waiting.
+//!
+//! A send may carry the client's nonce: the store then keeps the message at
+//! most once per (sender, nonce), and a resend is answered with the first
+//! copy's `sent` — nothing is published for it. Every send a connection
+//! hands over holds a [`SendTicket`] until its answer is queued, so that the
+//! connection can wait for its answers before it sends its close frame.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -26,18 +33,73 @@ use crate::broker::Broker;
 use crate::clock;
 use crate::domain::{MessageText, Nickname, RoomName};
 use crate::metrics::Metrics;
-use crate::protocol::{self, ChatMessage, EncodedMessage, ErrorCode, Ref, ServerMsg, encode};
-use crate::storage::{MessageStore, NewMessage, StorageError};
+use crate::protocol::{self, EncodedMessage, ErrorCode, Ref, ServerMsg, encode};
+use crate::storage::{Appended, MessageStore, NewMessage, SendKey, StorageError};
 
 /// One accepted send, waiting to be stored.
 pub struct SendJob {
     pub room: RoomName,
     pub from: Nickname,
     pub text: MessageText,
+    /// The sender's nonce for it, if the client gave one (taken by the commit).
+    pub key: Option<SendKey>,
     pub sender: Peer,
     pub r#ref: Option<Ref>,
     /// When the send was accepted (for `chatterpro_send_wait_seconds`).
     pub accepted: Instant,
+    /// Held until the send's answer is queued to the sender (dropped with the job).
+    pub _ticket: SendTicket,
+}
+
+/// One connection's sends handed to the writer and not answered yet (their
+/// `sent` or `error` not queued). A connection being closed — for abuse,
+/// on shutdown — waits for them before its close frame, so that the close
+/// does not overtake the commit: a client then knows which of its sends
+/// were stored without having to resend them.
+#[derive(Debug, Default)]
+pub struct SendsInFlight {
+    count: AtomicUsize,
+    answered: Notify,
+}
+
+impl SendsInFlight {
+    /// Counts one more send until the returned ticket is dropped.
+    pub fn ticket(self: &Arc<Self>) -> SendTicket {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        SendTicket(self.clone())
+    }
+
+    /// How many sends are waiting for their answer.
+    pub fn count(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+
+    /// Resolves once every send counted so far has its answer queued.
+    pub async fn all_answered(&self) {
+        loop {
+            let answered = self.answered.notified();
+            tokio::pin!(answered);
+            // Registered before the check, so an answer in between is not missed.
+            answered.as_mut().enable();
+            if self.count() == 0 {
+                return;
+            }
+            answered.await;
+        }
+    }
+}
+
+/// A send's place in its connection's [`SendsInFlight`], given up on drop:
+/// once its answer is queued, or with the send if it never reached the writer.
+#[derive(Debug)]
+pub struct SendTicket(Arc<SendsInFlight>);
+
+impl Drop for SendTicket {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.answered.notify_waiters();
+        }
+    }
 }
 
 pub struct Writer {
@@ -69,7 +131,7 @@ struct InFlight<'a> {
 }
 
 type StoreFuture<'a> = Pin<Box<dyn Future<Output = StoreResult> + Send + 'a>>;
-type StoreResult = Result<Vec<ChatMessage>, StorageError>;
+type StoreResult = Result<Vec<Appended>, StorageError>;
 
 impl Writer {
     /// Stores and publishes queued sends until `shutdown`; then refuses new
@@ -157,7 +219,7 @@ impl Writer {
     /// Hands `jobs` to the store as one batch. The store's future is polled
     /// once here, which for SQLite passes the batch to its thread: the
     /// commit proceeds there while this task goes on.
-    async fn start_commit(&self, jobs: Vec<SendJob>) -> InFlight<'_> {
+    async fn start_commit(&self, mut jobs: Vec<SendJob>) -> InFlight<'_> {
         let started = Instant::now();
         for job in &jobs {
             self.metrics
@@ -166,13 +228,14 @@ impl Writer {
         }
         let ts = clock::now_ms();
         let batch: Vec<NewMessage> = jobs
-            .iter()
+            .iter_mut()
             .map(|job| NewMessage {
                 room: job.room.clone(),
                 id: uuid::Uuid::now_v7().to_string(),
                 from: job.from.clone(),
                 text: job.text.clone(),
                 ts,
+                key: job.key.take(),
             })
             .collect();
         let mut stored = self.store.append(batch);
@@ -192,12 +255,29 @@ impl Writer {
     /// failure; returns the emptied buffer for the next commit.
     async fn publish(&self, mut jobs: Vec<SendJob>, stored: StoreResult) -> Vec<SendJob> {
         match stored {
-            Ok(stored) => {
-                self.metrics.messages_stored.inc_by(stored.len() as u64);
+            Ok(outcomes) => {
                 self.metrics.commits.inc();
-                let mut frames = Vec::with_capacity(stored.len());
-                let mut senders = Vec::with_capacity(stored.len());
-                for (job, message) in jobs.drain(..).zip(stored) {
+                let mut frames = Vec::with_capacity(outcomes.len());
+                let mut senders = Vec::with_capacity(outcomes.len());
+                for (job, outcome) in jobs.drain(..).zip(outcomes) {
+                    let message = match outcome {
+                        Appended::Stored(message) => message,
+                        Appended::Duplicate(receipt) => {
+                            // A resend: the first copy's `sent` again; its
+                            // message was published when it was stored.
+                            let sent = ServerMsg::Sent {
+                                room: receipt.room,
+                                id: receipt.id,
+                                seq: receipt.seq,
+                                ts: receipt.ts,
+                            };
+                            let sent = Frame::new(encode(&sent, job.r#ref.as_ref()));
+                            job.sender.queue(std::slice::from_ref(&sent));
+                            senders.push(job.sender);
+                            continue;
+                        }
+                    };
+                    self.metrics.messages_stored.inc();
                     // Before publishing: a joiner that reads the tail after
                     // this gets the message in its reply, or live — never neither.
                     let encoded = EncodedMessage::new(&message);
@@ -275,8 +355,9 @@ mod tests {
     use super::*;
     use std::sync::Mutex;
 
+    use crate::protocol::ChatMessage;
+
     use async_trait::async_trait;
-    use tokio::sync::Notify;
 
     use crate::broker::BrokerError;
     use crate::hub::Outbox;
@@ -309,7 +390,7 @@ mod tests {
 
     #[async_trait]
     impl MessageStore for GatedStore {
-        async fn append(&self, batch: Vec<NewMessage>) -> Result<Vec<ChatMessage>, StorageError> {
+        async fn append(&self, batch: Vec<NewMessage>) -> Result<Vec<Appended>, StorageError> {
             let texts: Vec<&str> = batch.iter().map(|m| m.text.as_str()).collect();
             self.log.push(format!("append {}", texts.join(",")));
             let n = {
@@ -328,14 +409,14 @@ mod tests {
                 .into_iter()
                 .map(|m| {
                     *seq += 1;
-                    ChatMessage {
+                    Appended::Stored(ChatMessage {
                         room: m.room.into_string(),
                         id: m.id,
                         seq: *seq,
                         from: m.from.into_string(),
                         text: m.text.into_string(),
                         ts: m.ts,
-                    }
+                    })
                 })
                 .collect())
         }
@@ -434,9 +515,11 @@ mod tests {
             room: RoomName::parse("r").unwrap(),
             from: Nickname::parse("alice").unwrap(),
             text: MessageText::parse(text).unwrap(),
+            key: None,
             sender: sender.clone(),
             r#ref: None,
             accepted: Instant::now(),
+            _ticket: Arc::new(SendsInFlight::default()).ticket(),
         }
     }
 

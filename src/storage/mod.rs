@@ -11,7 +11,7 @@ pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
 
-use crate::domain::{MessageText, Nickname, RoomName};
+use crate::domain::{MessageText, Nickname, Nonce, RoomName};
 use crate::protocol::ChatMessage;
 
 /// A message accepted by the hub, not yet stored.
@@ -22,6 +22,37 @@ pub struct NewMessage {
     pub from: Nickname,
     pub text: MessageText,
     /// Unix milliseconds.
+    pub ts: i64,
+    /// The sender's key for it, when the client gave one: the message is
+    /// stored at most once per key within [`crate::protocol::NONCE_WINDOW_MS`].
+    pub key: Option<SendKey>,
+}
+
+/// Who sent a message and the nonce they chose for it. `sender` is one
+/// opaque value (today the sender's name key), so that what "the same
+/// sender" means can change without the store changing.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SendKey {
+    pub sender: String,
+    pub nonce: Nonce,
+}
+
+/// What became of one message of an appended batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Appended {
+    /// Stored now, with its seq.
+    Stored(ChatMessage),
+    /// Its key was stored before (in an earlier batch within the window, or
+    /// earlier in this one): nothing was stored; this is the first copy's receipt.
+    Duplicate(Receipt),
+}
+
+/// Where and when a message was stored: what its `sent` reply says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    pub room: String,
+    pub id: String,
+    pub seq: u64,
     pub ts: i64,
 }
 
@@ -65,9 +96,12 @@ pub trait MessageStore: Send + Sync + 'static {
     async fn recent_rooms(&self, limit: u32) -> Result<Vec<String>, StorageError>;
 
     /// Stores a batch in one transaction, giving each message the next seq of
-    /// its room (creating rooms as needed). Returns the stored messages in
-    /// batch order. Either all are stored or none.
-    async fn append(&self, batch: Vec<NewMessage>) -> Result<Vec<ChatMessage>, StorageError>;
+    /// its room (creating rooms as needed), and each message's key with it.
+    /// A message whose key was stored within the window, or appears earlier
+    /// in the batch, is not stored: its outcome is the first copy's receipt.
+    /// Returns one outcome per message, in batch order. Either all are
+    /// stored or none.
+    async fn append(&self, batch: Vec<NewMessage>) -> Result<Vec<Appended>, StorageError>;
 
     /// The newest `limit` messages, only those with `seq > after` if given.
     /// `truncated` says that more than `limit` messages followed `after`: the

@@ -2,11 +2,12 @@
 //
 // Owns: the flow hello -> welcome -> join -> joined (again after every
 // reconnect, with `since` so only missed messages come back), the outgoing
-// message queue, history paging and the remembered identity. Talks to the
+// messages (shown "sending…" until confirmed, resent with their nonces after
+// a reconnect), history paging and the remembered identity. Talks to the
 // server only through connection.js and to the page only through views.js.
 
 import { Connection, RequestError, defaultSocketUrl } from './connection.js';
-import { PAGE_SIZE, RoomState } from './state.js';
+import { PAGE_SIZE, PendingMessages, RoomState } from './state.js';
 import * as views from './views.js';
 
 const { $ } = views;
@@ -81,9 +82,8 @@ function createSession(name, roomName) {
     ready: false, // true while a join is complete on the current socket
     buffered: [], // pushes that arrived while (re)joining
     handshakeFailures: 0,
-    outbox: [], // texts waiting to be sent, in order
+    outbox: new PendingMessages(), // typed, not yet confirmed, in order
     sending: false,
-    inFlight: null, // text sent on a socket that then died, unconfirmed
     graceUsers: new Set(),
     graceUntil: 0,
     ended: false,
@@ -163,9 +163,14 @@ function enterChat(s, joined) {
 }
 
 function rejoin(s) {
-  handshake(s).then((joined) => {
+  handshake(s).then(async (joined) => {
     if (session !== s || s.ended) return;
     s.handshakeFailures = 0;
+    // What went out on the lost socket unconfirmed goes again first, with its
+    // nonce: stored then or stored now, each comes back with its seq, so the
+    // catch-up below finds that seq taken and the message shows once.
+    await pumpOutbox(s, { resending: true });
+    if (session !== s || s.ended || !s.conn.isOpen) return; // the next reconnect takes over
     const room = s.room;
     const list = $('messages');
     const stick = views.isNearBottom(list);
@@ -181,13 +186,13 @@ function rejoin(s) {
       // page, the gap stays reachable by scrolling up.
       room.clearMessages();
       list.replaceChildren(views.eventNoticeItem('Some messages were skipped while you were away. Scroll up to read them.', 'info'));
+      for (const entry of s.outbox.entries) list.append(entry.item);
       room.hasOlder = true;
     }
     const fresh = room.accept(messages);
     for (const message of fresh) {
       views.insertBySeq(list, views.messageItem(message, s.name), message.seq);
     }
-    settleInFlight(s, fresh);
     if (stick) views.scrollToBottom(list);
     s.conn.resetBackoff();
     markReady(s);
@@ -281,35 +286,52 @@ function onPush(s, message) {
 
 // ---------------------------------------------------------------- sending
 
+/** Shows `text` at once as "sending…" and queues it, with a nonce of its own. */
 function queueMessage(s, text) {
-  s.outbox.push(text);
+  const entry = s.outbox.add(text, { item: views.pendingMessageItem(text, s.name) });
+  const list = $('messages');
+  list.append(entry.item);
+  views.scrollToBottom(list);
   pumpOutbox(s);
 }
 
-/** Sends queued texts one at a time so they keep their order, waiting out rate limits. */
-async function pumpOutbox(s) {
+/**
+ * Sends queued messages one at a time so they keep their order, waiting out
+ * rate limits. A message whose reply is lost (the socket closed, the server
+ * did not answer in time) stays queued and goes again with the same nonce:
+ * the server answers a resend with the first copy's `sent` and stores
+ * nothing. With `resending` (during a rejoin), sends only the messages that
+ * already went out once, and stops at the first that did not.
+ */
+async function pumpOutbox(s, { resending = false } = {}) {
   if (s.sending) return;
   s.sending = true;
   try {
-    while (s.outbox.length > 0 && s.ready && session === s && !s.ended) {
-      const text = s.outbox[0];
+    for (;;) {
+      const entry = s.outbox.head;
+      if (!entry || session !== s || s.ended) return;
+      if (resending ? !entry.attempted : !s.ready) return;
+      entry.attempted = true;
       try {
-        await s.conn.request({ type: 'send', room: s.room.name, text });
-        s.outbox.shift();
+        const sent = await s.conn.request({
+          type: 'send', room: s.room.name, text: entry.text, nonce: entry.nonce,
+        });
+        s.outbox.remove(entry);
+        confirmSent(s, entry, sent);
       } catch (error) {
         if (error.code === 'rate_limited') {
           const wait = Number.isFinite(error.retryAfterMs) ? error.retryAfterMs : 1000;
           await new Promise((resolve) => setTimeout(resolve, Math.max(50, wait)));
         } else if (error.code === 'offline' || error.code === 'closed') {
-          // The server may or may not have stored it; decide after rejoining.
-          s.outbox.shift();
-          s.inFlight = text;
-          return;
-        } else {
-          s.outbox.shift();
-          restoreDraft(text);
+          return; // resent with its nonce once the room is rejoined
+        } else if (error.code !== 'timeout') {
+          // Refused for good (too long, not a member…): back to the message box.
+          s.outbox.remove(entry);
+          entry.item.remove();
+          restoreDraft(entry.text);
           views.showError($('chat-error'), describe(error));
         }
+        // After a timeout the same nonce goes again: it cannot be stored twice.
       }
     }
   } finally {
@@ -317,14 +339,23 @@ async function pumpOutbox(s) {
   }
 }
 
-/** After a rejoin: was the text whose reply got lost stored after all? If not, give it back. */
-function settleInFlight(s, fresh) {
-  const text = s.inFlight;
-  s.inFlight = null;
-  if (text === null) return;
-  if (fresh.some((m) => m.from === s.name && m.text === text)) return;
-  restoreDraft(text);
-  views.showError($('chat-error'), 'Your last message may not have been sent; it is back in the message box.');
+/**
+ * The server stored a message of ours (now or on an earlier try): its
+ * "sending…" item becomes the message, in seq order — unless that seq is
+ * shown already (its copy came first, e.g. in a catch-up), then it just goes.
+ */
+function confirmSent(s, entry, sent) {
+  const room = s.room;
+  entry.item.remove();
+  if (!room || sent.room !== room.name || !Number.isInteger(sent.seq)) return;
+  const [fresh] = room.accept([{
+    room: sent.room, id: sent.id, seq: sent.seq, ts: sent.ts, from: s.name, text: entry.text.trim(),
+  }]);
+  if (!fresh) return;
+  const list = $('messages');
+  const stick = views.isNearBottom(list);
+  views.insertBySeq(list, views.messageItem(fresh, s.name), fresh.seq);
+  if (stick) views.scrollToBottom(list);
 }
 
 function restoreDraft(text) {

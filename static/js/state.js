@@ -3,7 +3,8 @@
 // Owns: which message seqs are already shown (so replays after a reconnect or
 // overlapping history pages are ignored), the oldest and newest seq (for
 // `history.before` and `join.since`), whether older history may exist, and
-// the users list. Pure data: no DOM, no socket.
+// the users list; and the messages typed but not yet confirmed. Pure data:
+// no DOM, no socket.
 
 /** How many messages one history page asks for (the server's join default too). */
 export const PAGE_SIZE = 50;
@@ -72,5 +73,53 @@ export class RoomState {
 
   hasUser(name) {
     return this.users.includes(name);
+  }
+}
+
+/**
+ * A fresh nonce for a `send`: a random UUID. `crypto.randomUUID` exists only
+ * in secure contexts (https, localhost); a page served over plain http on
+ * another host builds one from `getRandomValues`, which exists everywhere.
+ */
+export function newNonce(cryptoApi = globalThis.crypto) {
+  if (typeof cryptoApi.randomUUID === 'function') return cryptoApi.randomUUID();
+  const bytes = cryptoApi.getRandomValues(new Uint8Array(16));
+  bytes[6] = (bytes[6] & 0x0f) | 0x40; // version 4
+  bytes[8] = (bytes[8] & 0x3f) | 0x80; // RFC 4122 variant
+  const hex = Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+}
+
+/**
+ * Messages typed and not yet confirmed by the server, oldest first. Each
+ * keeps the nonce it was given when typed for as long as it waits: the
+ * server stores a message at most once per nonce, so sending it again after
+ * a lost connection — when nobody can know whether the first try was
+ * stored — never makes a second copy.
+ */
+export class PendingMessages {
+  constructor() {
+    this.entries = [];
+  }
+
+  /** Queues `text`; returns its entry ({nonce, text, attempted, ...extra}). */
+  add(text, extra = {}) {
+    const entry = { ...extra, nonce: newNonce(), text, attempted: false };
+    this.entries.push(entry);
+    return entry;
+  }
+
+  get head() {
+    return this.entries[0];
+  }
+
+  get size() {
+    return this.entries.length;
+  }
+
+  /** Forgets `entry` (confirmed, or refused for good). */
+  remove(entry) {
+    const i = this.entries.indexOf(entry);
+    if (i >= 0) this.entries.splice(i, 1);
   }
 }

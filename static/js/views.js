@@ -79,6 +79,19 @@ export function messageItem(message, me) {
   return item;
 }
 
+/**
+ * A message of ours the server has not confirmed yet: shown at once, marked
+ * "sending…" (li.pending, not li.message: it has no seq yet). Replaced by a
+ * messageItem once its `sent` arrives.
+ */
+export function pendingMessageItem(text, me) {
+  const item = el('li', 'pending own');
+  const meta = el('div', 'meta');
+  meta.append(el('span', 'author', me), el('span', 'sending', 'sending…'));
+  item.append(meta, el('p', 'text', text));
+  return item;
+}
+
 /** A line from the server's bot, e.g. the welcome greeting. */
 export function botNoticeItem(text, ts) {
   const item = el('li', 'notice bot');

@@ -3,6 +3,7 @@
 mod bench_smoke;
 mod helpers;
 mod http;
+mod idempotency;
 mod limits;
 mod pacing;
 mod persistence;

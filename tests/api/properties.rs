@@ -195,6 +195,7 @@ fn expected_msg(kind: &str, object: &Map<String, Value>) -> Option<ClientMsg> {
         "send" => ClientMsg::Send {
             room: string("room")?,
             text: string("text")?,
+            nonce: opt_string("nonce")?,
         },
         "leave" => ClientMsg::Leave {
             room: string("room")?,

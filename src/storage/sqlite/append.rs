@@ -16,17 +16,17 @@ use std::path::Path;
 use std::time::Duration;
 
 use rusqlite::hooks::Wal;
-use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::checkpoint::{self, CHECKPOINT_PAGES, Checkpointer, HARD_LIMIT_PAGES};
-use crate::protocol::ChatMessage;
-use crate::storage::{NewMessage, StorageError};
+use crate::protocol::{ChatMessage, NONCE_WINDOW_MS};
+use crate::storage::{Appended, NewMessage, Receipt, SendKey, StorageError};
 
 /// Batches waiting for the thread; the hub's writer has one in flight at a time.
 const QUEUE: usize = 16;
 
-type Reply = oneshot::Sender<Result<Vec<ChatMessage>, rusqlite::Error>>;
+type Reply = oneshot::Sender<Result<Vec<Appended>, rusqlite::Error>>;
 
 struct Job {
     batch: Vec<NewMessage>,
@@ -58,10 +58,14 @@ impl Appender {
                         return;
                     }
                 };
+                let mut pruner = Pruner::new();
                 while let Some(job) = jobs_rx.blocking_recv() {
-                    let _ = job.reply.send(append(&mut conn, job.batch));
+                    let _ = job
+                        .reply
+                        .send(append(&mut conn, job.batch, NONCE_WINDOW_MS));
                     // After the reply: nothing here delays this commit's sends.
                     keep_wal_short(&conn, &checkpointer);
+                    pruner.maybe_prune(&conn, NONCE_WINDOW_MS);
                 }
             })
             .map_err(StorageError::Thread)?;
@@ -78,7 +82,7 @@ impl Appender {
     pub(super) async fn append(
         &self,
         batch: Vec<NewMessage>,
-    ) -> Result<Vec<ChatMessage>, StorageError> {
+    ) -> Result<Vec<Appended>, StorageError> {
         let (reply, stored) = oneshot::channel();
         self.jobs
             .send(Job { batch, reply })
@@ -129,20 +133,38 @@ fn keep_wal_short(conn: &Connection, checkpointer: &Checkpointer) {
     }
 }
 
-/// One transaction: advance each room's counter by its share of the batch
-/// (creating rooms as needed), then insert the messages with their seqs.
-/// Dropping the transaction on an error rolls all of it back. The batch is
-/// moved into the stored messages, not copied.
+/// What a message of a batch turned out to be, before the batch is stored.
+#[derive(Clone, Copy)]
+enum Kind {
+    /// To be stored.
+    New,
+    /// Its key was stored before: the receipt at this index of `earlier`.
+    StoredBefore(usize),
+    /// Its key appears earlier in the batch, at this index.
+    CopyOf(usize),
+}
+
+/// One transaction: sort out resends (see [`MessageStore::append`]), advance
+/// each room's counter by its share of the rest (creating rooms as needed),
+/// then insert those messages with their seqs and their keys. Dropping the
+/// transaction on an error rolls all of it back. The batch is moved into the
+/// stored messages, not copied.
+///
+/// [`MessageStore::append`]: crate::storage::MessageStore::append
 fn append(
     conn: &mut Connection,
     batch: Vec<NewMessage>,
-) -> Result<Vec<ChatMessage>, rusqlite::Error> {
-    // IMMEDIATE takes the write lock up front, so the counters read here
-    // are the ones the messages are written under.
+    window_ms: i64,
+) -> Result<Vec<Appended>, rusqlite::Error> {
+    // IMMEDIATE takes the write lock up front, so the counters and keys read
+    // here are the ones the messages are written under.
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let (kinds, earlier) = sort_out_resends(&tx, &batch, window_ms)?;
     let mut shares: HashMap<&str, i64> = HashMap::new();
-    for message in &batch {
-        *shares.entry(message.room.as_str()).or_default() += 1;
+    for (message, kind) in batch.iter().zip(&kinds) {
+        if let Kind::New = kind {
+            *shares.entry(message.room.as_str()).or_default() += 1;
+        }
     }
     // name -> (room id, last seq before this batch)
     let mut counters: HashMap<&str, (i64, i64)> = HashMap::with_capacity(shares.len());
@@ -159,13 +181,25 @@ fn append(
             counters.insert(room, (id, last_seq - n));
         }
     }
+    // The seq of each message stored (0 for a resend).
     let mut seqs = Vec::with_capacity(batch.len());
     {
         let mut insert = tx.prepare_cached(
             "INSERT INTO messages (room_id, seq, id, author, body, ts) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?;
-        for message in &batch {
+        // A row past the window may still be there (pruning lags): it is replaced.
+        let mut remember = tx.prepare_cached(
+            "INSERT INTO send_nonces (sender, nonce, room_id, seq, message_id, ts) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (sender, nonce) DO UPDATE SET \
+             room_id = excluded.room_id, seq = excluded.seq, \
+             message_id = excluded.message_id, ts = excluded.ts",
+        )?;
+        for (message, kind) in batch.iter().zip(&kinds) {
+            let Kind::New = kind else {
+                seqs.push(0);
+                continue;
+            };
             let (room_id, last_seq) = counters
                 .get_mut(message.room.as_str())
                 .expect("every room of the batch was advanced above");
@@ -179,22 +213,140 @@ fn append(
                 message.text.as_str(),
                 message.ts
             ])?;
+            if let Some(key) = &message.key {
+                remember.execute(params![
+                    key.sender,
+                    key.nonce.as_str(),
+                    *room_id,
+                    seq,
+                    message.id,
+                    message.ts
+                ])?;
+            }
             seqs.push(seq as u64);
         }
     }
     tx.commit()?;
-    Ok(batch
-        .into_iter()
-        .zip(seqs)
-        .map(|(message, seq)| ChatMessage {
-            room: message.room.into_string(),
-            id: message.id,
-            seq,
-            from: message.from.into_string(),
-            text: message.text.into_string(),
-            ts: message.ts,
-        })
-        .collect())
+    let mut outcomes: Vec<Appended> = Vec::with_capacity(batch.len());
+    for ((message, seq), kind) in batch.into_iter().zip(seqs).zip(kinds) {
+        let outcome = match kind {
+            Kind::New => Appended::Stored(ChatMessage {
+                room: message.room.into_string(),
+                id: message.id,
+                seq,
+                from: message.from.into_string(),
+                text: message.text.into_string(),
+                ts: message.ts,
+            }),
+            Kind::StoredBefore(i) => Appended::Duplicate(earlier[i].clone()),
+            Kind::CopyOf(first) => Appended::Duplicate(match &outcomes[first] {
+                Appended::Stored(m) => Receipt {
+                    room: m.room.clone(),
+                    id: m.id.clone(),
+                    seq: m.seq,
+                    ts: m.ts,
+                },
+                Appended::Duplicate(receipt) => receipt.clone(),
+            }),
+        };
+        outcomes.push(outcome);
+    }
+    Ok(outcomes)
+}
+
+/// Which messages of `batch` are resends: of a key stored within the window
+/// (one indexed lookup per distinct key, inside the batch's transaction — no
+/// round trip of its own), or of a key earlier in the batch. Returns each
+/// message's kind and the receipts found.
+fn sort_out_resends(
+    tx: &rusqlite::Transaction<'_>,
+    batch: &[NewMessage],
+    window_ms: i64,
+) -> Result<(Vec<Kind>, Vec<Receipt>), rusqlite::Error> {
+    let mut kinds = vec![Kind::New; batch.len()];
+    if batch.iter().all(|m| m.key.is_none()) {
+        return Ok((kinds, Vec::new()));
+    }
+    let mut earlier = Vec::new();
+    let mut first_of: HashMap<&SendKey, usize> = HashMap::new();
+    let mut lookup = tx.prepare_cached(
+        "SELECT r.name, n.message_id, n.seq, n.ts FROM send_nonces n \
+         JOIN rooms r ON r.id = n.room_id \
+         WHERE n.sender = ?1 AND n.nonce = ?2 AND n.ts > ?3",
+    )?;
+    for (i, message) in batch.iter().enumerate() {
+        let Some(key) = &message.key else { continue };
+        if let Some(&first) = first_of.get(key) {
+            kinds[i] = Kind::CopyOf(first);
+            continue;
+        }
+        first_of.insert(key, i);
+        let found = lookup
+            .query_row(
+                params![key.sender, key.nonce.as_str(), message.ts - window_ms],
+                |row| {
+                    Ok(Receipt {
+                        room: row.get(0)?,
+                        id: row.get(1)?,
+                        seq: row.get::<_, i64>(2)? as u64,
+                        ts: row.get(3)?,
+                    })
+                },
+            )
+            .optional()?;
+        if let Some(receipt) = found {
+            kinds[i] = Kind::StoredBefore(earlier.len());
+            earlier.push(receipt);
+        }
+    }
+    Ok((kinds, earlier))
+}
+
+/// Deletes the keys that fell out of the window, a bounded chunk at a time,
+/// at most every [`PRUNE_INTERVAL`] (sooner while a backlog remains), on the
+/// append thread after a commit's reply: lookups ignore old rows anyway, so
+/// this only keeps the table from growing, and never delays a `sent`.
+struct Pruner {
+    next: std::time::Instant,
+}
+
+/// How often old keys are deleted.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
+/// Most keys deleted at once: a few milliseconds of work, in its own commit.
+const PRUNE_CHUNK: i64 = 5_000;
+
+impl Pruner {
+    fn new() -> Self {
+        Self {
+            next: std::time::Instant::now(),
+        }
+    }
+
+    fn maybe_prune(&mut self, conn: &Connection, window_ms: i64) {
+        let now = std::time::Instant::now();
+        if now < self.next {
+            return;
+        }
+        match prune(conn, crate::clock::now_ms() - window_ms, PRUNE_CHUNK) {
+            // A full chunk: more may wait; the next commit takes another.
+            Ok(deleted) if deleted as i64 >= PRUNE_CHUNK => {}
+            Ok(_) => self.next = now + PRUNE_INTERVAL,
+            Err(e) => {
+                tracing::warn!(error = %e, "deleting old send nonces failed");
+                self.next = now + PRUNE_INTERVAL;
+            }
+        }
+    }
+}
+
+/// Deletes up to `limit` keys stored before `cutoff` (Unix ms), oldest
+/// first; returns how many.
+fn prune(conn: &Connection, cutoff: i64, limit: i64) -> Result<usize, rusqlite::Error> {
+    conn.prepare_cached(
+        "DELETE FROM send_nonces WHERE (sender, nonce) IN \
+         (SELECT sender, nonce FROM send_nonces WHERE ts < ?1 ORDER BY ts LIMIT ?2)",
+    )?
+    .execute(params![cutoff, limit])
 }
 
 #[cfg(test)]
@@ -215,6 +367,7 @@ mod tests {
             from: Nickname::parse("alice").unwrap(),
             text: MessageText::parse("hi").unwrap(),
             ts: 1,
+            key: None,
         }];
         assert!(matches!(
             appender.append(batch).await,

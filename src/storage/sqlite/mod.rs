@@ -24,7 +24,7 @@ mod checkpoint;
 
 use append::Appender;
 
-use super::{CatchUp, MessageStore, NewMessage, StorageError};
+use super::{Appended, CatchUp, MessageStore, NewMessage, StorageError};
 use crate::domain::RoomName;
 use crate::protocol::ChatMessage;
 
@@ -130,7 +130,7 @@ impl MessageStore for SqliteStore {
         Ok(names)
     }
 
-    async fn append(&self, batch: Vec<NewMessage>) -> Result<Vec<ChatMessage>, StorageError> {
+    async fn append(&self, batch: Vec<NewMessage>) -> Result<Vec<Appended>, StorageError> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
@@ -209,7 +209,14 @@ impl MessageStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{MessageText, Nickname};
+    use crate::domain::{MessageText, Nickname, Nonce};
+    use crate::protocol::NONCE_WINDOW_MS;
+    use crate::storage::{Receipt, SendKey};
+
+    /// Recent: the append thread deletes keys older than the window by the clock.
+    fn now() -> i64 {
+        crate::clock::now_ms()
+    }
 
     fn message(room: &str, id: &str) -> NewMessage {
         NewMessage {
@@ -217,8 +224,50 @@ mod tests {
             id: id.to_owned(),
             from: Nickname::parse("alice").unwrap(),
             text: MessageText::parse(&format!("text of {id}")).unwrap(),
-            ts: 1_764_111_111_111,
+            ts: now(),
+            key: None,
         }
+    }
+
+    /// `message` sent by `sender` with `nonce`.
+    fn keyed(room: &str, id: &str, sender: &str, nonce: &str) -> NewMessage {
+        NewMessage {
+            key: Some(SendKey {
+                sender: sender.to_owned(),
+                nonce: Nonce::parse(nonce).unwrap(),
+            }),
+            ..message(room, id)
+        }
+    }
+
+    /// The stored messages of an append's outcomes (panics on a duplicate).
+    fn stored(outcomes: Vec<Appended>) -> Vec<ChatMessage> {
+        outcomes
+            .into_iter()
+            .map(|o| match o {
+                Appended::Stored(m) => m,
+                Appended::Duplicate(r) => panic!("unexpected duplicate {r:?}"),
+            })
+            .collect()
+    }
+
+    fn receipt(m: &ChatMessage) -> Receipt {
+        Receipt {
+            room: m.room.clone(),
+            id: m.id.clone(),
+            seq: m.seq,
+            ts: m.ts,
+        }
+    }
+
+    async fn room_texts(store: &SqliteStore, room: &str) -> Vec<String> {
+        store
+            .history(&RoomName::parse(room).unwrap(), None, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.text)
+            .collect()
     }
 
     async fn open(dir: &tempfile::TempDir) -> SqliteStore {
@@ -234,20 +283,24 @@ mod tests {
     async fn appends_number_each_room_contiguously_in_batch_order_across_batches_and_restarts() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir).await;
-        let first = store
-            .append(vec![
-                message("a", "1"),
-                message("b", "2"),
-                message("a", "3"),
-            ])
-            .await
-            .unwrap();
+        let first = stored(
+            store
+                .append(vec![
+                    message("a", "1"),
+                    message("b", "2"),
+                    message("a", "3"),
+                ])
+                .await
+                .unwrap(),
+        );
         assert_eq!(seqs(&first), [("1", 1), ("2", 1), ("3", 2)]);
         assert_eq!(first[2].text, "text of 3");
-        let second = store
-            .append(vec![message("b", "4"), message("a", "5")])
-            .await
-            .unwrap();
+        let second = stored(
+            store
+                .append(vec![message("b", "4"), message("a", "5")])
+                .await
+                .unwrap(),
+        );
         assert_eq!(seqs(&second), [("4", 2), ("5", 3)]);
         // Appends are written on their own connection: the pool's readers see them.
         let caught = store
@@ -266,7 +319,7 @@ mod tests {
         drop(store);
 
         let store = open(&dir).await;
-        let third = store.append(vec![message("a", "6")]).await.unwrap();
+        let third = stored(store.append(vec![message("a", "6")]).await.unwrap());
         assert_eq!(seqs(&third), [("6", 4)]);
     }
 
@@ -334,7 +387,143 @@ mod tests {
                 .unwrap()
         );
         // The store is still usable, and numbering resumes where it was.
-        let next = store.append(vec![message("a", "4")]).await.unwrap();
+        let next = stored(store.append(vec![message("a", "4")]).await.unwrap());
         assert_eq!(seqs(&next), [("4", 2)]);
+    }
+
+    /// A resend with the same key, in a later batch, stores nothing and gets
+    /// the first copy's receipt; the room's numbering does not move.
+    #[tokio::test]
+    async fn a_resent_key_is_stored_once_and_answered_with_the_first_receipt() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir).await;
+        let first = stored(
+            store
+                .append(vec![keyed("a", "1", "alice", "n1")])
+                .await
+                .unwrap(),
+        );
+        let again = store
+            .append(vec![
+                keyed("a", "2", "alice", "n1"),
+                keyed("a", "3", "alice", "n2"),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(again[0], Appended::Duplicate(receipt(&first[0])));
+        let Appended::Stored(next) = &again[1] else {
+            panic!("a new key is stored: {again:?}")
+        };
+        assert_eq!(next.seq, 2, "the resend took no seq");
+        assert_eq!(room_texts(&store, "a").await, ["text of 1", "text of 3"]);
+        // Across a restart: the key is in the database, not in memory.
+        drop(store);
+        let store = open(&dir).await;
+        let after_restart = store
+            .append(vec![keyed("a", "4", "alice", "n1")])
+            .await
+            .unwrap();
+        assert_eq!(after_restart, [Appended::Duplicate(receipt(&first[0]))]);
+    }
+
+    /// Two copies in one batch (a resend racing the original): one stored,
+    /// both answered with its receipt — also when the key was stored before.
+    #[tokio::test]
+    async fn copies_of_a_key_in_one_batch_store_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir).await;
+        let outcomes = store
+            .append(vec![
+                keyed("a", "1", "alice", "n1"),
+                keyed("a", "2", "alice", "n1"),
+                keyed("a", "3", "alice", "n1"),
+            ])
+            .await
+            .unwrap();
+        let Appended::Stored(first) = &outcomes[0] else {
+            panic!("{outcomes:?}")
+        };
+        assert_eq!(outcomes[1], Appended::Duplicate(receipt(first)));
+        assert_eq!(outcomes[2], Appended::Duplicate(receipt(first)));
+        let outcomes = store
+            .append(vec![
+                keyed("b", "4", "alice", "n1"),
+                keyed("b", "5", "alice", "n1"),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(
+            outcomes,
+            [
+                Appended::Duplicate(receipt(first)),
+                Appended::Duplicate(receipt(first))
+            ],
+            "the first copy's room, whichever room a resend names"
+        );
+        assert_eq!(room_texts(&store, "a").await, ["text of 1"]);
+        assert!(room_texts(&store, "b").await.is_empty());
+    }
+
+    /// A key belongs to its sender: another sender's same nonce is another message.
+    #[tokio::test]
+    async fn the_same_nonce_from_another_sender_is_another_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir).await;
+        let outcomes = store
+            .append(vec![
+                keyed("a", "1", "alice", "n1"),
+                keyed("a", "2", "bob", "n1"),
+                message("a", "3"),
+                message("a", "4"),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(stored(outcomes).len(), 4);
+    }
+
+    /// Past the window a key is forgotten: the same nonce stores a new
+    /// message (and replaces the old row, whether or not it was pruned).
+    #[tokio::test]
+    async fn a_key_older_than_the_window_is_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir).await;
+        let first = keyed("a", "1", "alice", "n1");
+        let ts = first.ts;
+        store.append(vec![first]).await.unwrap();
+        let mut within = keyed("a", "2", "alice", "n1");
+        within.ts = ts + NONCE_WINDOW_MS - 1;
+        assert!(matches!(
+            store.append(vec![within]).await.unwrap()[0],
+            Appended::Duplicate(_)
+        ));
+        let mut past = keyed("a", "3", "alice", "n1");
+        past.ts = ts + NONCE_WINDOW_MS;
+        let past = stored(store.append(vec![past]).await.unwrap());
+        let mut again = keyed("a", "4", "alice", "n1");
+        again.ts = ts + NONCE_WINDOW_MS + 1;
+        assert_eq!(
+            store.append(vec![again]).await.unwrap(),
+            [Appended::Duplicate(receipt(&past[0]))]
+        );
+    }
+
+    /// A batch that fails stores neither its messages nor their keys: a
+    /// resend after the error is stored.
+    #[tokio::test]
+    async fn a_failed_batch_keeps_no_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir).await;
+        store.append(vec![message("a", "1")]).await.unwrap();
+        let failed = store
+            .append(vec![keyed("a", "2", "alice", "n1"), message("a", "1")])
+            .await;
+        assert!(failed.is_err());
+        let retried = stored(
+            store
+                .append(vec![keyed("a", "2", "alice", "n1")])
+                .await
+                .unwrap(),
+        );
+        assert_eq!(retried[0].seq, 2);
     }
 }
