@@ -749,7 +749,8 @@ mod tests {
                 r#ref: Some(Ref::Int(3)),
                 msg: ClientMsg::Send {
                     room: "r".into(),
-                    text: "hi".into()
+                    text: "hi".into(),
+                    nonce: None,
                 }
             })
         );
