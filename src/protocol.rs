@@ -947,4 +947,199 @@ mod tests {
             );
         }
     }
+
+    /// The fuzz harness of the request decoder (see `conn::wire`'s for the
+    /// frames). `cargo test` runs a few hundred cases; `scripts/fuzz` a
+    /// million (`PROPTEST_CASES`).
+    mod fuzz {
+        use proptest::prelude::*;
+        use proptest::sample::Index;
+
+        use super::*;
+
+        fn config() -> ProptestConfig {
+            ProptestConfig {
+                // Failures print the shrunk input; no regression files.
+                failure_persistence: None,
+                // `cases` comes from PROPTEST_CASES (256 when unset).
+                ..ProptestConfig::default()
+            }
+        }
+
+        /// A JSON document as written, keys kept in order, duplicates
+        /// allowed: what a hostile client can put in a frame.
+        #[derive(Debug, Clone)]
+        enum Doc {
+            /// A scalar, already JSON text.
+            Scalar(String),
+            Array(Vec<Doc>),
+            /// Each key as the client spelled it (maybe with escapes) and
+            /// as it reads once unescaped.
+            Object(Vec<(String, String, Doc)>),
+        }
+
+        impl Doc {
+            fn render(&self, out: &mut String) {
+                match self {
+                    Doc::Scalar(text) => out.push_str(text),
+                    Doc::Array(items) => {
+                        out.push('[');
+                        for (i, item) in items.iter().enumerate() {
+                            if i > 0 {
+                                out.push(',');
+                            }
+                            item.render(out);
+                        }
+                        out.push(']');
+                    }
+                    Doc::Object(fields) => {
+                        out.push('{');
+                        for (i, (spelled, _, value)) in fields.iter().enumerate() {
+                            if i > 0 {
+                                out.push_str(", ");
+                            }
+                            out.push_str(spelled);
+                            out.push(':');
+                            value.render(out);
+                        }
+                        out.push('}');
+                    }
+                }
+            }
+
+            fn has_duplicate_key(&self) -> bool {
+                match self {
+                    Doc::Scalar(_) => false,
+                    Doc::Array(items) => items.iter().any(Doc::has_duplicate_key),
+                    Doc::Object(fields) => {
+                        let mut keys: Vec<&str> =
+                            fields.iter().map(|(_, k, _)| k.as_str()).collect();
+                        keys.sort_unstable();
+                        let distinct = keys.len();
+                        keys.dedup();
+                        keys.len() != distinct
+                            || fields.iter().any(|(_, _, v)| v.has_duplicate_key())
+                    }
+                }
+            }
+        }
+
+        fn key() -> impl Strategy<Value = (String, String)> {
+            prop_oneof![
+                8 => prop::sample::select(vec![
+                    "type", "ref", "room", "text", "name", "session", "since", "before", "limit",
+                    "extra",
+                ])
+                .prop_map(|k| (json(k), k.to_owned())),
+                // The same key spelled with an escape.
+                1 => Just(("\"typ\\u0065\"".to_owned(), "type".to_owned())),
+                1 => "[a-z]{0,3}".prop_map(|k| (json(&k), k)),
+            ]
+        }
+
+        fn scalar() -> impl Strategy<Value = String> {
+            prop_oneof![
+                4 => prop::sample::select(vec![
+                    "hello", "join", "send", "leave", "history", "rooms", "dance", "Chat Room", "",
+                ])
+                .prop_map(json),
+                2 => ".{0,12}".prop_map(|s| json(&s)),
+                1 => any::<i64>().prop_map(|n| n.to_string()),
+                1 => any::<u64>().prop_map(|n| n.to_string()),
+                1 => any::<f64>().prop_map(|f| json(&f)),
+                1 => prop::sample::select(vec!["null", "true", "false", "-0", "1e400", "01"])
+                    .prop_map(str::to_owned),
+            ]
+        }
+
+        fn doc() -> impl Strategy<Value = Doc> {
+            scalar()
+                .prop_map(Doc::Scalar)
+                .prop_recursive(3, 24, 6, |inner| {
+                    prop_oneof![
+                        prop::collection::vec(inner.clone(), 0..4).prop_map(Doc::Array),
+                        prop::collection::vec((key(), inner), 0..7).prop_map(|fields| {
+                            Doc::Object(fields.into_iter().map(|((s, k), v)| (s, k, v)).collect())
+                        }),
+                    ]
+                })
+        }
+
+        /// A well-formed request (the fields its type needs, as strings)
+        /// with more fields mixed in: any key, any value, maybe a second
+        /// time.
+        fn request() -> impl Strategy<Value = Doc> {
+            (
+                prop::sample::select(CLIENT_TYPES.to_vec()),
+                prop::collection::vec((any::<Index>(), key(), doc()), 0..4),
+            )
+                .prop_map(|(kind, extra)| {
+                    let field = |k: &str, v: &str| (json(k), k.to_owned(), Doc::Scalar(json(v)));
+                    let mut fields = vec![field("type", kind)];
+                    match kind {
+                        "hello" => fields.push(field("name", "alice")),
+                        "send" => fields.extend([field("room", "r"), field("text", "hi")]),
+                        "rooms" => {}
+                        _ => fields.push(field("room", "r")),
+                    }
+                    for (at, (spelled, key), value) in extra {
+                        fields.insert(at.index(fields.len() + 1), (spelled, key, value));
+                    }
+                    Doc::Object(fields)
+                })
+        }
+
+        /// Frame text: documents, then sometimes a few characters inserted
+        /// or removed (broken JSON), or any string at all.
+        fn frame_text() -> impl Strategy<Value = (String, Option<Doc>)> {
+            let edited = (
+                prop_oneof![request(), doc()],
+                prop::collection::vec((any::<Index>(), prop::option::of(any::<char>())), 0..3),
+            )
+                .prop_map(|(doc, edits)| {
+                    let mut text = String::new();
+                    doc.render(&mut text);
+                    if edits.is_empty() {
+                        return (text, Some(doc));
+                    }
+                    let mut chars: Vec<char> = text.chars().collect();
+                    for (at, edit) in edits {
+                        let i = at.index(chars.len() + 1);
+                        match edit {
+                            Some(c) => chars.insert(i, c),
+                            None if i < chars.len() => {
+                                chars.remove(i);
+                            }
+                            None => {}
+                        }
+                    }
+                    (chars.into_iter().collect(), None)
+                });
+            prop_oneof![
+                8 => edited,
+                1 => any::<String>().prop_map(|s| (s, None)),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(config())]
+
+            /// Any text: no panic; the fast path never answers otherwise
+            /// than the careful one would; a duplicate key anywhere is a
+            /// bad_request on both.
+            #[test]
+            fn fuzz_request_decoder((text, doc) in frame_text()) {
+                let decoded = decode(&text);
+                prop_assert_eq!(&decoded, &decode_carefully(&text));
+                if let Some(fast) = decode_fast(&text) {
+                    prop_assert_eq!(&decoded, &Ok(fast));
+                }
+                if doc.is_some_and(|doc| doc.has_duplicate_key()) {
+                    prop_assert!(decode_fast(&text).is_none());
+                    let rejection = decoded.expect_err("a duplicate key is refused");
+                    prop_assert_eq!(rejection.code, ErrorCode::BadRequest);
+                }
+            }
+        }
+    }
 }

@@ -437,4 +437,205 @@ mod tests {
         let (items, violation, _) = decode_all(&bytes);
         assert_eq!((items.len(), violation), (1, None));
     }
+
+    /// The fuzz harness of the frame decoder (cargo-fuzz needs nightly;
+    /// proptest runs everywhere). `cargo test` runs a few hundred cases of
+    /// each property; `scripts/fuzz` runs a million (`PROPTEST_CASES`).
+    mod fuzz {
+        use proptest::prelude::*;
+        use proptest::sample::Index;
+
+        use super::*;
+
+        fn config() -> ProptestConfig {
+            ProptestConfig {
+                // Failures print the shrunk input; no regression files.
+                failure_persistence: None,
+                // `cases` comes from PROPTEST_CASES (256 when unset).
+                ..ProptestConfig::default()
+            }
+        }
+
+        /// Close bodies worth trying: every class of code, odd lengths,
+        /// reasons valid and not.
+        fn close_body() -> impl Strategy<Value = Vec<u8>> {
+            let code = prop_oneof![
+                prop::sample::select(vec![
+                    0u16, 999, 1000, 1001, 1003, 1004, 1005, 1006, 1007, 1014, 1015, 1016, 2999,
+                    3000, 4999, 5000, 65535,
+                ]),
+                any::<u16>(),
+            ];
+            let reason = prop_oneof![
+                ".{0,20}".prop_map(String::into_bytes),
+                prop::collection::vec(any::<u8>(), 0..8),
+            ];
+            prop_oneof![
+                1 => Just(Vec::new()),
+                1 => any::<u8>().prop_map(|b| vec![b]),
+                6 => (code, reason).prop_map(|(code, reason)| [&code.to_be_bytes()[..], &reason].concat()),
+            ]
+        }
+
+        /// One piece of input: mostly frames close to the rules (any of
+        /// them may break one), sometimes a header claiming a length it
+        /// does not bring, sometimes plain garbage.
+        fn piece() -> impl Strategy<Value = Vec<u8>> {
+            let opcode = prop_oneof![
+                8 => prop::sample::select(vec![0u8, 1, 2, 8, 9, 10]),
+                1 => 0u8..16,
+            ];
+            let payload = prop_oneof![
+                4 => ".{0,30}".prop_map(String::into_bytes),
+                4 => prop::collection::vec(any::<u8>(), 0..40),
+                3 => close_body(),
+                // The edges: empty, the control-frame limit, the first
+                // 16-bit length, the message limit.
+                1 => (0usize..4).prop_map(|n| vec![b' '; [0, 125, 126, MAX_FRAME_BYTES][n]]),
+            ];
+            let frame = (
+                prop::bool::weighted(0.7),
+                prop::bool::weighted(0.05),
+                prop::bool::weighted(0.95),
+                opcode,
+                payload,
+            )
+                .prop_map(|(fin, rsv, masked, opcode, payload)| {
+                    let mut bytes = frame(fin, opcode, &payload);
+                    if rsv {
+                        bytes[0] |= 0x40;
+                    }
+                    if !masked {
+                        // Drop the mask bit and the mask (payload left masked:
+                        // it is garbage either way).
+                        bytes[1] &= 0x7f;
+                        let at = bytes.len() - payload.len() - 4;
+                        bytes.drain(at..at + 4);
+                    }
+                    bytes
+                });
+            let lying_header = (any::<bool>(), 0u8..16, any::<u64>(), any::<bool>()).prop_map(
+                |(fin, opcode, len, small)| {
+                    let len = if small { len % 70_000 } else { len };
+                    header_claiming(fin, opcode, len)
+                },
+            );
+            prop_oneof![
+                12 => frame,
+                2 => lying_header,
+                1 => prop::collection::vec(any::<u8>(), 0..16),
+            ]
+        }
+
+        /// Bytes to decode: pieces, then a few bytes overwritten.
+        fn input() -> impl Strategy<Value = Vec<u8>> {
+            (
+                prop::collection::vec(piece(), 0..8),
+                prop::collection::vec((any::<Index>(), any::<u8>()), 0..3),
+            )
+                .prop_map(|(pieces, flips)| {
+                    let mut bytes = pieces.concat();
+                    if !bytes.is_empty() {
+                        for (at, byte) in flips {
+                            let i = at.index(bytes.len());
+                            bytes[i] = byte;
+                        }
+                    }
+                    bytes
+                })
+        }
+
+        /// Decodes `bytes` fed in chunks of these sizes (cycled), as reads
+        /// would; stops at the first violation.
+        fn decode_in_chunks(bytes: &[u8], sizes: &[usize]) -> (Vec<Incoming>, Option<Violation>) {
+            let mut decoder = Decoder::default();
+            let mut input = BytesMut::new();
+            let mut items = Vec::new();
+            let mut fed = 0;
+            for size in sizes.iter().cycle() {
+                let end = (fed + size).min(bytes.len());
+                // What a read would be sized by must not panic either.
+                let _ = Decoder::wanted(&input);
+                input.extend_from_slice(&bytes[fed..end]);
+                fed = end;
+                loop {
+                    match decoder.next(&mut input) {
+                        Ok(Some(item)) => items.push(item),
+                        Ok(None) => break,
+                        Err(violation) => return (items, Some(violation)),
+                    }
+                }
+                if fed == bytes.len() {
+                    return (items, None);
+                }
+            }
+            unreachable!("`sizes` is never empty")
+        }
+
+        proptest! {
+            #![proptest_config(config())]
+
+            /// Any input: no panic; how the bytes are cut into reads
+            /// changes nothing; whatever comes out obeys the rules.
+            #[test]
+            fn fuzz_frame_decoder(
+                bytes in input(),
+                sizes in prop::collection::vec(1usize..200, 1..6),
+            ) {
+                let whole = decode_in_chunks(&bytes, &[bytes.len().max(1)]);
+                let chunked = decode_in_chunks(&bytes, &sizes);
+                prop_assert_eq!(&chunked, &whole);
+                for item in &whole.0 {
+                    match item {
+                        Incoming::Text(text) => {
+                            prop_assert!(text.len() <= MAX_FRAME_BYTES);
+                            prop_assert!(std::str::from_utf8(text).is_ok());
+                        }
+                        Incoming::Ping(payload) => prop_assert!(payload.len() <= 125),
+                        Incoming::Pong | Incoming::Close(None) => {}
+                        Incoming::Close(Some(code)) => prop_assert!(close::may_be_received(*code)),
+                    }
+                }
+                if let Some(violation) = whole.1 {
+                    prop_assert!([1002, 1003, 1007, 1009].contains(&violation.code));
+                }
+            }
+
+            /// Well-formed input: messages cut into fragments at any
+            /// points, with pings between fragments, come out whole and in
+            /// order, however the bytes are cut into reads.
+            #[test]
+            fn fuzz_frame_decoder_joins_what_it_should(
+                messages in prop::collection::vec(
+                    (".{0,40}", prop::collection::vec(any::<Index>(), 0..4), any::<bool>()),
+                    0..5,
+                ),
+                sizes in prop::collection::vec(1usize..100, 1..6),
+            ) {
+                let mut bytes = Vec::new();
+                let mut expected = Vec::new();
+                for (text, cuts, ping) in &messages {
+                    let mut cuts: Vec<usize> =
+                        cuts.iter().map(|cut| cut.index(text.len() + 1)).collect();
+                    cuts.sort_unstable();
+                    cuts.dedup();
+                    let mut bounds = vec![0];
+                    bounds.extend(cuts);
+                    bounds.push(text.len());
+                    let pieces: Vec<&[u8]> =
+                        bounds.windows(2).map(|w| &text.as_bytes()[w[0]..w[1]]).collect();
+                    for (i, piece) in pieces.iter().enumerate() {
+                        let opcode = if i == 0 { 1 } else { 0 };
+                        bytes.extend(frame(i == pieces.len() - 1, opcode, piece));
+                        if *ping && i < pieces.len() - 1 {
+                            bytes.extend(frame(true, 9, &[i as u8]));
+                            expected.push(Incoming::Ping(Bytes::from(vec![i as u8])));
+                        }
+                    }
+                    expected.push(Incoming::Text(Bytes::from(text.clone())));
+                }
+                prop_assert_eq!(decode_in_chunks(&bytes, &sizes), (expected, None));
+            }
+        }
+    }
 }

@@ -10,6 +10,7 @@ mod persistence;
 mod process;
 mod properties;
 mod protocol;
+mod rfc6455;
 mod rooms;
 mod transport;
 mod wire;

@@ -573,3 +573,33 @@ async fn invisible_characters_cannot_make_a_look_alike_name() {
         .await;
     c.recv_error("invalid_name").await;
 }
+
+/// `{"type":"join","type":"send",…}`: a filter reading the first key judges
+/// a join, a last-key-wins parser runs a send. Neither runs: a duplicate key
+/// anywhere in a request is a bad_request, and nothing is stored or sent.
+#[tokio::test]
+async fn a_request_with_a_duplicate_key_is_a_bad_request_and_has_no_effect() {
+    let app = spawn_app().await;
+    let mut sender = app.member("alice", "Chat Room").await;
+    let mut watcher = app.member("bob", "Chat Room").await;
+    sender.recv_type("presence").await;
+    for frame in [
+        r#"{"type":"join","type":"send","room":"Chat Room","text":"smuggled","ref":1}"#,
+        r#"{"type":"send","room":"Gaming Room","room":"Chat Room","text":"smuggled"}"#,
+        r#"{"type":"send","room":"Chat Room","text":"first","text":"smuggled"}"#,
+        r#"{"type":"send","room":"Chat Room","text":"smuggled","x":{"a":1,"a":2}}"#,
+    ] {
+        sender.send_text(frame).await;
+        let error = sender.recv_error("bad_request").await;
+        assert!(
+            error["message"].as_str().unwrap().contains("duplicate key"),
+            "{error}"
+        );
+    }
+    sender.sync().await;
+    watcher.expect_silence(Duration::from_millis(300)).await;
+    sender
+        .send_json(json!({"type":"history","room":"Chat Room","ref":"h"}))
+        .await;
+    assert!(texts(&sender.recv_type("history").await["messages"]).is_empty());
+}
