@@ -58,14 +58,12 @@ impl Appender {
                         return;
                     }
                 };
-                let mut pruner = Pruner::new();
                 while let Some(job) = jobs_rx.blocking_recv() {
                     let _ = job
                         .reply
                         .send(append(&mut conn, job.batch, NONCE_WINDOW_MS));
                     // After the reply: nothing here delays this commit's sends.
                     keep_wal_short(&conn, &checkpointer);
-                    pruner.maybe_prune(&conn, NONCE_WINDOW_MS);
                 }
             })
             .map_err(StorageError::Thread)?;
@@ -146,7 +144,8 @@ enum Kind {
 
 /// One transaction: sort out resends (see [`MessageStore::append`]), advance
 /// each room's counter by its share of the rest (creating rooms as needed),
-/// then insert those messages with their seqs and their keys. Dropping the
+/// then insert those messages with their seqs and their keys, and delete
+/// as many expired keys as twice the keys added. Dropping the
 /// transaction on an error rolls all of it back. The batch is moved into the
 /// stored messages, not copied.
 ///
@@ -226,6 +225,11 @@ fn append(
             seqs.push(seq as u64);
         }
     }
+    let keys = batch.iter().filter(|m| m.key.is_some()).count();
+    if keys > 0 {
+        let now = batch.first().map_or(0, |m| m.ts);
+        prune(&tx, now - window_ms, keys * PRUNE_PER_KEY)?;
+    }
     tx.commit()?;
     let mut outcomes: Vec<Appended> = Vec::with_capacity(batch.len());
     for ((message, seq), kind) in batch.into_iter().zip(seqs).zip(kinds) {
@@ -302,51 +306,21 @@ fn sort_out_resends(
     Ok((kinds, earlier))
 }
 
-/// Deletes the keys that fell out of the window, a bounded chunk at a time,
-/// at most every [`PRUNE_INTERVAL`] (sooner while a backlog remains), on the
-/// append thread after a commit's reply: lookups ignore old rows anyway, so
-/// this only keeps the table from growing, and never delays a `sent`.
-struct Pruner {
-    next: std::time::Instant,
-}
-
-/// How often old keys are deleted.
-const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
-/// Most keys deleted at once: a few milliseconds of work, in its own commit.
-const PRUNE_CHUNK: i64 = 5_000;
-
-impl Pruner {
-    fn new() -> Self {
-        Self {
-            next: std::time::Instant::now(),
-        }
-    }
-
-    fn maybe_prune(&mut self, conn: &Connection, window_ms: i64) {
-        let now = std::time::Instant::now();
-        if now < self.next {
-            return;
-        }
-        match prune(conn, crate::clock::now_ms() - window_ms, PRUNE_CHUNK) {
-            // A full chunk: more may wait; the next commit takes another.
-            Ok(deleted) if deleted as i64 >= PRUNE_CHUNK => {}
-            Ok(_) => self.next = now + PRUNE_INTERVAL,
-            Err(e) => {
-                tracing::warn!(error = %e, "deleting old send nonces failed");
-                self.next = now + PRUNE_INTERVAL;
-            }
-        }
-    }
-}
+/// Expired keys deleted per key stored, in the same transaction: twice the
+/// rate they are added, so the table stays about one window's worth of keys
+/// and the cost is spread over every commit — no periodic sweep, no extra
+/// commit (and fsync) of its own, no pause once a minute under load.
+const PRUNE_PER_KEY: usize = 2;
 
 /// Deletes up to `limit` keys stored before `cutoff` (Unix ms), oldest
-/// first; returns how many.
-fn prune(conn: &Connection, cutoff: i64, limit: i64) -> Result<usize, rusqlite::Error> {
+/// first; returns how many. Lookups ignore such keys anyway: this only keeps
+/// the table from growing.
+fn prune(conn: &Connection, cutoff: i64, limit: usize) -> Result<usize, rusqlite::Error> {
     conn.prepare_cached(
         "DELETE FROM send_nonces WHERE (sender, nonce) IN \
          (SELECT sender, nonce FROM send_nonces WHERE ts < ?1 ORDER BY ts LIMIT ?2)",
     )?
-    .execute(params![cutoff, limit])
+    .execute(params![cutoff, limit as i64])
 }
 
 #[cfg(test)]
