@@ -303,14 +303,17 @@ impl Writer {
                 // The whole commit at once: its deliveries, over however
                 // many rooms, go out in one round of writes.
                 let messages = frames.len();
-                let publishing = Instant::now();
-                if let Err(e) = self.broker.publish(frames).await {
-                    // Stored, so nobody loses them: members catch up with `since`.
-                    tracing::error!(error = %e, messages, "publish failed");
+                // (A commit of resends only has nothing to publish.)
+                if messages > 0 {
+                    let publishing = Instant::now();
+                    if let Err(e) = self.broker.publish(frames).await {
+                        // Stored, so nobody loses them: members catch up with `since`.
+                        tracing::error!(error = %e, messages, "publish failed");
+                    }
+                    self.metrics
+                        .publish_seconds
+                        .observe(publishing.elapsed().as_secs_f64());
                 }
-                self.metrics
-                    .publish_seconds
-                    .observe(publishing.elapsed().as_secs_f64());
                 for sender in senders {
                     // Whatever the delivery did not take along (pacing held
                     // the message, or the sender left the room).
@@ -408,6 +411,15 @@ mod tests {
             Ok(batch
                 .into_iter()
                 .map(|m| {
+                    // "again…": a resend of the message stored first.
+                    if m.text.as_str().starts_with("again") {
+                        return Appended::Duplicate(crate::storage::Receipt {
+                            room: "r".into(),
+                            id: "first".into(),
+                            seq: 1,
+                            ts: 5,
+                        });
+                    }
                     *seq += 1;
                     Appended::Stored(ChatMessage {
                         room: m.room.into_string(),
@@ -586,6 +598,66 @@ mod tests {
         assert!(!falling_behind(127, 512));
         assert!(falling_behind(128, 512));
         assert!(falling_behind(1, 1), "a batch of one");
+    }
+
+    /// A resend the store recognised is answered with the first copy's
+    /// `sent` and published to nobody; each send's ticket is given up once
+    /// its answer is queued.
+    #[tokio::test]
+    async fn a_resend_is_answered_with_the_first_receipt_and_not_published() {
+        let w = start_gated(0, false);
+        let log = w.log.clone();
+        let sender = Peer::new(Arc::new(Outbox::new(64, 1 << 20)));
+        let in_flight = Arc::new(SendsInFlight::default());
+        for text in ["again", "new"] {
+            let mut job = job(text, &sender);
+            job._ticket = in_flight.ticket();
+            w.jobs.send(job).await.unwrap();
+        }
+        tokio::time::timeout(Duration::from_secs(5), in_flight.all_answered())
+            .await
+            .expect("both sends were answered");
+        let (frames, _) = sender.outbox().take(16);
+        let sent: Vec<serde_json::Value> = frames
+            .iter()
+            .map(|f| serde_json::from_slice(f.payload()).unwrap())
+            .filter(|v: &serde_json::Value| v["type"] == "sent")
+            .collect();
+        assert_eq!(sent.len(), 2, "{sent:?}");
+        assert_eq!(
+            (&sent[0]["id"], &sent[0]["seq"]),
+            (&"first".into(), &1.into())
+        );
+        assert_ne!(sent[1]["id"], "first");
+        stop(w).await;
+        let published: Vec<String> = publishes(&log);
+        assert_eq!(published, ["publish new"]);
+    }
+
+    fn publishes(log: &Log) -> Vec<String> {
+        log.events()
+            .into_iter()
+            .filter(|e| e.starts_with("publish"))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn all_answered_waits_for_every_ticket() {
+        let in_flight = Arc::new(SendsInFlight::default());
+        in_flight.all_answered().await;
+        let (a, b) = (in_flight.ticket(), in_flight.ticket());
+        let waiting = tokio::spawn({
+            let in_flight = in_flight.clone();
+            async move { in_flight.all_answered().await }
+        });
+        drop(a);
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        drop(b);
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("answered")
+            .unwrap();
     }
 
     /// A failed commit answers its own senders with an error; the next

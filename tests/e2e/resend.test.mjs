@@ -14,6 +14,7 @@ import {
   LOST_TEXT, joinFrom, launchBrowser, messagesWithText, send, waitForMessage, waitForText,
   waitForValue, withChat,
 } from './harness.mjs';
+import { PendingMessages, newNonce } from '../../static/js/state.js';
 
 const TEST_TIMEOUT = { timeout: 45_000 };
 const TEXT = 'typed just before the drop';
@@ -143,6 +144,28 @@ function pendingTexts(page) {
     state: li.querySelector('.sending')?.textContent,
   })));
 }
+
+test('each pending message keeps one nonce of its own, valid for the server', () => {
+  const pending = new PendingMessages();
+  const first = pending.add('one', { item: 'li' });
+  const second = pending.add('two');
+  assert.equal(first.item, 'li');
+  assert.notEqual(first.nonce, second.nonce);
+  for (const { nonce } of [first, second]) assert.match(nonce, /^[A-Za-z0-9_-]{1,64}$/);
+  assert.equal(pending.head, first);
+  pending.remove(first);
+  assert.equal(pending.head, second);
+  assert.equal(pending.size, 1);
+  assert.equal(second.attempted, false);
+});
+
+test('without crypto.randomUUID (plain http), nonces are UUIDs all the same', () => {
+  const uuid = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
+  const insecure = { getRandomValues: (a) => globalThis.crypto.getRandomValues(a) };
+  const nonces = new Set(Array.from({ length: 100 }, () => newNonce(insecure)));
+  assert.equal(nonces.size, 100);
+  for (const nonce of nonces) assert.match(nonce, uuid);
+});
 
 describe('a message typed just before the connection drops', () => {
   let browser;

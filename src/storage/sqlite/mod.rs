@@ -213,7 +213,7 @@ mod tests {
     use crate::protocol::NONCE_WINDOW_MS;
     use crate::storage::{Receipt, SendKey};
 
-    /// Recent: the append thread deletes keys older than the window by the clock.
+    /// Now, as the writer stamps messages (keys are kept for a window from then).
     fn now() -> i64 {
         crate::clock::now_ms()
     }
@@ -525,5 +525,40 @@ mod tests {
                 .unwrap(),
         );
         assert_eq!(retried[0].seq, 2);
+    }
+
+    /// Each commit that stores keys deletes up to twice as many expired ones:
+    /// the table keeps about a window's worth, without a sweep of its own.
+    #[tokio::test]
+    async fn commits_with_keys_delete_twice_as_many_expired_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir).await;
+        let old = now() - NONCE_WINDOW_MS - 1_000;
+        let batch = (0..3)
+            .map(|i| NewMessage {
+                ts: old,
+                ..keyed("a", &format!("old{i}"), "alice", &format!("old{i}"))
+            })
+            .collect();
+        store.append(batch).await.unwrap();
+        let keys = || async {
+            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM send_nonces")
+                .fetch_one(&store.pool)
+                .await
+                .unwrap()
+        };
+        assert_eq!(keys().await, 3);
+        store.append(vec![message("a", "plain")]).await.unwrap();
+        assert_eq!(keys().await, 3, "a commit without keys deletes none");
+        store
+            .append(vec![keyed("a", "new1", "alice", "new1")])
+            .await
+            .unwrap();
+        assert_eq!(keys().await, 2, "two old gone, one new");
+        store
+            .append(vec![keyed("a", "new2", "alice", "new2")])
+            .await
+            .unwrap();
+        assert_eq!(keys().await, 2, "the last old one gone, one new");
     }
 }
