@@ -100,6 +100,15 @@ pub struct Config {
           value_parser = parse_window)]
     pub broadcast_per_member: Duration,
 
+    /// Least time between two presence frames of a room (at most 1s). A
+    /// room whose last presence frame is older announces a change at once;
+    /// otherwise the changes of the interval go out together when it ends,
+    /// as their net effect (a join undone meanwhile is never announced). 0
+    /// announces every change as it happens.
+    #[arg(long, env = "CHATTERPRO_PRESENCE_INTERVAL", default_value = "250ms",
+          value_parser = parse_window)]
+    pub presence_interval: Duration,
+
     /// Hand a room delivery's socket writes to the kernel in one io_uring
     /// call instead of one system call each (Linux; where the kernel or a
     /// seccomp profile refuses io_uring, writes go one by one regardless).

@@ -6,6 +6,7 @@ mod http;
 mod limits;
 mod pacing;
 mod persistence;
+mod presence;
 mod process;
 mod properties;
 mod protocol;
