@@ -204,6 +204,22 @@ pub struct Config {
     /// New rooms one IP address may create per minute (rate_limited beyond).
     #[arg(long, env = "CHATTERPRO_ROOMS_PER_IP_PER_MINUTE", default_value = "10")]
     pub rooms_per_ip_per_minute: NonZeroU32,
+
+    /// Rejoins one connection may make per minute, at most this many at
+    /// once: joining a room it left costs one of these besides a join
+    /// (rate_limited beyond).
+    #[arg(long, env = "CHATTERPRO_REJOINS_PER_MINUTE", default_value = "6")]
+    pub rejoins_per_minute: NonZeroU32,
+
+    /// Joins of one room the connections of one IP address may make per
+    /// minute, at most this many at once (rate_limited beyond; re-syncs of a
+    /// room already joined do not count).
+    #[arg(
+        long,
+        env = "CHATTERPRO_ROOM_JOINS_PER_IP_PER_MINUTE",
+        default_value = "60"
+    )]
+    pub room_joins_per_ip_per_minute: NonZeroU32,
 }
 
 fn parse_ping_interval(raw: &str) -> Result<Duration, String> {
@@ -270,6 +286,8 @@ impl Config {
             max_conns_per_ip: self.max_conns_per_ip,
             conns_per_ip_per_minute: self.conns_per_ip_per_minute,
             rooms_per_ip_per_minute: self.rooms_per_ip_per_minute,
+            rejoins_per_minute: self.rejoins_per_minute,
+            room_joins_per_ip_per_minute: self.room_joins_per_ip_per_minute,
         }
     }
 

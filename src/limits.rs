@@ -6,8 +6,8 @@
 //! then a steady rate. A refusal says how long to wait, which becomes the
 //! `retry_after_ms` of a `rate_limited` error.
 
-use std::cell::Cell;
-use std::collections::HashMap;
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+use crate::domain::RoomName;
 
 /// The limits, as configured (see `config.rs` for each one's meaning and default).
 #[derive(Debug, Clone)]
@@ -32,6 +34,8 @@ pub struct LimitsConfig {
     pub max_conns_per_ip: usize,
     pub conns_per_ip_per_minute: NonZeroU32,
     pub rooms_per_ip_per_minute: NonZeroU32,
+    pub rejoins_per_minute: NonZeroU32,
+    pub room_joins_per_ip_per_minute: NonZeroU32,
 }
 
 /// Which limit refused a request; strikes are judged per kind, so waiting
@@ -43,10 +47,12 @@ pub enum LimitKind {
     Joins,
     Rooms,
     NewRooms,
+    Rejoins,
+    RoomJoins,
 }
 
 impl LimitKind {
-    const COUNT: usize = 5;
+    const COUNT: usize = 7;
 }
 
 /// How long to wait before trying again.
@@ -88,6 +94,8 @@ pub struct ConnLimits {
     /// For each kind of limit, when its last refusal said trying again would work.
     not_before: [Cell<Option<Instant>>; LimitKind::COUNT],
     max_rooms: usize,
+    /// Rejoining a room this connection left (see [`ConnLimits::rejoin`]).
+    churn: RejoinLimits,
 }
 
 impl ConnLimits {
@@ -114,6 +122,7 @@ impl ConnLimits {
             clock: clock.clone(),
             not_before: Default::default(),
             max_rooms: config.max_rooms_per_conn,
+            churn: RejoinLimits::new(config.rejoins_per_minute, clock),
         }
     }
 
@@ -132,6 +141,17 @@ impl ConnLimits {
 
     pub fn max_rooms(&self) -> usize {
         self.max_rooms
+    }
+
+    /// A join of `room` that is not a re-sync: free if this connection
+    /// never left it, else it takes a rejoin token too.
+    pub fn rejoin(&self, room: &RoomName) -> Result<(), RetryAfter> {
+        self.churn.check(room, &self.clock)
+    }
+
+    /// This connection left `room`.
+    pub fn left_room(&self, room: &RoomName) {
+        self.churn.left(room);
     }
 
     /// Records a refusal by the `kind` limit that told the client to wait
@@ -169,6 +189,7 @@ pub struct AddressLimits {
     new_conns: DefaultKeyedRateLimiter<IpAddr>,
     new_rooms: DefaultKeyedRateLimiter<IpAddr>,
     admissions: AtomicUsize,
+    room_joins: RoomJoinLimits,
 }
 
 /// Holds one connection's place in the counts; dropping it frees the place.
@@ -221,6 +242,7 @@ impl AddressLimits {
         let per_minute = |n: NonZeroU32| Quota::per_minute(n).allow_burst(n);
         let clock = DefaultClock::default();
         Arc::new(Self {
+            room_joins: RoomJoinLimits::new(config.room_joins_per_ip_per_minute, &clock),
             new_conns: RateLimiter::dashmap_with_clock(
                 per_minute(config.conns_per_ip_per_minute),
                 clock.clone(),
@@ -285,6 +307,101 @@ impl AddressLimits {
             .check_key(&address_key(ip))
             .map_err(|not_until| RetryAfter(not_until.wait_time_from(self.clock.now())))
     }
+
+    /// May a connection from `ip` join `room` now (a join that is not a re-sync)?
+    pub fn join_room(&self, ip: IpAddr, room: &RoomName) -> Result<(), RetryAfter> {
+        self.room_joins.check(ip, room, &self.clock)
+    }
+}
+
+// ------------------------------------------------------------ join/leave churn
+//
+// Each join or leave that changes who is in a room is news for every member.
+// Presence is coalesced (hub::presence), so churn no longer multiplies bytes,
+// but joins still cost catch-up reads and announcements; these two limits
+// keep churn of one room cheap to refuse. A first join of a room costs a
+// join token (`--join-rate`); leaving and joining it again on the same
+// connection costs a rejoin token too (`--rejoins-per-minute`), and every
+// join of a room by the connections of one address draws from one bucket per
+// address and room (`--room-joins-per-ip-per-minute`, its burst as large as
+// its rate per minute: an office behind one NAT joining in the morning
+// passes, a loop of joins and leaves does not).
+
+/// Rooms one connection remembers having left. A connection cycling through
+/// more rooms than this to dodge the rejoin cost still meets the
+/// per-address bucket of each room.
+const ROOMS_LEFT_REMEMBERED: usize = 16;
+
+/// One connection's rejoin bucket and the rooms it left.
+struct RejoinLimits {
+    rejoins: DefaultDirectRateLimiter,
+    /// Oldest first; a `RefCell` because a connection is one task.
+    left: RefCell<VecDeque<RoomName>>,
+}
+
+impl RejoinLimits {
+    fn new(per_minute: NonZeroU32, clock: &DefaultClock) -> Self {
+        Self {
+            rejoins: RateLimiter::direct_with_clock(
+                Quota::per_minute(per_minute).allow_burst(per_minute),
+                clock.clone(),
+            ),
+            left: RefCell::new(VecDeque::new()),
+        }
+    }
+
+    fn check(&self, room: &RoomName, clock: &DefaultClock) -> Result<(), RetryAfter> {
+        if self.left.borrow().contains(room) {
+            check(&self.rejoins, clock)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn left(&self, room: &RoomName) {
+        let mut left = self.left.borrow_mut();
+        if left.contains(room) {
+            return;
+        }
+        if left.len() == ROOMS_LEFT_REMEMBERED {
+            left.pop_front();
+        }
+        left.push_back(room.clone());
+    }
+}
+
+/// Joins per address and room, shared by all connections.
+struct RoomJoinLimits {
+    joins: DefaultKeyedRateLimiter<(IpAddr, RoomName)>,
+    /// Checks so far, to forget idle keys now and then.
+    checks: AtomicUsize,
+}
+
+impl RoomJoinLimits {
+    fn new(per_minute: NonZeroU32, clock: &DefaultClock) -> Self {
+        Self {
+            joins: RateLimiter::dashmap_with_clock(
+                Quota::per_minute(per_minute).allow_burst(per_minute),
+                clock.clone(),
+            ),
+            checks: AtomicUsize::new(0),
+        }
+    }
+
+    fn check(&self, ip: IpAddr, room: &RoomName, clock: &DefaultClock) -> Result<(), RetryAfter> {
+        // A key is kept per address and room joined; those idle long enough
+        // to have a full bucket again carry nothing and are forgotten.
+        if self
+            .checks
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(PRUNE_EVERY)
+        {
+            self.joins.retain_recent();
+        }
+        self.joins
+            .check_key(&(address_key(ip), room.clone()))
+            .map_err(|not_until| RetryAfter(not_until.wait_time_from(clock.now())))
+    }
 }
 
 #[cfg(test)]
@@ -309,6 +426,8 @@ mod tests {
             max_conns_per_ip: 2,
             conns_per_ip_per_minute: nz(100),
             rooms_per_ip_per_minute: nz(2),
+            rejoins_per_minute: nz(2),
+            room_joins_per_ip_per_minute: nz(3),
         }
     }
 
@@ -382,5 +501,36 @@ mod tests {
         let retry = limits.create_room(a).unwrap_err();
         assert!(retry.millis() > 1000);
         assert!(limits.create_room("10.0.0.9".parse().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn rejoining_a_room_left_costs_a_rejoin_token() {
+        let limits = ConnLimits::new(&config(), &DefaultClock::default());
+        let (a, b) = (RoomName::parse("a").unwrap(), RoomName::parse("b").unwrap());
+        // First joins are free of it, however many.
+        for _ in 0..5 {
+            assert!(limits.rejoin(&a).is_ok());
+        }
+        limits.left_room(&a);
+        assert!(limits.rejoin(&a).is_ok());
+        assert!(limits.rejoin(&a).is_ok());
+        let retry = limits.rejoin(&a).unwrap_err();
+        // Two a minute: the next one in about 30 s.
+        assert!(retry.secs() > 20, "{retry:?}");
+        assert!(limits.rejoin(&b).is_ok());
+    }
+
+    #[test]
+    fn joins_of_one_room_are_limited_per_address() {
+        let limits = AddressLimits::new(config());
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let room = RoomName::parse("Chat Room").unwrap();
+        for _ in 0..3 {
+            assert!(limits.join_room(a, &room).is_ok());
+        }
+        assert!(limits.join_room(a, &room).unwrap_err().millis() > 1000);
+        // Another room, another address: their own buckets.
+        assert!(limits.join_room(a, &RoomName::parse("b").unwrap()).is_ok());
+        assert!(limits.join_room("10.0.0.2".parse().unwrap(), &room).is_ok());
     }
 }

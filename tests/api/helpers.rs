@@ -37,6 +37,8 @@ pub fn unlimited(config: &mut Config) {
     config.join_rate = many;
     config.join_burst = many;
     config.rooms_per_ip_per_minute = many;
+    config.rejoins_per_minute = many;
+    config.room_joins_per_ip_per_minute = many;
     config.conns_per_ip_per_minute = many;
     config.max_conns_per_ip = 100_000;
 }

@@ -2,8 +2,10 @@
 //! every member of the room a bounded number of bytes, and messages sent
 //! during it still arrive at once.
 
+use std::num::NonZeroU32;
 use std::time::Duration;
 
+use chatterpro::Config;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -11,7 +13,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use crate::helpers::{Client, TestApp, WAIT, spawn_app_with};
+use crate::helpers::{Client, TestApp, WAIT, spawn_app, spawn_app_with, unlimited};
 
 const ROOM: &str = "Chat Room";
 /// The attack of issue 14: 50 connections from one address looping
@@ -20,13 +22,15 @@ const ROOM: &str = "Chat Room";
 const MEMBERS: usize = 100;
 const ATTACKERS: usize = 50;
 const FLOOD: Duration = Duration::from_secs(5);
-/// What one member may receive over the flood. Presence of a room goes out
-/// at most once per `--presence-interval` (250 ms), so at most
-/// 1 + 5 s / 250 ms = 21 frames; each lists an attacker at most once
-/// (~14 bytes a name) besides ~100 bytes of fields: 21 × (100 + 50 × 14)
-/// ≈ 17 KB in the worst case, plus the probe message. Without coalescing a
-/// member received ~1 MB per second of this flood (every event carried the
-/// whole list of ~150 names).
+/// Presence of a room goes out at most once per `--presence-interval`.
+const INTERVAL: Duration = Duration::from_millis(250);
+/// What one member may receive while it is counted (the 5 s flood plus
+/// ~1 s of setting up and settling): at most one presence frame per
+/// interval, 1 + 6 s / 250 ms = 25 frames, each listing an attacker at most
+/// once (~14 bytes a name) besides ~100 bytes of fields: 25 × (100 + 50 ×
+/// 14) = 20 KB in the worst case, plus the probe message. Without
+/// coalescing a member received ~1.1 MB over this flood (834 frames, each
+/// carrying the whole list of ~150 names).
 const BYTES_PER_MEMBER_MAX: usize = 32 * 1024;
 /// How soon a message sent during the flood must reach every member.
 const PROMPT: Duration = Duration::from_secs(1);
@@ -117,17 +121,25 @@ async fn attack(mut c: Client, until: Instant) -> u64 {
     joins
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_join_leave_flood_from_one_address_costs_members_little_and_delays_nothing() {
-    let app = spawn_app_with(|c| {
-        c.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
-    })
-    .await;
+/// What a flood did: joins that got through, and the worst a member saw.
+struct Flood {
+    joins: u64,
+    /// How long members were counted.
+    counted: Duration,
+    most_bytes: usize,
+    most_frames: usize,
+    slowest_probe: Duration,
+}
+
+/// Runs the attack against `app`: members join from addresses of their own,
+/// then 50 attackers from one address loop join/leave for [`FLOOD`] while
+/// one member sends a probe half-way through.
+async fn flood(app: &TestApp) -> Flood {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut members = Vec::new();
     let mut speaker = None;
     for i in 0..MEMBERS {
-        let mut c = connect_from(&app, &format!("10.0.{}.{}", i / 200, i % 200 + 1)).await;
+        let mut c = connect_from(app, &format!("10.0.{}.{}", i / 200, i % 200 + 1)).await;
         c.hello(&format!("member{i:03}")).await;
         c.join(ROOM).await;
         if i == 0 {
@@ -139,6 +151,7 @@ async fn a_join_leave_flood_from_one_address_costs_members_little_and_delays_not
     let mut speaker = speaker.unwrap();
     // The presence of the last joiners settles before counting starts.
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let counting = Instant::now();
     let watchers: Vec<_> = members
         .into_iter()
         .map(|c| tokio::spawn(watch_member(c, stop_rx.clone())))
@@ -147,7 +160,7 @@ async fn a_join_leave_flood_from_one_address_costs_members_little_and_delays_not
     let until = Instant::now() + FLOOD;
     let mut attackers = Vec::new();
     for i in 0..ATTACKERS {
-        let mut c = connect_from(&app, "10.6.6.6").await;
+        let mut c = connect_from(app, "10.6.6.6").await;
         c.hello(&format!("attacker{i:02}")).await;
         attackers.push(tokio::spawn(attack(c, until)));
     }
@@ -167,25 +180,119 @@ async fn a_join_leave_flood_from_one_address_costs_members_little_and_delays_not
     // The last change of the flood is announced within an interval.
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop_tx.send(true).unwrap();
+    let counted = counting.elapsed();
     let mut seen = Vec::new();
     for w in watchers {
         seen.push(w.await.unwrap());
     }
-
-    let most_bytes = seen.iter().map(|s| s.bytes).max().unwrap();
-    let most_frames = seen.iter().map(|s| s.presence_frames).max().unwrap();
-    let slowest = seen
-        .iter()
-        .map(|s| s.probe_at.expect("every member got the probe") - probe_sent)
-        .max()
-        .unwrap();
+    let flood = Flood {
+        joins,
+        counted,
+        most_bytes: seen.iter().map(|s| s.bytes).max().unwrap(),
+        most_frames: seen.iter().map(|s| s.presence_frames).max().unwrap(),
+        slowest_probe: seen
+            .iter()
+            .map(|s| s.probe_at.expect("every member got the probe") - probe_sent)
+            .max()
+            .unwrap(),
+    };
     eprintln!(
-        "flood of {FLOOD:?}: {joins} joins got through; per member at most {most_bytes} bytes, \
-         {most_frames} presence frames; the probe reached every member within {slowest:?}"
+        "flood of {FLOOD:?}: {} joins got through; per member at most {} bytes, \
+         {} presence frames; the probe reached every member within {:?}",
+        flood.joins, flood.most_bytes, flood.most_frames, flood.slowest_probe
+    );
+    flood
+}
+
+fn assert_contained(flood: &Flood) {
+    let intervals = (flood.counted.as_millis() / INTERVAL.as_millis()) as usize;
+    assert!(
+        flood.most_frames <= intervals + 1,
+        "{} presence frames in {:?}",
+        flood.most_frames,
+        flood.counted
     );
     assert!(
-        most_bytes <= BYTES_PER_MEMBER_MAX,
-        "a member received {most_bytes} bytes during the flood"
+        flood.most_bytes <= BYTES_PER_MEMBER_MAX,
+        "a member received {} bytes during the flood",
+        flood.most_bytes
     );
-    assert!(slowest < PROMPT, "the probe took {slowest:?}");
+    assert!(
+        flood.slowest_probe < PROMPT,
+        "the probe took {:?}",
+        flood.slowest_probe
+    );
+}
+
+fn behind_a_proxy(c: &mut Config) {
+    c.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+}
+
+/// With the join limits lifted, coalescing alone bounds what members get.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_join_leave_flood_costs_members_little_even_with_the_join_limits_lifted() {
+    let app = spawn_app_with(|c| {
+        behind_a_proxy(c);
+        unlimited(c);
+    })
+    .await;
+    let flood = flood(&app).await;
+    assert!(flood.joins > 1000, "the flood was no flood");
+    assert_contained(&flood);
+}
+
+/// With the default limits, the flood is refused early as well.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_join_leave_flood_from_one_address_is_refused_and_contained() {
+    let app = spawn_app_with(behind_a_proxy).await;
+    let flood = flood(&app).await;
+    // 60 joins of the room at once for the address, then one a second.
+    assert!(flood.joins <= 60 + 10, "{} joins got through", flood.joins);
+    assert_contained(&flood);
+}
+
+#[tokio::test]
+async fn leaving_and_rejoining_a_room_costs_more_than_a_first_join() {
+    let app = spawn_app().await; // defaults: 6 rejoins a minute
+    let mut c = app.member("alice", ROOM).await;
+    for _ in 0..6 {
+        c.send_json(json!({"type":"leave","room":ROOM})).await;
+        c.recv_type("left").await;
+        c.join(ROOM).await;
+    }
+    c.send_json(json!({"type":"leave","room":ROOM})).await;
+    c.recv_type("left").await;
+    c.send_json(json!({"type":"join","room":ROOM})).await;
+    let refused = c.recv_error("rate_limited").await;
+    let wait = refused["retry_after_ms"].as_u64().unwrap();
+    assert!((5_000..=10_000).contains(&wait), "{refused}");
+    // A room it never left is a first join, and passes.
+    c.join("Gaming Room").await;
+}
+
+#[tokio::test]
+async fn the_joins_of_one_room_from_one_address_share_a_bucket() {
+    let app = spawn_app_with(|c| {
+        behind_a_proxy(c);
+        c.room_joins_per_ip_per_minute = NonZeroU32::new(3).unwrap();
+    })
+    .await;
+    for i in 0..3 {
+        let mut c = connect_from(&app, "10.6.6.6").await;
+        c.hello(&format!("a{i}")).await;
+        c.join(ROOM).await;
+    }
+    let mut fourth = connect_from(&app, "10.6.6.6").await;
+    fourth.hello("a3").await;
+    fourth.send_json(json!({"type":"join","room":ROOM})).await;
+    let refused = fourth.recv_error("rate_limited").await;
+    assert!(
+        refused["retry_after_ms"].as_u64().unwrap() > 1_000,
+        "{refused}"
+    );
+    // Other rooms, and other addresses, are not affected.
+    fourth.join("Gaming Room").await;
+    let mut other = connect_from(&app, "10.7.7.7").await;
+    other.hello("b").await;
+    other.join(ROOM).await;
 }
