@@ -1289,8 +1289,8 @@ impl User {
         // A net change: someone arrives or goes, and nobody does both.
         let consistent = match (v["joined"].as_array(), v["left"].as_array()) {
             (Some(joined), Some(left)) => {
-                !(joined.is_empty() && left.is_empty())
-                    && !joined.iter().any(|name| left.contains(name))
+                let says_something = !joined.is_empty() || !left.is_empty();
+                says_something && !joined.iter().any(|name| left.contains(name))
             }
             _ => false,
         };
