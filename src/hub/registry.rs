@@ -545,21 +545,22 @@ impl Registry {
         };
         entry.presence.forget(conn);
         let key = member.name.key();
-        let mut person_left = false;
+        // The name as the room lists it: a person's tabs may spell it in
+        // other cases, and clients remove names as they were listed.
+        let mut person_left = None;
         if member.counted
             && let Some((_, n)) = entry.people.get_mut(&key)
         {
             *n -= 1;
             if *n == 0 {
-                entry.people.remove(&key);
-                person_left = true;
+                person_left = entry.people.remove(&key).map(|(display, _)| display);
             }
         }
         if entry.members.is_empty() {
             state.rooms.remove(room);
             self.metrics.rooms_active.dec();
-        } else if person_left {
-            entry.presence.left(&key, member.name.as_str());
+        } else if let Some(display) = person_left {
+            entry.presence.left(&key, &display);
             let (n, wake) = entry.presence_changed(room, self.pacing.presence_interval, out);
             self.metrics.frames_out.inc_by(n);
             wakes.extend(wake.map(|at| (room.clone(), at)));
@@ -895,6 +896,37 @@ mod tests {
         // And the member is live again, with the same filter.
         registry.deliver(&[(room.clone(), frame(20)), (room.clone(), frame(22))]);
         assert_eq!(messages(&outbox), [22]);
+    }
+
+    /// The presence frames queued for an outbox, as JSON.
+    fn presences(outbox: &Outbox) -> Vec<serde_json::Value> {
+        let (frames, _) = outbox.take(1000);
+        frames
+            .iter()
+            .map(|f| serde_json::from_slice::<serde_json::Value>(f.payload()).unwrap())
+            .filter(|v| v["type"] == "presence")
+            .collect()
+    }
+
+    #[test]
+    fn a_person_leaves_under_the_name_the_room_listed() {
+        let registry = unpaced();
+        let watcher = Arc::new(Outbox::new(64, 1 << 20));
+        join_as(&registry, &Peer::new(watcher.clone()), "a", "watcher");
+        let (tab1, tab2) = (
+            Peer::new(Arc::new(Outbox::new(64, 1 << 20))),
+            Peer::new(Arc::new(Outbox::new(64, 1 << 20))),
+        );
+        // Two tabs of one person, the second spelling the name otherwise.
+        join_as(&registry, &tab1, "a", "alice");
+        join_as(&registry, &tab2, "a", "ALICE");
+        let room = RoomName::parse("a").unwrap();
+        registry.leave(&room, tab1.id());
+        registry.leave(&room, tab2.id());
+        let seen = presences(&watcher);
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert_eq!(seen[0]["joined"], serde_json::json!(["alice"]));
+        assert_eq!(seen[1]["left"], serde_json::json!(["alice"]));
     }
 
     #[test]
