@@ -73,6 +73,7 @@ impl App {
             Pacing {
                 per_member: config.broadcast_per_member,
                 max_window: config.broadcast_window,
+                presence_interval: config.presence_interval,
             },
             writes,
         );

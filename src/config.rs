@@ -122,6 +122,15 @@ pub struct Config {
           value_parser = parse_window)]
     pub broadcast_per_member: Duration,
 
+    /// Least time between two presence frames of a room (at most 1s). A
+    /// room whose last presence frame is older announces a change at once;
+    /// otherwise the changes of the interval go out together when it ends,
+    /// as their net effect (a join undone meanwhile is never announced). 0
+    /// announces every change as it happens.
+    #[arg(long, env = "CHATTERPRO_PRESENCE_INTERVAL", default_value = "250ms",
+          value_parser = parse_window)]
+    pub presence_interval: Duration,
+
     /// Hand a room delivery's socket writes to the kernel in one io_uring
     /// call instead of one system call each (Linux; where the kernel or a
     /// seccomp profile refuses io_uring, writes go one by one regardless).
@@ -259,6 +268,22 @@ pub struct Config {
     /// ...and in a burst.
     #[arg(long, env = "CHATTERPRO_SERVED_BYTES_BURST_PER_IP", default_value_t = 8 * 1024 * 1024)]
     pub served_bytes_burst_per_ip: u64,
+
+    /// Rejoins one connection may make per minute, at most this many at
+    /// once: joining a room it left costs one of these besides a join
+    /// (rate_limited beyond).
+    #[arg(long, env = "CHATTERPRO_REJOINS_PER_MINUTE", default_value = "6")]
+    pub rejoins_per_minute: NonZeroU32,
+
+    /// Joins of one room the connections of one IP address may make per
+    /// minute, at most this many at once (rate_limited beyond; re-syncs of a
+    /// room already joined do not count).
+    #[arg(
+        long,
+        env = "CHATTERPRO_ROOM_JOINS_PER_IP_PER_MINUTE",
+        default_value = "60"
+    )]
+    pub room_joins_per_ip_per_minute: NonZeroU32,
 }
 
 fn parse_handshake_timeout(raw: &str) -> Result<Duration, String> {
@@ -376,6 +401,8 @@ impl Config {
                 per_second: self.served_bytes_per_ip,
                 burst: self.served_bytes_burst_per_ip,
             },
+            rejoins_per_minute: self.rejoins_per_minute,
+            room_joins_per_ip_per_minute: self.room_joins_per_ip_per_minute,
         }
     }
 

@@ -12,8 +12,8 @@
 //! cannot charge. They are a [`ByteBucket`] that may go into debt: a reply
 //! is served while the bucket is not in debt, then charged in full.
 
-use std::cell::Cell;
-use std::collections::HashMap;
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+use crate::domain::RoomName;
 
 /// The limits, as configured (see `config.rs` for each one's meaning and default).
 #[derive(Debug, Clone)]
@@ -42,6 +44,8 @@ pub struct LimitsConfig {
     pub http_burst: NonZeroU32,
     pub served_bytes_per_conn: ByteRate,
     pub served_bytes_per_ip: ByteRate,
+    pub rejoins_per_minute: NonZeroU32,
+    pub room_joins_per_ip_per_minute: NonZeroU32,
 }
 
 /// A steady rate of bytes per second and the burst allowed above it.
@@ -61,10 +65,12 @@ pub enum LimitKind {
     Rooms,
     NewRooms,
     Bytes,
+    Rejoins,
+    RoomJoins,
 }
 
 impl LimitKind {
-    const COUNT: usize = 6;
+    const COUNT: usize = 8;
 }
 
 /// How long to wait before trying again.
@@ -109,6 +115,8 @@ pub struct ConnLimits {
     /// Bytes of costly replies (history, room lists) served.
     served: Cell<ByteBucket>,
     served_rate: ByteRate,
+    /// Rejoining a room this connection left (see [`ConnLimits::rejoin`]).
+    churn: RejoinLimits,
 }
 
 impl ConnLimits {
@@ -140,6 +148,7 @@ impl ConnLimits {
                 Instant::now(),
             )),
             served_rate: config.served_bytes_per_conn,
+            churn: RejoinLimits::new(config.rejoins_per_minute, clock),
         }
     }
 
@@ -173,6 +182,17 @@ impl ConnLimits {
 
     pub fn max_rooms(&self) -> usize {
         self.max_rooms
+    }
+
+    /// A join of `room` that is not a re-sync: free if this connection
+    /// never left it, else it takes a rejoin token too.
+    pub fn rejoin(&self, room: &RoomName) -> Result<(), RetryAfter> {
+        self.churn.check(room, &self.clock)
+    }
+
+    /// This connection left `room`.
+    pub fn left_room(&self, room: &RoomName) {
+        self.churn.left(room);
     }
 
     /// Records a refusal by the `kind` limit that told the client to wait
@@ -264,6 +284,7 @@ pub struct AddressLimits {
     /// has refilled is forgotten.
     served: Mutex<HashMap<IpAddr, ByteBucket>>,
     admissions: AtomicUsize,
+    room_joins: RoomJoinLimits,
 }
 
 /// Holds one TCP connection's place in the counts from accept to close,
@@ -342,6 +363,7 @@ impl AddressLimits {
         let per_minute = |n: NonZeroU32| Quota::per_minute(n).allow_burst(n);
         let clock = DefaultClock::default();
         Arc::new(Self {
+            room_joins: RoomJoinLimits::new(config.room_joins_per_ip_per_minute, &clock),
             new_conns: RateLimiter::dashmap_with_clock(
                 per_minute(config.conns_per_ip_per_minute),
                 clock.clone(),
@@ -501,6 +523,101 @@ impl AddressLimits {
         }
         Ok(())
     }
+
+    /// May a connection from `ip` join `room` now (a join that is not a re-sync)?
+    pub fn join_room(&self, ip: IpAddr, room: &RoomName) -> Result<(), RetryAfter> {
+        self.room_joins.check(ip, room, &self.clock)
+    }
+}
+
+// ------------------------------------------------------------ join/leave churn
+//
+// Each join or leave that changes who is in a room is news for every member.
+// Presence is coalesced (hub::presence), so churn no longer multiplies bytes,
+// but joins still cost catch-up reads and announcements; these two limits
+// keep churn of one room cheap to refuse. A first join of a room costs a
+// join token (`--join-rate`); leaving and joining it again on the same
+// connection costs a rejoin token too (`--rejoins-per-minute`), and every
+// join of a room by the connections of one address draws from one bucket per
+// address and room (`--room-joins-per-ip-per-minute`, its burst as large as
+// its rate per minute: an office behind one NAT joining in the morning
+// passes, a loop of joins and leaves does not).
+
+/// Rooms one connection remembers having left. A connection cycling through
+/// more rooms than this to dodge the rejoin cost still meets the
+/// per-address bucket of each room.
+const ROOMS_LEFT_REMEMBERED: usize = 16;
+
+/// One connection's rejoin bucket and the rooms it left.
+struct RejoinLimits {
+    rejoins: DefaultDirectRateLimiter,
+    /// Oldest first; a `RefCell` because a connection is one task.
+    left: RefCell<VecDeque<RoomName>>,
+}
+
+impl RejoinLimits {
+    fn new(per_minute: NonZeroU32, clock: &DefaultClock) -> Self {
+        Self {
+            rejoins: RateLimiter::direct_with_clock(
+                Quota::per_minute(per_minute).allow_burst(per_minute),
+                clock.clone(),
+            ),
+            left: RefCell::new(VecDeque::new()),
+        }
+    }
+
+    fn check(&self, room: &RoomName, clock: &DefaultClock) -> Result<(), RetryAfter> {
+        if self.left.borrow().contains(room) {
+            check(&self.rejoins, clock)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn left(&self, room: &RoomName) {
+        let mut left = self.left.borrow_mut();
+        if left.contains(room) {
+            return;
+        }
+        if left.len() == ROOMS_LEFT_REMEMBERED {
+            left.pop_front();
+        }
+        left.push_back(room.clone());
+    }
+}
+
+/// Joins per address and room, shared by all connections.
+struct RoomJoinLimits {
+    joins: DefaultKeyedRateLimiter<(IpAddr, RoomName)>,
+    /// Checks so far, to forget idle keys now and then.
+    checks: AtomicUsize,
+}
+
+impl RoomJoinLimits {
+    fn new(per_minute: NonZeroU32, clock: &DefaultClock) -> Self {
+        Self {
+            joins: RateLimiter::dashmap_with_clock(
+                Quota::per_minute(per_minute).allow_burst(per_minute),
+                clock.clone(),
+            ),
+            checks: AtomicUsize::new(0),
+        }
+    }
+
+    fn check(&self, ip: IpAddr, room: &RoomName, clock: &DefaultClock) -> Result<(), RetryAfter> {
+        // A key is kept per address and room joined; those idle long enough
+        // to have a full bucket again carry nothing and are forgotten.
+        if self
+            .checks
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(PRUNE_EVERY)
+        {
+            self.joins.retain_recent();
+        }
+        self.joins
+            .check_key(&(address_key(ip), room.clone()))
+            .map_err(|not_until| RetryAfter(not_until.wait_time_from(clock.now())))
+    }
 }
 
 #[cfg(test)]
@@ -535,6 +652,8 @@ mod tests {
                 per_second: 1000,
                 burst: 20_000,
             },
+            rejoins_per_minute: nz(2),
+            room_joins_per_ip_per_minute: nz(3),
         }
     }
 
@@ -721,5 +840,36 @@ mod tests {
         assert!(three.may_serve().is_ok());
         assert!(limits.may_serve(a).is_err());
         assert!(limits.may_serve("10.0.0.2".parse().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn rejoining_a_room_left_costs_a_rejoin_token() {
+        let limits = ConnLimits::new(&config(), &DefaultClock::default());
+        let (a, b) = (RoomName::parse("a").unwrap(), RoomName::parse("b").unwrap());
+        // First joins are free of it, however many.
+        for _ in 0..5 {
+            assert!(limits.rejoin(&a).is_ok());
+        }
+        limits.left_room(&a);
+        assert!(limits.rejoin(&a).is_ok());
+        assert!(limits.rejoin(&a).is_ok());
+        let retry = limits.rejoin(&a).unwrap_err();
+        // Two a minute: the next one in about 30 s.
+        assert!(retry.secs() > 20, "{retry:?}");
+        assert!(limits.rejoin(&b).is_ok());
+    }
+
+    #[test]
+    fn joins_of_one_room_are_limited_per_address() {
+        let limits = AddressLimits::new(config());
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let room = RoomName::parse("Chat Room").unwrap();
+        for _ in 0..3 {
+            assert!(limits.join_room(a, &room).is_ok());
+        }
+        assert!(limits.join_room(a, &room).unwrap_err().millis() > 1000);
+        // Another room, another address: their own buckets.
+        assert!(limits.join_room(a, &RoomName::parse("b").unwrap()).is_ok());
+        assert!(limits.join_room("10.0.0.2".parse().unwrap(), &room).is_ok());
     }
 }

@@ -520,6 +520,7 @@ pub struct RoomInfo {
     pub online: usize,
 }
 
+/// The single change a presence frame carries, when it carries one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PresenceEvent {
@@ -550,11 +551,19 @@ pub enum ServerMsg {
         text: String,
         ts: i64,
     },
+    /// Who arrived in and who left a room since its previous presence frame
+    /// (the net change; `joined` carried the full list). Clients apply
+    /// `left`, then `joined`.
     Presence {
         room: String,
-        event: PresenceEvent,
-        user: String,
-        users: Vec<String>,
+        joined: Vec<String>,
+        left: Vec<String>,
+        /// With `user`, set when the frame carries a single change: the
+        /// form presence frames had before they were coalesced.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        event: Option<PresenceEvent>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
     },
     Sent {
         room: String,

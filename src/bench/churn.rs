@@ -5,8 +5,8 @@
 //! sometimes skips the leave), then close — politely or by dropping the
 //! socket. It measures joins and connections per second and join latency,
 //! and checks what is cheap to check about presence: `joined.users` lists
-//! the joiner and is sorted case-insensitively; a `presence` join lists its
-//! user, a leave does not.
+//! the joiner and is sorted case-insensitively; a `presence` frame's
+//! `joined` and `left` are sorted, name someone, and nobody is in both.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -108,13 +108,7 @@ impl ChurnCounts {
             return;
         }
         self.presence_checked += 1;
-        let listed = frame.lists(frame.user.as_deref().unwrap_or_default());
-        let ok = match frame.event.as_deref() {
-            Some("join") => listed == Some(true),
-            Some("leave") => listed == Some(false),
-            _ => false,
-        } && frame.users_sorted();
-        if !ok {
+        if !frame.presence_consistent() {
             self.presence_errors += 1;
             self.anomaly(format!("presence: {}", client::truncate(raw, 300)));
         }
@@ -142,6 +136,10 @@ struct Frame<'a> {
     event: Option<Cow<'a, str>>,
     #[serde(borrow)]
     users: Option<Vec<Cow<'a, str>>>,
+    #[serde(borrow)]
+    joined: Option<Vec<Cow<'a, str>>>,
+    #[serde(borrow)]
+    left: Option<Vec<Cow<'a, str>>>,
 }
 
 impl Frame<'_> {
@@ -157,6 +155,10 @@ impl Frame<'_> {
             user: self.user.map(own),
             event: self.event.map(own),
             users: self.users.map(|users| users.into_iter().map(own).collect()),
+            joined: self
+                .joined
+                .map(|users| users.into_iter().map(own).collect()),
+            left: self.left.map(|users| users.into_iter().map(own).collect()),
         }
     }
 
@@ -169,15 +171,38 @@ impl Frame<'_> {
 
     /// `users` is present and sorted case-insensitively.
     fn users_sorted(&self) -> bool {
-        self.users.as_ref().is_some_and(|users| {
-            users.windows(2).all(|w| {
-                let (a, b) = (&w[0], &w[1]);
-                a.chars()
-                    .flat_map(char::to_lowercase)
-                    .le(b.chars().flat_map(char::to_lowercase))
-            })
-        })
+        self.users.as_deref().is_some_and(sorted)
     }
+
+    /// A presence frame's change is well-formed: `joined` and `left` are
+    /// sorted, name someone, and nobody both arrives and goes; `event` and
+    /// `user`, when there, describe the single change.
+    fn presence_consistent(&self) -> bool {
+        let (Some(joined), Some(left)) = (&self.joined, &self.left) else {
+            return false;
+        };
+        let single = match (self.event.as_deref(), self.user.as_deref()) {
+            (None, None) => true,
+            (Some("join"), Some(user)) => joined.len() == 1 && joined[0] == user && left.is_empty(),
+            (Some("leave"), Some(user)) => left.len() == 1 && left[0] == user && joined.is_empty(),
+            _ => false,
+        };
+        single
+            && !(joined.is_empty() && left.is_empty())
+            && sorted(joined)
+            && sorted(left)
+            && !joined.iter().any(|name| left.contains(name))
+    }
+}
+
+/// Sorted case-insensitively.
+fn sorted(names: &[Cow<'_, str>]) -> bool {
+    names.windows(2).all(|w| {
+        let (a, b) = (&w[0], &w[1]);
+        a.chars()
+            .flat_map(char::to_lowercase)
+            .le(b.chars().flat_map(char::to_lowercase))
+    })
 }
 
 /// A reply: its fields, and its text for the report.
@@ -545,18 +570,22 @@ mod tests {
     #[test]
     fn presence_frames_are_checked_from_the_fields_alone() {
         let good = observed(&[
-            r#"{"type":"presence","room":"r","event":"join","user":"bob","users":["alice","bob","Carol"]}"#,
-            r#"{"type":"presence","room":"r","event":"leave","user":"bob","users":["alice","carol"]}"#,
+            r#"{"type":"presence","room":"r","joined":["bob"],"left":[],"event":"join","user":"bob"}"#,
+            r#"{"type":"presence","room":"r","joined":[],"left":["bob"],"event":"leave","user":"bob"}"#,
+            r#"{"type":"presence","room":"r","joined":["alice","Carol"],"left":["bob"]}"#,
             r#"{"type":"message","room":"r","id":"x","seq":1,"from":"a","text":"hi","ts":1}"#,
         ]);
-        assert_eq!((good.presence_checked, good.presence_errors), (2, 0));
+        assert_eq!((good.presence_checked, good.presence_errors), (3, 0));
         let bad = observed(&[
-            // A join that does not list its user, a leave that still does, an unsorted list.
-            r#"{"type":"presence","room":"r","event":"join","user":"bob","users":["alice"]}"#,
-            r#"{"type":"presence","room":"r","event":"leave","user":"bob","users":["bob"]}"#,
-            r#"{"type":"presence","room":"r","event":"join","user":"bob","users":["bob","Alice"]}"#,
+            // An event that is not the change, someone arriving and going,
+            // an unsorted list, no change at all, the old form.
+            r#"{"type":"presence","room":"r","joined":["alice"],"left":[],"event":"join","user":"bob"}"#,
+            r#"{"type":"presence","room":"r","joined":["bob"],"left":["bob"]}"#,
+            r#"{"type":"presence","room":"r","joined":["bob","Alice"],"left":[]}"#,
+            r#"{"type":"presence","room":"r","joined":[],"left":[]}"#,
+            r#"{"type":"presence","room":"r","event":"join","user":"bob","users":["bob"]}"#,
         ]);
-        assert_eq!((bad.presence_checked, bad.presence_errors), (3, 3));
+        assert_eq!((bad.presence_checked, bad.presence_errors), (5, 5));
     }
 
     #[test]

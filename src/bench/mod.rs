@@ -49,14 +49,17 @@ exits non-zero when the server broke a promise: lost, duplicated or reordered
 messages, unexpected errors or closes.
 
 Server limits: they are per connection and per source address. The defaults
-(messages 10/s burst 20, joins 5/s burst 20, requests 30/s burst 60, 50
-connections and 120 new connections a minute per IP, 10 new rooms a minute
-per IP, 15000 connections in all) fit `soak` as it is. For big runs of the
-other scenarios start the server with higher limits, for example:
+(messages 10/s burst 20, joins 5/s burst 20, requests 30/s burst 60, 6
+rejoins of rooms left a minute per connection, 50 connections and 120 new
+connections a minute per IP, 10 new rooms and 60 joins of one room a minute
+per IP, 15000 connections in all) fit `soak` mostly (scripts/soak lifts the
+two join/leave churn limits). For big runs of the other scenarios start the
+server with higher limits, for example:
   chatterpro --max-conns-per-ip 100000 --conns-per-ip-per-minute 1000000 \\
     --rooms-per-ip-per-minute 1000 --msg-rate 1000 --msg-burst 1000 \\
     --join-rate 1000 --join-burst 1000 --request-rate 1000 \\
-    --request-burst 1000 --max-connections 19000
+    --request-burst 1000 --max-connections 19000 \\
+    --rejoins-per-minute 1000000 --room-joins-per-ip-per-minute 1000000
 and mind both processes' open-file limits (ulimit -n). Against a server on
 loopback the bench spreads its connections over source addresses 127.0.0.2,
 127.0.0.3, ... (--source-ips), 40 per address, which keeps per-IP limits and

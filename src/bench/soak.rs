@@ -1286,13 +1286,12 @@ impl User {
                 .unexpected("stray_presence", || format!("user {id}: {v}"));
             return;
         }
-        let user = &v["user"];
-        let listed = v["users"]
-            .as_array()
-            .map(|users| users.iter().any(|u| u == user));
-        let consistent = match v["event"].as_str() {
-            Some("join") => listed == Some(true),
-            Some("leave") => listed == Some(false),
+        // A net change: someone arrives or goes, and nobody does both.
+        let consistent = match (v["joined"].as_array(), v["left"].as_array()) {
+            (Some(joined), Some(left)) => {
+                let says_something = !joined.is_empty() || !left.is_empty();
+                says_something && !joined.iter().any(|name| left.contains(name))
+            }
             _ => false,
         };
         if !consistent {

@@ -149,6 +149,17 @@ impl Session {
                     .join()
                     .map_err(|r| self.limited(LimitKind::Joins, rate_limited("joins", r)))?;
                 if !hub.is_member(&room, peer) {
+                    // Join/leave churn: joining a room left before costs
+                    // more, and one address's joins of one room share a bucket.
+                    self.limits.rejoin(&room).map_err(|r| {
+                        self.limited(LimitKind::Rejoins, rate_limited("rejoins", r))
+                    })?;
+                    self.address_limits.join_room(self.ip, &room).map_err(|r| {
+                        self.limited(
+                            LimitKind::RoomJoins,
+                            rate_limited("joins of this room from your address", r),
+                        )
+                    })?;
                     if hub.rooms_of(peer) >= self.limits.max_rooms() {
                         return Err(self.limited(LimitKind::Rooms, Refusal::rate_limited(
                             format!(
@@ -184,6 +195,7 @@ impl Session {
             }
             ClientMsg::Leave { room } => {
                 let room = hub.leave(peer, hub::parse_room(&room)?)?;
+                self.limits.left_room(&room);
                 Ok(Some(ServerMsg::Left {
                     room: room.as_str().to_owned(),
                 }))

@@ -15,6 +15,7 @@
 
 mod batch;
 mod peer;
+mod presence;
 mod recent;
 mod registry;
 mod writer;

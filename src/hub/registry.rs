@@ -4,7 +4,13 @@
 //! One `std::sync::Mutex` guards it all. Sections are short and never await,
 //! and one lock keeps the invariants simple: a room's people list always
 //! matches its connections, and presence frames go out in the order the
-//! changes happened (they are queued under the same lock). Socket writes
+//! changes happened (they are queued under the same lock).
+//!
+//! **Presence** is coalesced per room ([`super::presence`]): `joined`
+//! carries the room's full list, and changes after it are announced at
+//! most once per `--presence-interval`, as the net change since the
+//! previous announcement. A room announces at once when its previous
+//! announcement is older than the interval, else when the interval ends. Socket writes
 //! never happen under it: frames are queued to each member's outbox under
 //! the lock and written once it is released ([`Peer::queue`],
 //! [`Peer::write_queued`]); whoever writes takes the outbox's frames in
@@ -17,8 +23,8 @@
 //! previous delivery's writes) holds new messages back until the window has
 //! passed, and they then go out together: one write per member for the lot.
 //! A quiet room's message goes out at once; a busy big room's members are
-//! written about once per window instead of once per message. Presence
-//! frames are never held: they first flush what is held, so the order
+//! written about once per window instead of once per message. An
+//! announcement of presence first flushes what is held, so the order
 //! members see is unchanged.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -30,11 +36,12 @@ use rand::RngCore;
 use super::Frame;
 use super::batch::{self, SocketWrites};
 use super::peer::{ConnId, Peer};
+use super::presence::RoomPresence;
 use crate::broker::LocalDelivery;
 use crate::clock;
 use crate::domain::{Nickname, RoomName};
 use crate::metrics::Metrics;
-use crate::protocol::{self, EncodedMessages, ErrorCode, PresenceEvent, Ref, ServerMsg, encode};
+use crate::protocol::{self, EncodedMessages, ErrorCode, Ref, ServerMsg, encode};
 
 /// A joiner's catch-up, its messages already serialized.
 pub struct PreparedCatchUp {
@@ -91,6 +98,9 @@ pub struct Pacing {
     pub per_member: Duration,
     /// The longest window, whatever the room's size (zero: never hold).
     pub max_window: Duration,
+    /// Least time between two presence frames of a room (zero: announce
+    /// each change as it happens).
+    pub presence_interval: Duration,
 }
 
 impl Pacing {
@@ -98,6 +108,7 @@ impl Pacing {
     pub const OFF: Pacing = Pacing {
         per_member: Duration::ZERO,
         max_window: Duration::ZERO,
+        presence_interval: Duration::ZERO,
     };
 
     fn window(&self, members: usize) -> Duration {
@@ -132,6 +143,8 @@ struct Room {
     held: Vec<Frame>,
     /// When frames were last handed to the members.
     last_delivery: Option<Instant>,
+    /// Presence changes not yet announced.
+    presence: RoomPresence,
 }
 
 struct Member {
@@ -212,31 +225,53 @@ impl Room {
         delivered
     }
 
-    /// Delivers a presence change at once, after whatever is held (so
-    /// members see events in the order they happened); returns frames queued.
-    fn deliver_presence(
+    /// After a presence change: announces now if the room's previous
+    /// announcement is an interval old, else returns when to (unless a
+    /// wake-up is scheduled already). Returns frames queued too.
+    fn presence_changed(
         &mut self,
         room: &RoomName,
-        event: PresenceEvent,
-        user: &str,
-        except: Option<ConnId>,
+        interval: Duration,
         out: &mut Vec<Peer>,
-    ) -> u64 {
+    ) -> (u64, Option<Instant>) {
         let now = Instant::now();
-        let frame = self.presence(room, event, user);
-        self.flush_held(now, out) + self.deliver(std::slice::from_ref(&frame), except, out)
+        match self.presence.not_before(now, interval) {
+            None => (self.announce(room, now, out), None),
+            Some(_) if self.presence.scheduled => (0, None),
+            Some(at) => {
+                self.presence.scheduled = true;
+                (0, Some(at))
+            }
+        }
     }
 
-    fn presence(&self, room: &RoomName, event: PresenceEvent, user: &str) -> Frame {
-        Frame::new(encode(
-            &ServerMsg::Presence {
-                room: room.as_str().to_owned(),
-                event,
-                user: user.to_owned(),
-                users: self.users(),
-            },
-            None,
-        ))
+    /// Announces the presence changes since the previous announcement,
+    /// after whatever is held (so members see events in the order they
+    /// happened); returns frames queued.
+    fn announce(&mut self, room: &RoomName, now: Instant, out: &mut Vec<Peer>) -> u64 {
+        let announcement = self.presence.take(room, now);
+        let mut queued = self.flush_held(now, out);
+        for (id, member) in &mut self.members {
+            let Some(frame) = announcement.frame_for(*id) else {
+                continue;
+            };
+            match &mut member.gate {
+                Gate::CatchingUp { buffered, .. } => {
+                    if buffered.len() >= CATCH_UP_BUFFER {
+                        member
+                            .peer
+                            .kick(crate::protocol::close::TRY_AGAIN_LATER, "too slow");
+                    } else {
+                        buffered.push(frame.clone());
+                    }
+                }
+                Gate::Live { .. } => {
+                    queued += member.peer.queue(std::slice::from_ref(frame));
+                    out.push(member.peer.clone());
+                }
+            }
+        }
+        queued
     }
 }
 
@@ -396,6 +431,12 @@ impl Registry {
             count.1 += 1;
             is_new_person = count.1 == 1;
         }
+        if is_new_person {
+            entry.presence.joined(&name.key(), name.as_str());
+        }
+        // The list below is the room as it is now: later announcements
+        // tell this member only what changes after it.
+        entry.presence.synced(conn);
         let last_seq = catch_up.last_seq;
         let mut frames = vec![Frame::new(protocol::encode_joined(
             room.as_str(),
@@ -417,8 +458,7 @@ impl Registry {
         }
         // Of what arrived meanwhile, only messages newer than the reply
         // matter. Presence frames are dropped: `users` in `joined` was
-        // computed just now and already includes their effect, while their
-        // own lists are older.
+        // computed just now and already includes their effect.
         frames.extend(
             buffered
                 .into_iter()
@@ -426,18 +466,17 @@ impl Registry {
         );
         peer.queue(&frames);
         let mut out = vec![peer];
+        let mut wake = None;
         if is_new_person {
-            let n = entry.deliver_presence(
-                room,
-                PresenceEvent::Join,
-                name.as_str(),
-                Some(conn),
-                &mut out,
-            );
+            let (n, at) = entry.presence_changed(room, self.pacing.presence_interval, &mut out);
             self.metrics.frames_out.inc_by(n);
+            wake = at;
         }
         drop(state);
         self.write_out(&out);
+        if let Some(at) = wake {
+            self.schedule_presence(room, at);
+        }
     }
 
     /// Undoes [`Registry::begin_join`] when the join could not complete.
@@ -482,9 +521,11 @@ impl Registry {
             rooms.remove(room);
         }
         let mut out = Vec::new();
-        let left = self.leave_locked(&mut state, room, conn, &mut out);
+        let mut wakes = Vec::new();
+        let left = self.leave_locked(&mut state, room, conn, &mut out, &mut wakes);
         drop(state);
         self.write_out(&out);
+        self.schedule_presences(wakes);
         left
     }
 
@@ -494,6 +535,7 @@ impl Registry {
         room: &RoomName,
         conn: ConnId,
         out: &mut Vec<Peer>,
+        wakes: &mut Vec<(RoomName, Instant)>,
     ) -> bool {
         let Some(entry) = state.rooms.get_mut(room) else {
             return false;
@@ -501,24 +543,27 @@ impl Registry {
         let Some(member) = entry.members.remove(&conn) else {
             return false;
         };
+        entry.presence.forget(conn);
         let key = member.name.key();
-        let mut person_left = false;
+        // The name as the room lists it: a person's tabs may spell it in
+        // other cases, and clients remove names as they were listed.
+        let mut person_left = None;
         if member.counted
             && let Some((_, n)) = entry.people.get_mut(&key)
         {
             *n -= 1;
             if *n == 0 {
-                entry.people.remove(&key);
-                person_left = true;
+                person_left = entry.people.remove(&key).map(|(display, _)| display);
             }
         }
         if entry.members.is_empty() {
             state.rooms.remove(room);
             self.metrics.rooms_active.dec();
-        } else if person_left {
-            let n =
-                entry.deliver_presence(room, PresenceEvent::Leave, member.name.as_str(), None, out);
+        } else if let Some(display) = person_left {
+            entry.presence.left(&key, &display);
+            let (n, wake) = entry.presence_changed(room, self.pacing.presence_interval, out);
             self.metrics.frames_out.inc_by(n);
+            wakes.extend(wake.map(|at| (room.clone(), at)));
         }
         true
     }
@@ -529,8 +574,9 @@ impl Registry {
         let mut state = self.lock();
         let rooms = state.conns.remove(&conn).unwrap_or_default();
         let mut out = Vec::new();
+        let mut wakes = Vec::new();
         for room in &rooms {
-            self.leave_locked(&mut state, room, conn, &mut out);
+            self.leave_locked(&mut state, room, conn, &mut out, &mut wakes);
         }
         if let Some(name) = name {
             let key = name.key();
@@ -543,6 +589,7 @@ impl Registry {
         }
         drop(state);
         self.write_out(&out);
+        self.schedule_presences(wakes);
     }
 
     /// The `limit` rooms with the most people online, most first (ties by
@@ -650,6 +697,58 @@ impl Registry {
                 });
             }
             Err(_) => me.flush(room),
+        }
+    }
+}
+
+impl Registry {
+    /// Announces `room`'s presence changes if its interval is over (a
+    /// scheduled wake-up), or at once when `now_anyway`.
+    fn announce_due(&self, room: &RoomName, now_anyway: bool) {
+        let mut state = self.lock();
+        let Some(entry) = state.rooms.get_mut(room) else {
+            return;
+        };
+        entry.presence.scheduled = false;
+        if !entry.presence.pending() {
+            return;
+        }
+        let interval = if now_anyway {
+            Duration::ZERO
+        } else {
+            self.pacing.presence_interval
+        };
+        let mut out = Vec::new();
+        let (n, wake) = entry.presence_changed(room, interval, &mut out);
+        self.metrics.frames_out.inc_by(n);
+        drop(state);
+        self.write_out(&out);
+        if let Some(at) = wake {
+            self.schedule_presence(room, at);
+        }
+    }
+
+    fn schedule_presences(&self, wakes: Vec<(RoomName, Instant)>) {
+        for (room, at) in wakes {
+            self.schedule_presence(&room, at);
+        }
+    }
+
+    /// Announces `room`'s presence at `at`. Without a runtime (a benchmark
+    /// driving the registry by hand) it is announced now.
+    fn schedule_presence(&self, room: &RoomName, at: Instant) {
+        let Some(me) = self.me.upgrade() else {
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                let room = room.clone();
+                runtime.spawn(async move {
+                    tokio::time::sleep_until(at.into()).await;
+                    me.announce_due(&room, false);
+                });
+            }
+            Err(_) => me.announce_due(room, true),
         }
     }
 }
@@ -797,6 +896,37 @@ mod tests {
         // And the member is live again, with the same filter.
         registry.deliver(&[(room.clone(), frame(20)), (room.clone(), frame(22))]);
         assert_eq!(messages(&outbox), [22]);
+    }
+
+    /// The presence frames queued for an outbox, as JSON.
+    fn presences(outbox: &Outbox) -> Vec<serde_json::Value> {
+        let (frames, _) = outbox.take(1000);
+        frames
+            .iter()
+            .map(|f| serde_json::from_slice::<serde_json::Value>(f.payload()).unwrap())
+            .filter(|v| v["type"] == "presence")
+            .collect()
+    }
+
+    #[test]
+    fn a_person_leaves_under_the_name_the_room_listed() {
+        let registry = unpaced();
+        let watcher = Arc::new(Outbox::new(64, 1 << 20));
+        join_as(&registry, &Peer::new(watcher.clone()), "a", "watcher");
+        let (tab1, tab2) = (
+            Peer::new(Arc::new(Outbox::new(64, 1 << 20))),
+            Peer::new(Arc::new(Outbox::new(64, 1 << 20))),
+        );
+        // Two tabs of one person, the second spelling the name otherwise.
+        join_as(&registry, &tab1, "a", "alice");
+        join_as(&registry, &tab2, "a", "ALICE");
+        let room = RoomName::parse("a").unwrap();
+        registry.leave(&room, tab1.id());
+        registry.leave(&room, tab2.id());
+        let seen = presences(&watcher);
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert_eq!(seen[0]["joined"], serde_json::json!(["alice"]));
+        assert_eq!(seen[1]["left"], serde_json::json!(["alice"]));
     }
 
     #[test]

@@ -261,17 +261,14 @@ function onPush(s, message) {
       break;
     }
     case 'presence': {
-      const user = String(message.user ?? '');
-      const wasHere = room.hasUser(user);
-      room.applyPresence(message.event, user, message.users);
+      const { arrived, gone } = room.applyPresence(message);
+      if (arrived.length === 0 && gone.length === 0) return;
       views.renderUsers($('users'), room.users, s.name);
-      if (message.event === 'join') {
-        const back = s.graceUsers.delete(user) && Date.now() < s.graceUntil;
-        if (back || wasHere) break;
-        list.append(views.eventNoticeItem(`${user} has joined the chat`));
-      } else if (message.event === 'leave') {
-        list.append(views.eventNoticeItem(`${user} has left the chat`));
-      }
+      const now = Date.now();
+      // People seen before a reconnect who are back within the grace period.
+      const fresh = arrived.filter((user) => !(s.graceUsers.delete(user) && now < s.graceUntil));
+      if (fresh.length > 0) views.addPresenceNotice(list, views.presenceText(fresh, 'joined'));
+      if (gone.length > 0) views.addPresenceNotice(list, views.presenceText(gone, 'left'));
       break;
     }
     case 'error': {

@@ -53,26 +53,36 @@ export class RoomState {
   }
 
   /**
-   * Applies one presence event. The server's `users` list is authoritative:
-   * it is computed when the event happens and the server never delivers an
-   * older list after a newer one. Only if it is missing is the change
-   * applied by hand.
+   * Applies one presence frame: the names in `left` go, then those in
+   * `joined` come (the server sends the full list only in `joined`, then
+   * the net change of each interval). A frame may restate what the list
+   * already shows, so this returns the names that really arrived and went,
+   * for the notices: `{ arrived, gone }`. Frames of the older single-event
+   * form (`event`, `user`, maybe a full `users`) are understood too.
    */
-  applyPresence(event, user, users) {
-    if (Array.isArray(users)) {
-      this.setUsers(users);
-      return;
+  applyPresence(frame) {
+    const names = (list) => (Array.isArray(list) ? list.filter((u) => typeof u === 'string' && u !== '') : []);
+    let joined = names(frame.joined);
+    let left = names(frame.left);
+    if (!Array.isArray(frame.joined) && !Array.isArray(frame.left)) {
+      if (Array.isArray(frame.users)) {
+        const users = names(frame.users);
+        joined = users.filter((u) => !this.users.includes(u));
+        left = this.users.filter((u) => !users.includes(u));
+      } else if (typeof frame.user === 'string' && frame.user !== '') {
+        if (frame.event === 'join') joined = [frame.user];
+        if (frame.event === 'leave') left = [frame.user];
+      }
     }
-    if (typeof user !== 'string' || user === '') return;
-    if (event === 'join' && !this.users.includes(user)) {
-      this.setUsers([...this.users, user]);
-    } else if (event === 'leave') {
-      this.users = this.users.filter((u) => u !== user);
-    }
-  }
-
-  hasUser(name) {
-    return this.users.includes(name);
+    const gone = left.filter((u) => this.users.includes(u));
+    const remaining = this.users.filter((u) => !left.includes(u));
+    const arrived = [...new Set(joined)].filter((u) => !remaining.includes(u));
+    this.setUsers([...remaining, ...arrived]);
+    // A name that went and came back in one frame is no news.
+    return {
+      arrived: arrived.filter((u) => !gone.includes(u)),
+      gone: gone.filter((u) => !arrived.includes(u)),
+    };
   }
 }
 

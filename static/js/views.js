@@ -108,6 +108,45 @@ export function eventNoticeItem(text, kind = 'presence') {
   return item;
 }
 
+/** Join/leave notices kept in the list; older ones collapse into one summary line. */
+export const PRESENCE_NOTICES_KEPT = 50;
+
+/**
+ * "bob has joined the chat", "ann and bob have left the chat", "ann, bob
+ * and 3 others have joined the chat": one line for a presence frame,
+ * however many people it names.
+ */
+export function presenceText(names, verb) {
+  const [first, second] = names;
+  if (names.length === 1) return `${first} has ${verb} the chat`;
+  if (names.length === 2) return `${first} and ${second} have ${verb} the chat`;
+  const others = names.length - 2;
+  return `${first}, ${second} and ${others} other${others === 1 ? '' : 's'} have ${verb} the chat`;
+}
+
+/**
+ * Appends a join/leave notice and keeps at most PRESENCE_NOTICES_KEPT of
+ * them: the oldest gives its place to a summary line counting those hidden
+ * (one line, moved to where the latest hidden notice was). Messages are
+ * never removed; a flood of comings and goings costs the page a bounded
+ * number of elements.
+ */
+export function addPresenceNotice(list, text) {
+  list.append(eventNoticeItem(text, 'presence'));
+  const notices = list.getElementsByClassName('presence'); // live, no query
+  if (notices.length <= PRESENCE_NOTICES_KEPT) return;
+  let summary = list.querySelector('li.presence-summary');
+  if (!summary) {
+    summary = el('li', 'notice presence-summary');
+    summary.dataset.hidden = '0';
+    summary.append(el('p', 'text'));
+  }
+  const hidden = Number(summary.dataset.hidden) + 1;
+  summary.dataset.hidden = String(hidden);
+  summary.firstChild.textContent = `${hidden} earlier join/leave notice${hidden === 1 ? '' : 's'} hidden`;
+  notices[0].replaceWith(summary);
+}
+
 /** Inserts a message item so that data-seq stays ascending among messages. */
 export function insertBySeq(list, item, seq) {
   const messages = list.querySelectorAll('li.message');

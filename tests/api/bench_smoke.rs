@@ -94,7 +94,13 @@ async fn fanout_delivers_every_message_in_order_and_measures_latency() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn churn_joins_and_leaves_with_consistent_presence() {
-    let app = spawn_app_with(unlimited).await;
+    let app = spawn_app_with(|c| {
+        unlimited(c);
+        // Churn's people stay milliseconds: coalesced, their presence would
+        // mostly cancel out and leave the bench little to check.
+        c.presence_interval = Duration::ZERO;
+    })
+    .await;
     let args = ChurnArgs {
         target: target(app.ws_url()),
         clients: 6,

@@ -39,6 +39,8 @@ pub fn unlimited(config: &mut Config) {
     config.join_rate = many;
     config.join_burst = many;
     config.rooms_per_ip_per_minute = many;
+    config.rejoins_per_minute = many;
+    config.room_joins_per_ip_per_minute = many;
     config.conns_per_ip_per_minute = many;
     config.max_conns_per_ip = 100_000;
     config.http_rate = many;
@@ -335,9 +337,51 @@ impl Client {
         seqs
     }
 
+    /// Reads until presence frames have announced everyone in `arrived` as
+    /// present and everyone in `gone` as gone (skipping anything else):
+    /// however the server grouped the changes into frames.
+    pub async fn recv_presence_of(&mut self, arrived: &[&str], gone: &[&str]) {
+        let mut present = Vec::new();
+        let mut went = Vec::new();
+        while !(arrived.iter().all(|a| present.iter().any(|p| p == a))
+            && gone.iter().all(|g| went.iter().any(|w| w == g)))
+        {
+            let v = self.recv_until("presence").await;
+            for name in v["left"].as_array().expect("left") {
+                present.retain(|p| p != name);
+                went.push(name.clone());
+            }
+            for name in v["joined"].as_array().expect("joined") {
+                present.push(name.clone());
+                went.retain(|w| w != name);
+            }
+        }
+    }
+
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
     }
+}
+
+/// Applies a `presence` frame to a users list: `left` go, then `joined`
+/// come; the list stays sorted case-insensitively, as the server sorts it.
+pub fn apply_presence(users: &mut Vec<String>, presence: &Value) {
+    let names = |field: &str| -> Vec<String> {
+        presence[field]
+            .as_array()
+            .unwrap_or_else(|| panic!("presence without {field}: {presence}"))
+            .iter()
+            .map(|u| u.as_str().expect("names are strings").to_owned())
+            .collect()
+    };
+    let left = names("left");
+    users.retain(|u| !left.contains(u));
+    for name in names("joined") {
+        if !users.contains(&name) {
+            users.push(name);
+        }
+    }
+    users.sort_by_key(|u| u.to_lowercase());
 }
 
 /// The `text` fields of a list of message objects.

@@ -73,6 +73,7 @@ async fn metrics_count_connections_messages_and_errors() {
     let app = spawn_app().await;
     let mut alice = app.member("alice", "Chat Room").await;
     let _bob = app.member("bob", "Chat Room").await;
+    alice.recv_type("presence").await;
     alice.say("Chat Room", "hi").await;
     alice.send_json(json!({"type":"nope"})).await;
     alice.recv_until("error").await;

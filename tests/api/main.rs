@@ -7,6 +7,7 @@ mod idempotency;
 mod limits;
 mod pacing;
 mod persistence;
+mod presence;
 mod process;
 mod properties;
 mod protocol;

@@ -865,7 +865,8 @@ impl Model {
             return Vec::new();
         }
         let frame = Expect::event(json!({
-            "type": "presence", "room": room, "event": "leave", "user": display, "users": users,
+            "type": "presence", "room": room, "joined": [], "left": [display],
+            "event": "leave", "user": display,
         }));
         self.members(room)
             .into_iter()
@@ -1051,6 +1052,8 @@ impl Run {
     async fn start() -> Self {
         let app = spawn_app_with(|config| {
             unlimited(config);
+            // The model predicts one presence frame per change, as it happens.
+            config.presence_interval = std::time::Duration::ZERO;
             config.max_conns_per_ip = 1000;
             config.conns_per_ip_per_minute = NonZeroU32::new(1_000_000).unwrap();
         })
@@ -1486,7 +1489,8 @@ impl Run {
         }
         if new_person {
             let presence = Expect::event(json!({
-                "type": "presence", "room": room, "event": "join", "user": display, "users": users,
+                "type": "presence", "room": room, "joined": [display], "left": [],
+                "event": "join", "user": display,
             }));
             for m in model.members(&room) {
                 if m != c {
@@ -1744,17 +1748,10 @@ fn observe(view: &mut View, frame: &Value, model: &Model) -> Result<(), String> 
             view.last_seq.insert(room, last);
         }
         Some("presence") => {
-            let users = frame["users"].as_array().ok_or("presence without users")?;
-            if !view.users.contains_key(&room) {
+            let Some(users) = view.users.get_mut(&room) else {
                 return Err(format!("presence for a room it is not in: {frame}"));
-            }
-            view.users.insert(
-                room,
-                users
-                    .iter()
-                    .map(|u| u.as_str().unwrap_or("").to_owned())
-                    .collect(),
-            );
+            };
+            crate::helpers::apply_presence(users, frame);
         }
         Some("left") => {
             view.users.remove(&room);

@@ -147,7 +147,7 @@ async fn join_replies_then_welcomes_and_tells_the_others() {
     let presence = alice.recv_type("presence").await;
     assert_eq!(
         presence,
-        json!({"type":"presence","room":"Chat Room","event":"join","user":"bob","users":["alice","bob"]})
+        json!({"type":"presence","room":"Chat Room","joined":["bob"],"left":[],"event":"join","user":"bob"})
     );
     // Bob is not told about himself.
     bob.expect_silence(Duration::from_millis(200)).await;
@@ -270,7 +270,7 @@ async fn leave_replies_left_and_tells_the_others() {
     );
     assert_eq!(
         alice.recv_type("presence").await,
-        json!({"type":"presence","room":"Chat Room","event":"leave","user":"bob","users":["alice"]})
+        json!({"type":"presence","room":"Chat Room","joined":[],"left":["bob"],"event":"leave","user":"bob"})
     );
     // Bob no longer receives the room's messages.
     alice.say("Chat Room", "bye bob").await;
@@ -295,7 +295,7 @@ async fn closing_the_socket_leaves_every_room() {
         let p = c.recv_type("presence").await;
         assert_eq!(p["event"], "leave");
         assert_eq!(p["user"], "bob");
-        assert_eq!(p["users"].as_array().unwrap().len(), 1);
+        assert_eq!((&p["joined"], &p["left"]), (&json!([]), &json!(["bob"])));
     }
 }
 
@@ -306,10 +306,7 @@ async fn two_tabs_are_one_person_until_the_last_leaves() {
     let mut tab1 = app.client().await;
     let session = tab1.hello("alice").await["session"].clone();
     tab1.join("Chat Room").await;
-    assert_eq!(
-        bob.recv_type("presence").await["users"],
-        json!(["alice", "bob"])
-    );
+    assert_eq!(bob.recv_type("presence").await["joined"], json!(["alice"]));
 
     let mut tab2 = app.client().await;
     tab2.send_json(json!({"type":"hello","name":"alice","session":session}))
@@ -332,7 +329,7 @@ async fn two_tabs_are_one_person_until_the_last_leaves() {
     tab2.recv_type("left").await;
     let p = bob.recv_type("presence").await;
     assert_eq!(p["event"], "leave");
-    assert_eq!(p["users"], json!(["bob"]));
+    assert_eq!(p["left"], json!(["alice"]));
 }
 
 #[tokio::test]

@@ -74,9 +74,8 @@ async fn a_client_that_stops_reading_is_closed_with_1013_and_others_are_unaffect
     let mut stalled = app.stalled_client().await;
     stalled.hello("stalled").await;
     stalled.join("Chat Room").await;
-    reader.recv_type("presence").await;
-    reader.recv_type("presence").await;
-    sender.recv_type("presence").await;
+    reader.recv_presence_of(&["sender", "stalled"], &[]).await;
+    sender.recv_presence_of(&["stalled"], &[]).await;
 
     // ~12 MB of messages: far more than the stalled client's 32 KiB receive
     // buffer, the server's send buffer (at most 4 MiB here) and its

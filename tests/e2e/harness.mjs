@@ -23,12 +23,14 @@ const ANSI = /\x1b\[[0-9;]*m/g;
 
 /**
  * Starts the server binary on `port` (0 = any) with a SQLite file in `dbDir`
- * and resolves once it printed its `listening on http://127.0.0.1:PORT` line.
+ * (and any further command-line `args`) and resolves once it printed its
+ * `listening on http://127.0.0.1:PORT` line.
  */
-export function startServer({ dbDir, port = 0 }) {
+export function startServer({ dbDir, port = 0, args = [] }) {
   const child = spawn(SERVER_BIN, [
     '--addr', `127.0.0.1:${port}`,
     '--database-url', `sqlite://${dbDir}/e2e.db`,
+    ...args,
   ], { stdio: ['ignore', 'pipe', 'pipe'] });
 
   const logs = [];
@@ -92,18 +94,19 @@ export function launchBrowser() {
 }
 
 /**
- * Runs `body` with a fresh temp dir, a server on it and a way to open pages.
- * Afterwards closes every page and the server; on failure prints the server's
- * output and saves screenshots of the open pages under screenshots/.
+ * Runs `body` with a fresh temp dir, a server on it (given `serverArgs`)
+ * and a way to open pages. Afterwards closes every page and the server; on
+ * failure prints the server's output and saves screenshots of the open
+ * pages under screenshots/.
  */
-export async function withChat(browser, testName, body) {
+export async function withChat(browser, testName, body, { serverArgs = [] } = {}) {
   const dir = await mkdtemp(path.join(tmpdir(), 'chatterpro-e2e-'));
   const contexts = [];
   const pages = [];
   const consoleErrors = [];
   const h = {
     dir,
-    server: await startServer({ dbDir: dir }),
+    server: await startServer({ dbDir: dir, args: serverArgs }),
     consoleErrors,
     async newPage({ viewport = { width: 1200, height: 760 } } = {}) {
       const context = await browser.newContext({ viewport });

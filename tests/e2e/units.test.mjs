@@ -3,7 +3,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 
-import { formatTime } from '../../static/js/views.js';
+import { formatTime, presenceText } from '../../static/js/views.js';
 import { RoomState } from '../../static/js/state.js';
 
 // Local time is what the page shows; pin the zone so the cases are exact.
@@ -32,12 +32,29 @@ test('a room keeps each seq once and in order, whatever order they arrive in', (
   assert.deepEqual(room.accept([{ text: 'x' }, null, m(5)]).map((x) => x.seq), [5]);
 });
 
-test('presence lists follow the server, or the event when no list came', () => {
+test('presence frames apply their net change and report only real news', () => {
   const room = new RoomState('Chat Room');
   room.setUsers(['bob', 'alice']);
   assert.deepEqual(room.users, ['alice', 'bob']);
-  room.applyPresence('join', 'carol', ['alice', 'bob', 'carol']);
-  assert.deepEqual(room.users, ['alice', 'bob', 'carol']);
-  room.applyPresence('leave', 'bob');
-  assert.deepEqual(room.users, ['alice', 'carol']);
+  assert.deepEqual(room.applyPresence({ joined: ['carol', 'Dave'], left: ['bob'] }),
+    { arrived: ['carol', 'Dave'], gone: ['bob'] });
+  assert.deepEqual(room.users, ['alice', 'carol', 'Dave']);
+  // A frame restating what the list shows (sent to someone who joined
+  // mid-interval) changes nothing and is no news.
+  assert.deepEqual(room.applyPresence({ joined: ['carol'], left: ['bob'] }), { arrived: [], gone: [] });
+  // Someone else under a name differing only in case: one goes, one comes.
+  assert.deepEqual(room.applyPresence({ joined: ['DAVE'], left: ['Dave'] }), { arrived: ['DAVE'], gone: ['Dave'] });
+  assert.deepEqual(room.users, ['alice', 'carol', 'DAVE']);
+  // The older single-event form still works.
+  room.applyPresence({ event: 'leave', user: 'carol' });
+  assert.deepEqual(room.users, ['alice', 'DAVE']);
+  room.applyPresence({ event: 'join', user: 'eve', users: ['alice', 'DAVE', 'eve'] });
+  assert.deepEqual(room.users, ['alice', 'DAVE', 'eve']);
+});
+
+test('one line per presence frame, however many names', () => {
+  assert.equal(presenceText(['bob'], 'joined'), 'bob has joined the chat');
+  assert.equal(presenceText(['ann', 'bob'], 'left'), 'ann and bob have left the chat');
+  assert.equal(presenceText(['ann', 'bob', 'cy'], 'joined'), 'ann, bob and 1 other have joined the chat');
+  assert.equal(presenceText(['a', 'b', 'c', 'd'], 'left'), 'a, b and 2 others have left the chat');
 });
