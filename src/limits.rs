@@ -498,17 +498,21 @@ impl AddressLimits {
         }
     }
 
-    /// Charges a costly reply of `bytes` to `ip`.
-    pub fn served(&self, ip: IpAddr, bytes: usize) {
+    /// Charges a costly reply of `bytes` to `ip` if its budget is not
+    /// overdrawn, in one step: the connections of an address run at once,
+    /// and each checking first and charging later would let all of them
+    /// through on the same credit.
+    pub fn serve(&self, ip: IpAddr, bytes: usize) -> Result<(), RetryAfter> {
         self.prune_now_and_then();
         let rate = self.config.served_bytes_per_ip;
         let now = Instant::now();
-        self.served
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        let mut served = self.served.lock().unwrap_or_else(|e| e.into_inner());
+        let bucket = served
             .entry(address_key(ip))
-            .or_insert_with(|| ByteBucket::full(rate, now))
-            .spend(rate, bytes, now);
+            .or_insert_with(|| ByteBucket::full(rate, now));
+        bucket.may_spend(rate, now)?;
+        bucket.spend(rate, bytes, now);
+        Ok(())
     }
 
     /// May `ip` create a new room now? Checked per address, then for IPv6
@@ -832,13 +836,14 @@ mod tests {
         one.served(12_000);
         assert!(one.may_serve().is_err());
         assert!(two.may_serve().is_ok());
-        limits.served(a, 12_000);
+        limits.serve(a, 12_000).unwrap();
         assert!(limits.may_serve(a).is_ok());
         two.served(9_000);
-        limits.served(a, 9_000);
+        limits.serve(a, 9_000).unwrap();
         // Each connection is within its own budget; together they are not.
         assert!(three.may_serve().is_ok());
         assert!(limits.may_serve(a).is_err());
+        assert!(limits.serve(a, 1).is_err());
         assert!(limits.may_serve("10.0.0.2".parse().unwrap()).is_ok());
     }
 

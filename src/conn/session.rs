@@ -103,11 +103,12 @@ impl Session {
         }
         match self.dispatch(msg, r#ref.as_ref()).await {
             Ok(Some(reply)) => {
-                let bytes = self.reply(&reply, r#ref.as_ref());
-                if costly {
-                    self.limits.served(bytes);
-                    self.address_limits.served(self.ip, bytes);
+                let encoded = encode(&reply, r#ref.as_ref());
+                if costly && let Err(refusal) = self.serve(encoded.len()) {
+                    self.reply_error(r#ref.as_ref(), refusal);
+                    return;
                 }
+                self.peer.push(Frame::new(encoded));
             }
             Ok(None) => {}
             Err(refusal) => self.reply_error(r#ref.as_ref(), refusal),
@@ -115,12 +116,22 @@ impl Session {
     }
 
     /// Whether this connection and its address are within their budgets
-    /// of bytes served.
+    /// of bytes served (a cheap refusal before the work).
     fn may_serve(&self) -> Result<(), Refusal> {
         self.limits
             .may_serve()
             .and_then(|()| self.address_limits.may_serve(self.ip))
             .map_err(|r| self.limited(LimitKind::Bytes, rate_limited("bytes requested", r)))
+    }
+
+    /// Charges a reply of `bytes` to the address (checked again: its other
+    /// connections may have spent the budget meanwhile) and the connection.
+    fn serve(&self, bytes: usize) -> Result<(), Refusal> {
+        self.address_limits
+            .serve(self.ip, bytes)
+            .map_err(|r| self.limited(LimitKind::Bytes, rate_limited("bytes requested", r)))?;
+        self.limits.served(bytes);
+        Ok(())
     }
 
     /// Returns the reply to queue, or `None` when the hub queues it itself
@@ -250,12 +261,8 @@ impl Session {
         })
     }
 
-    /// Queues `msg`; returns its size.
-    fn reply(&self, msg: &ServerMsg, r#ref: Option<&Ref>) -> usize {
-        let encoded = encode(msg, r#ref);
-        let bytes = encoded.len();
-        self.peer.push(Frame::new(encoded));
-        bytes
+    fn reply(&self, msg: &ServerMsg, r#ref: Option<&Ref>) {
+        self.peer.push(Frame::new(encode(msg, r#ref)));
     }
 
     fn reply_error(&self, r#ref: Option<&Ref>, refusal: Refusal) {
