@@ -277,7 +277,6 @@ impl Writer {
                             continue;
                         }
                     };
-                    self.metrics.messages_stored.inc();
                     // Before publishing: a joiner that reads the tail after
                     // this gets the message in its reply, or live — never neither.
                     let encoded = EncodedMessage::new(&message);
@@ -303,6 +302,7 @@ impl Writer {
                 // The whole commit at once: its deliveries, over however
                 // many rooms, go out in one round of writes.
                 let messages = frames.len();
+                self.metrics.messages_stored.inc_by(messages as u64);
                 // (A commit of resends only has nothing to publish.)
                 if messages > 0 {
                     let publishing = Instant::now();

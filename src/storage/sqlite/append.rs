@@ -16,7 +16,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use rusqlite::hooks::Wal;
-use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::checkpoint::{self, CHECKPOINT_PAGES, Checkpointer, HARD_LIMIT_PAGES};
@@ -258,49 +258,86 @@ fn append(
     Ok(outcomes)
 }
 
+/// Keys looked up by one statement. A batch's keys are looked up this many at
+/// a time — padded with repeats of the last, so there is one statement to
+/// prepare and cache — and a commit of up to 32 sends costs one query.
+const LOOKUP_CHUNK: usize = 32;
+
+/// The receipts of up to [`LOOKUP_CHUNK`] keys: `?1` is the window's start,
+/// the (sender, nonce) pairs follow. The pairs drive a CROSS JOIN (which
+/// SQLite never reorders), so each is one primary-key search; a row-value
+/// `IN (VALUES …)` or a free join order let the planner scan the whole table.
+fn lookup_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        let pairs: Vec<String> = (0..LOOKUP_CHUNK)
+            .map(|i| format!("(?{}, ?{})", 2 + 2 * i, 3 + 2 * i))
+            .collect();
+        format!(
+            "SELECT n.sender, n.nonce, r.name, n.message_id, n.seq, n.ts \
+             FROM (VALUES {}) AS k CROSS JOIN send_nonces n \
+             ON n.sender = k.column1 AND n.nonce = k.column2 \
+             JOIN rooms r ON r.id = n.room_id WHERE +n.ts > ?1",
+            pairs.join(", ")
+        )
+    })
+}
+
 /// Which messages of `batch` are resends: of a key stored within the window
-/// (one indexed lookup per distinct key, inside the batch's transaction — no
-/// round trip of its own), or of a key earlier in the batch. Returns each
-/// message's kind and the receipts found.
+/// (looked up [`LOOKUP_CHUNK`] keys per query, inside the batch's own
+/// transaction — no round trip of its own), or of a key earlier in the
+/// batch. Returns each message's kind and the receipts found.
 fn sort_out_resends(
     tx: &rusqlite::Transaction<'_>,
     batch: &[NewMessage],
     window_ms: i64,
 ) -> Result<(Vec<Kind>, Vec<Receipt>), rusqlite::Error> {
     let mut kinds = vec![Kind::New; batch.len()];
-    if batch.iter().all(|m| m.key.is_none()) {
-        return Ok((kinds, Vec::new()));
-    }
-    let mut earlier = Vec::new();
+    // The first message of each distinct key, in batch order.
+    let mut firsts: Vec<(usize, &SendKey)> = Vec::new();
     let mut first_of: HashMap<&SendKey, usize> = HashMap::new();
-    let mut lookup = tx.prepare_cached(
-        "SELECT r.name, n.message_id, n.seq, n.ts FROM send_nonces n \
-         JOIN rooms r ON r.id = n.room_id \
-         WHERE n.sender = ?1 AND n.nonce = ?2 AND n.ts > ?3",
-    )?;
     for (i, message) in batch.iter().enumerate() {
         let Some(key) = &message.key else { continue };
-        if let Some(&first) = first_of.get(key) {
-            kinds[i] = Kind::CopyOf(first);
-            continue;
+        match first_of.get(key) {
+            Some(&first) => kinds[i] = Kind::CopyOf(first),
+            None => {
+                first_of.insert(key, i);
+                firsts.push((i, key));
+            }
         }
-        first_of.insert(key, i);
-        let found = lookup
-            .query_row(
-                params![key.sender, key.nonce.as_str(), message.ts - window_ms],
-                |row| {
-                    Ok(Receipt {
-                        room: row.get(0)?,
-                        id: row.get(1)?,
-                        seq: row.get::<_, i64>(2)? as u64,
-                        ts: row.get(3)?,
-                    })
-                },
-            )
-            .optional()?;
-        if let Some(receipt) = found {
+    }
+    let mut earlier = Vec::new();
+    if firsts.is_empty() {
+        return Ok((kinds, earlier));
+    }
+    // The writer stamps a whole batch with one time.
+    let since = batch[0].ts - window_ms;
+    let mut lookup = tx.prepare_cached(lookup_sql())?;
+    for chunk in firsts.chunks(LOOKUP_CHUNK) {
+        let nonces: Vec<&str> = chunk.iter().map(|(_, key)| key.nonce.as_str()).collect();
+        let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(1 + 2 * LOOKUP_CHUNK);
+        values.push(&since);
+        for n in 0..LOOKUP_CHUNK {
+            let last = n.min(chunk.len() - 1);
+            values.push(&chunk[last].1.sender);
+            values.push(&nonces[last]);
+        }
+        let mut rows = lookup.query(values.as_slice())?;
+        while let Some(row) = rows.next()? {
+            let (sender, nonce): (String, String) = (row.get(0)?, row.get(1)?);
+            let Some(&(i, _)) = chunk
+                .iter()
+                .find(|(_, key)| key.sender == sender && key.nonce.as_str() == nonce)
+            else {
+                continue;
+            };
             kinds[i] = Kind::StoredBefore(earlier.len());
-            earlier.push(receipt);
+            earlier.push(Receipt {
+                room: row.get(2)?,
+                id: row.get(3)?,
+                seq: row.get::<_, i64>(4)? as u64,
+                ts: row.get(5)?,
+            });
         }
     }
     Ok((kinds, earlier))
@@ -312,15 +349,16 @@ fn sort_out_resends(
 /// commit (and fsync) of its own, no pause once a minute under load.
 const PRUNE_PER_KEY: usize = 2;
 
+/// The oldest expired keys, found through the ts index, deleted by primary key.
+const PRUNE_SQL: &str = "DELETE FROM send_nonces WHERE (sender, nonce) IN \
+     (SELECT sender, nonce FROM send_nonces WHERE ts < ?1 ORDER BY ts LIMIT ?2)";
+
 /// Deletes up to `limit` keys stored before `cutoff` (Unix ms), oldest
 /// first; returns how many. Lookups ignore such keys anyway: this only keeps
 /// the table from growing.
 fn prune(conn: &Connection, cutoff: i64, limit: usize) -> Result<usize, rusqlite::Error> {
-    conn.prepare_cached(
-        "DELETE FROM send_nonces WHERE (sender, nonce) IN \
-         (SELECT sender, nonce FROM send_nonces WHERE ts < ?1 ORDER BY ts LIMIT ?2)",
-    )?
-    .execute(params![cutoff, limit as i64])
+    conn.prepare_cached(PRUNE_SQL)?
+        .execute(params![cutoff, limit as i64])
 }
 
 #[cfg(test)]
@@ -471,5 +509,47 @@ mod tests {
                 println!("round {round}, nonces {keyed}: {per_message:?} per message");
             }
         }
+    }
+
+    /// The lookup searches the primary key once per key: a plan that scans
+    /// the table would cost a day of keys per commit.
+    #[tokio::test]
+    async fn the_key_lookup_searches_the_primary_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = migrated(&dir).await;
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {}", lookup_sql()))
+            .unwrap()
+            .query_map(
+                rusqlite::params_from_iter(vec![
+                    rusqlite::types::Value::Null;
+                    1 + 2 * LOOKUP_CHUNK
+                ]),
+                |row| row.get::<_, String>(3),
+            )
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            plan.iter()
+                .any(|step| step.starts_with("SEARCH n USING PRIMARY KEY")),
+            "{plan:?}"
+        );
+        assert!(
+            !plan.iter().any(|step| step.starts_with("SCAN n")),
+            "{plan:?}"
+        );
+        // Pruning walks the ts index and deletes by primary key.
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {PRUNE_SQL}"))
+            .unwrap()
+            .query_map(params![0, 1], |row| row.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            !plan.iter().any(|step| step.starts_with("SCAN")),
+            "{plan:?}"
+        );
     }
 }

@@ -561,4 +561,32 @@ mod tests {
             .unwrap();
         assert_eq!(keys().await, 2, "the last old one gone, one new");
     }
+
+    /// More keys than one lookup takes (32): every resend is still found.
+    #[tokio::test]
+    async fn a_batch_of_many_resends_finds_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir).await;
+        let keyed_batch = |n: usize, from: usize| -> Vec<NewMessage> {
+            (from..from + n)
+                .map(|i| keyed("a", &format!("id{i}"), "alice", &format!("n{i}")))
+                .collect()
+        };
+        let first = stored(store.append(keyed_batch(70, 0)).await.unwrap());
+        // All 70 again, and 3 new ones after them.
+        let mut batch = keyed_batch(70, 0);
+        batch.extend(keyed_batch(3, 70));
+        let outcomes = store.append(batch).await.unwrap();
+        for (outcome, original) in outcomes.iter().zip(&first) {
+            assert_eq!(*outcome, Appended::Duplicate(receipt(original)));
+        }
+        let new: Vec<u64> = outcomes[70..]
+            .iter()
+            .map(|o| match o {
+                Appended::Stored(m) => m.seq,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(new, [71, 72, 73]);
+    }
 }
