@@ -9,6 +9,7 @@ mod persistence;
 mod process;
 mod properties;
 mod protocol;
+mod room_lifecycle;
 mod rooms;
 mod transport;
 mod wire;

@@ -823,11 +823,18 @@ impl Model {
             .unwrap_or_default()
     }
 
-    /// Every room with the number of distinct people in it now.
+    /// Every listed room with the number of distinct people in it now: the
+    /// default rooms, rooms with people, and rooms with messages (all of
+    /// them recent here); a room merely created is not listed.
     fn room_counts(&self) -> Vec<(String, usize)> {
         self.rooms
             .iter()
             .map(|r| (r.clone(), self.room_people.get(r).map_or(0, BTreeMap::len)))
+            .filter(|(r, people)| {
+                DEFAULT_ROOMS.contains(&r.as_str())
+                    || *people > 0
+                    || self.log.get(r).is_some_and(|log| !log.is_empty())
+            })
             .collect()
     }
 
