@@ -329,3 +329,66 @@ async fn the_database_does_not_keep_growing_under_room_spam() {
         "live pages after each round of 300 rooms: {pages:?}"
     );
 }
+
+/// Figures for docs/reliability.md (run on purpose: `cargo test --test api
+/// room_spam_figures -- --ignored --nocapture`): 4,200 rooms created over 42
+/// connections, what the room list shows, how fast they are removed, and
+/// what a flood of `GET /api/rooms` costs with and without the snapshot.
+#[tokio::test]
+#[ignore = "a measurement, not a check"]
+async fn room_spam_figures() {
+    for refresh in [Duration::from_secs(1), Duration::ZERO] {
+        let app = spawn_app_with(|config| {
+            unlimited(config);
+            config.unused_room_ttl = Duration::from_secs(30);
+            config.room_reap_interval = Duration::from_secs(1);
+            config.room_list_refresh = refresh;
+        })
+        .await;
+        let started = std::time::Instant::now();
+        let spammers = (0..42).map(|i| {
+            let app = &app;
+            async move {
+                let mut c = app.user(&format!("spam{i}")).await;
+                create_rooms(&mut c, &format!("s{i} "), 100).await;
+                c
+            }
+        });
+        let spammers = futures_util::future::join_all(spammers).await;
+        let created = started.elapsed();
+        let rooms = room_rows(&app);
+        let listed = api_rooms(&app).await.len();
+        let wal = PathBuf::from(format!("{}-wal", db_path(&app).display()));
+        let wal_bytes = std::fs::metadata(&wal).map_or(0, |m| m.len());
+        let pages = live_pages(&app);
+
+        // A flood of the join page's list: 4,000 requests over 20 keep-alive clients.
+        let flood_started = std::time::Instant::now();
+        let floods = (0..20).map(|_| {
+            let url = app.http("/api/rooms");
+            async move {
+                let client = reqwest::Client::new();
+                for _ in 0..200 {
+                    let r = client.get(&url).send().await.unwrap();
+                    assert!(r.status().is_success());
+                    r.bytes().await.unwrap();
+                }
+            }
+        });
+        futures_util::future::join_all(floods).await;
+        let flood = flood_started.elapsed();
+
+        let reap_started = std::time::Instant::now();
+        while room_rows(&app) > 3 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        eprintln!(
+            "refresh {refresh:?}: created {rooms} rooms in {created:.1?}; listed {listed}; \
+             WAL {wal_bytes} B, live pages {pages}; 4,000 /api/rooms in {flood:.2?}; \
+             all removed {:.1?} later; live pages then {}",
+            reap_started.elapsed(),
+            live_pages(&app)
+        );
+        drop(spammers);
+    }
+}

@@ -100,10 +100,11 @@ fn now_ms() -> i64 {
 
 /// The rule of [`StaleRooms`] as SQL, over `?1` (`unused_before`) and `?2`
 /// (`idle_before`): `last_active` is creation, the last message, or the
-/// last time people were seen in the room, whichever is latest.
+/// last time people were seen in the room, whichever is latest. The first
+/// term lets SQLite read only that range of `rooms_by_activity`.
 macro_rules! stale {
     () => {
-        "((last_seq = 0 AND last_active < ?1) OR last_active < ?2)"
+        "(last_active < MAX(?1, ?2) AND ((last_seq = 0 AND last_active < ?1) OR last_active < ?2))"
     };
 }
 
