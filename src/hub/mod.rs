@@ -12,6 +12,9 @@
 //! → delivered by the [`Registry`] to each member's outbox → the round's
 //! socket writes handed to the kernel together (`batch`). A join reads its
 //! catch-up from `recent` when it can, from storage otherwise.
+//!
+//! Rooms nobody uses, and rooms an operator removed, are removed by the
+//! [`Reaper`] (`lifecycle`), which also makes the hub forget them.
 
 mod batch;
 mod lifecycle;

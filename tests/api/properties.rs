@@ -1462,25 +1462,26 @@ impl Run {
             count.1 += 1;
             new_person = count.1 == 1;
         }
+        // A `since` past the room's last seq (from a removed room of that
+        // name) is answered as no `since`, with `truncated`.
+        let stale_since = since.is_some_and(|since| since > log.len() as u64);
         let messages: Vec<Value> = match since {
-            None => log[log.len().saturating_sub(50)..].to_vec(),
-            Some(since) => log
+            Some(since) if !stale_since => log
                 .iter()
                 .filter(|m| m["seq"].as_u64().unwrap() > since)
                 .cloned()
                 .collect(),
+            _ => log[log.len().saturating_sub(50)..].to_vec(),
         };
         let users = model.users(&room);
-        let mut frames = vec![(
-            c,
-            Expect::reply(
-                json!({
-                    "type": "joined", "room": room, "users": users.clone(),
-                    "messages": messages, "last_seq": log.len(),
-                }),
-                r#ref,
-            ),
-        )];
+        let mut joined = json!({
+            "type": "joined", "room": room, "users": users.clone(),
+            "messages": messages, "last_seq": log.len(),
+        });
+        if stale_since {
+            joined["truncated"] = json!(true);
+        }
+        let mut frames = vec![(c, Expect::reply(joined, r#ref))];
         if first_join {
             frames.push((
                 c,
