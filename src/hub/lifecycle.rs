@@ -170,6 +170,11 @@ impl Hub {
         if rooms.is_empty() {
             return Ok((looked_at, 0));
         }
+        // The bulk of their messages first, without the lifecycle lock: a
+        // long history takes a while, and joins and sends elsewhere go on.
+        // (Someone joining such a room meanwhile finds it, and keeps it,
+        // with only its newest messages.)
+        self.store.delete_stale_messages(stale, &rooms).await?;
         let _closed = self.lifecycle.write().await;
         // Someone may have joined while the lock was awaited.
         rooms.retain(|room| !self.registry.is_occupied(room));
@@ -265,6 +270,14 @@ impl MessageStore for Tally {
         limit: u32,
     ) -> Result<Vec<RoomName>, StorageError> {
         self.inner.stale_rooms(stale, limit).await
+    }
+
+    async fn delete_stale_messages(
+        &self,
+        stale: StaleRooms,
+        rooms: &[RoomName],
+    ) -> Result<u64, StorageError> {
+        self.inner.delete_stale_messages(stale, rooms).await
     }
 
     async fn delete_stale_rooms(

@@ -354,6 +354,13 @@ mod tests {
         async fn stale_rooms(&self, _: StaleRooms, _: u32) -> Result<Vec<RoomName>, StorageError> {
             unreachable!("the writer only appends")
         }
+        async fn delete_stale_messages(
+            &self,
+            _: StaleRooms,
+            _: &[RoomName],
+        ) -> Result<u64, StorageError> {
+            unreachable!("the writer only appends")
+        }
         async fn delete_stale_rooms(
             &self,
             _: StaleRooms,

@@ -95,6 +95,17 @@ pub trait MessageStore: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<RoomName>, StorageError>;
 
+    /// Deletes the messages of those of `rooms` that `stale` still removes,
+    /// oldest first, in transactions of a few thousand rows, leaving the
+    /// rooms and their newest messages for [`MessageStore::delete_stale_rooms`]:
+    /// removing a room with a long history then never holds the database's
+    /// write lock (or the hub's) for long. Returns how many were deleted.
+    async fn delete_stale_messages(
+        &self,
+        stale: StaleRooms,
+        rooms: &[RoomName],
+    ) -> Result<u64, StorageError>;
+
     /// Removes those of `rooms` that `stale` still removes (checked again
     /// here, in the same transaction), with their messages; returns them.
     async fn delete_stale_rooms(

@@ -108,6 +108,10 @@ macro_rules! stale {
     };
 }
 
+/// Messages deleted per transaction when a room goes: a few milliseconds
+/// of holding the write lock, which appends wait for.
+const DELETE_CHUNK: i64 = 5_000;
+
 /// Deletes a room's messages, then the room (messages refer to it).
 async fn delete_room_rows(
     tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
@@ -234,7 +238,58 @@ impl MessageStore for SqliteStore {
         Ok(deleted)
     }
 
+    async fn delete_stale_messages(
+        &self,
+        stale: StaleRooms,
+        rooms: &[RoomName],
+    ) -> Result<u64, StorageError> {
+        let mut deleted = 0;
+        for room in rooms {
+            loop {
+                // One statement, one transaction: the oldest chunk of a room
+                // that is still stale.
+                let n = sqlx::query(concat!(
+                    "DELETE FROM messages WHERE room_id = ",
+                    "(SELECT id FROM rooms WHERE name = ?3 AND ",
+                    stale!(),
+                    ") AND seq < ?4 + ",
+                    "(SELECT MIN(seq) FROM messages WHERE room_id = ",
+                    "(SELECT id FROM rooms WHERE name = ?3))"
+                ))
+                .bind(stale.unused_before)
+                .bind(stale.idle_before)
+                .bind(room.as_str())
+                .bind(DELETE_CHUNK)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+                deleted += n;
+                if n < DELETE_CHUNK as u64 {
+                    break;
+                }
+            }
+        }
+        Ok(deleted)
+    }
+
     async fn delete_room(&self, room: &RoomName, announce: bool) -> Result<bool, StorageError> {
+        // The history first, a chunk per transaction (messages sent
+        // meanwhile get seqs above these), then the rest with the room.
+        loop {
+            let n = sqlx::query(
+                "DELETE FROM messages WHERE room_id = (SELECT id FROM rooms WHERE name = ?1) \
+                 AND seq < ?2 + (SELECT MIN(seq) FROM messages WHERE room_id = \
+                 (SELECT id FROM rooms WHERE name = ?1))",
+            )
+            .bind(room.as_str())
+            .bind(DELETE_CHUNK)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            if n < DELETE_CHUNK as u64 {
+                break;
+            }
+        }
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let id: Option<i64> = sqlx::query_scalar("SELECT id FROM rooms WHERE name = ?1")
             .bind(room.as_str())
@@ -585,6 +640,64 @@ mod tests {
         // A room created again under the same name starts empty.
         let again = store.append(vec![message("talk", "3")]).await.unwrap();
         assert_eq!(seqs(&again), [("3", 1)]);
+    }
+
+    #[tokio::test]
+    async fn a_long_history_is_deleted_a_chunk_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir).await;
+        let mut id = 0;
+        for _ in 0..12 {
+            let batch = (0..1_000)
+                .map(|_| {
+                    id += 1;
+                    message("long", &id.to_string())
+                })
+                .collect();
+            store.append(batch).await.unwrap();
+        }
+        store.append(vec![message("other", "x")]).await.unwrap();
+        let idle = StaleRooms {
+            unused_before: 0,
+            idle_before: now_ms() + 1,
+        };
+        // Only rooms still stale, oldest messages first, a chunk at a time.
+        let deleted = store
+            .delete_stale_messages(idle, &[room("long")])
+            .await
+            .unwrap();
+        assert_eq!(deleted, 12_000);
+        let kept = StaleRooms {
+            unused_before: 0,
+            idle_before: 0,
+        };
+        assert_eq!(
+            store
+                .delete_stale_messages(kept, &[room("other")])
+                .await
+                .unwrap(),
+            0
+        );
+        assert_eq!(count(&store, "messages").await, 1);
+        assert_eq!(
+            store
+                .delete_stale_rooms(idle, &[room("long")])
+                .await
+                .unwrap(),
+            [room("long")]
+        );
+        // The operator's removal, also in chunks.
+        store
+            .append(
+                (0..6_000)
+                    .map(|i| message("big", &format!("b{i}")))
+                    .collect(),
+            )
+            .await
+            .unwrap();
+        assert!(store.delete_room(&room("big"), false).await.unwrap());
+        assert_eq!(count(&store, "messages").await, 1);
+        assert_eq!(count(&store, "rooms").await, 1);
     }
 
     #[tokio::test]
