@@ -21,6 +21,13 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                     room.as_str()
                 );
             }
+            // Opening would create a missing database: a mistyped path must
+            // not leave an empty one behind and report "no room".
+            let path = args.database_url.trim_start_matches("sqlite://");
+            let path = path.split('?').next().unwrap_or(path);
+            if args.database_url.starts_with("sqlite://") && !std::path::Path::new(path).exists() {
+                bail!("there is no database at {path:?} (--database-url)");
+            }
             let store = SqliteStore::connect(&args.database_url)
                 .await
                 .with_context(|| format!("opening {}", args.database_url))?;

@@ -268,6 +268,22 @@ async fn the_operator_cannot_remove_default_or_missing_rooms() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no room"));
     assert_eq!(room_rows(&app), 3);
+    // A mistyped database is reported, not created.
+    let missing = format!("{}.missing", app.db_url);
+    let out = Command::new(env!("CARGO_BIN_EXE_chatterpro"))
+        .args([
+            "admin",
+            "--database-url",
+            &missing,
+            "delete-room",
+            "Nowhere",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no database"));
+    assert!(!PathBuf::from(missing.trim_start_matches("sqlite://")).exists());
 }
 
 #[tokio::test]
