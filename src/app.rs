@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::conn;
 use crate::domain::RoomName;
 use crate::http::{self, AllowedOrigins, AppState, ServeSettings, SocketBudget, TrustedProxies};
-use crate::hub::{Hub, HubConfig, Pacing, Registry, SocketWrites};
+use crate::hub::{Hub, HubConfig, Pacing, Reaper, ReaperConfig, Registry, SocketWrites};
 use crate::limits::AddressLimits;
 use crate::metrics::Metrics;
 use crate::storage::{MessageStore, SqliteStore, StorageError};
@@ -40,6 +40,7 @@ pub struct App {
     registry: Arc<Registry>,
     writer: JoinHandle<()>,
     writer_stop: CancellationToken,
+    reaper: Reaper,
 }
 
 /// Picks the storage backend from the URL's scheme.
@@ -86,6 +87,8 @@ impl App {
             write_batch_max: config.write_batch as usize,
             write_queue: 4 * config.write_batch as usize,
             commit_interval: config.commit_interval,
+            room_list_window: config.room_list_window,
+            room_list_refresh: config.room_list_refresh,
         };
         let (hub, writer) = Hub::start(
             hub_config,
@@ -95,6 +98,16 @@ impl App {
             metrics,
             writer_stop.clone(),
         );
+        let hub = Arc::new(hub);
+        let reaper = Reaper::build(
+            hub.clone(),
+            ReaperConfig {
+                unused_ttl: config.unused_room_ttl,
+                idle_ttl: config.idle_room_ttl,
+                interval: config.room_reap_interval,
+            },
+        )
+        .await?;
         let listener = TcpListener::bind(config.addr)
             .await
             .with_context(|| format!("binding {}", config.addr))?;
@@ -118,7 +131,7 @@ impl App {
             limits.max_connections = budget.sockets;
         }
         let state = AppState {
-            hub: Arc::new(hub),
+            hub,
             conn_settings: conn::Settings {
                 outbox_capacity: config.outbox_capacity as usize,
                 outbox_bytes: config.outbox_bytes,
@@ -139,6 +152,7 @@ impl App {
             registry,
             writer,
             writer_stop,
+            reaper,
         })
     }
 
@@ -169,6 +183,7 @@ impl App {
             registry,
             writer,
             writer_stop,
+            reaper,
         } = self;
         tracing::info!(
             addr = %listener.local_addr()?,
@@ -200,8 +215,15 @@ impl App {
                 }
             })
         };
+        let stop_reaping = CancellationToken::new();
+        let reaper = tokio::spawn(reaper.run(stop_reaping.clone()));
         shutdown.await;
         stop_accepting.cancel();
+        // No room is removed while shutting down (a removal waits for the writer).
+        stop_reaping.cancel();
+        if let Err(e) = reaper.await {
+            tracing::error!(error = %e, "room reaper failed");
+        }
         // Store everything queued before any connection is told to go.
         writer_stop.cancel();
         match tokio::time::timeout(WRITER_GRACE, writer).await {

@@ -34,6 +34,44 @@ pub struct Cli {
 pub enum Command {
     /// Load generator: drives any ChatterPro server with protocol v1 traffic.
     Bench(crate::bench::BenchArgs),
+    /// Operator's tasks on the server's database (also while it runs).
+    Admin(AdminArgs),
+}
+
+/// `chatterpro admin …`: works on the database a server uses, running or not.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AdminArgs {
+    /// The server's database (the same flag and variable as the server's).
+    #[arg(
+        long,
+        env = "CHATTERPRO_DATABASE_URL",
+        default_value = "sqlite://chatterpro.db"
+    )]
+    pub database_url: String,
+
+    /// The server's default rooms, which are never removed (the same flag
+    /// and variable as the server's).
+    #[arg(
+        long = "rooms",
+        env = "CHATTERPRO_ROOMS",
+        value_delimiter = ',',
+        default_value = "Chat Room,Business Room,Gaming Room"
+    )]
+    pub default_rooms: Vec<String>,
+
+    #[command(subcommand)]
+    pub task: AdminTask,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum AdminTask {
+    /// Removes a room and all its messages. A running server on the same
+    /// database notices within a second: the room's members get a notice
+    /// and `left`. Default rooms cannot be removed.
+    DeleteRoom {
+        /// The room's name, as shown in the app.
+        name: String,
+    },
 }
 
 /// The server's settings.
@@ -235,6 +273,36 @@ pub struct Config {
     )]
     pub conns_per_ip_per_minute: NonZeroU32,
 
+    /// The join page lists, besides the default rooms and rooms with people
+    /// in them, rooms with a message within this long (newest first).
+    #[arg(long, env = "CHATTERPRO_ROOM_LIST_WINDOW", default_value = "7d",
+          value_parser = parse_duration)]
+    pub room_list_window: Duration,
+
+    /// How long one room list (join page, `welcome`, `rooms`) is reused
+    /// before it is built again from storage and presence (0: for every request).
+    #[arg(long, env = "CHATTERPRO_ROOM_LIST_REFRESH", default_value = "1s",
+          value_parser = parse_duration)]
+    pub room_list_refresh: Duration,
+
+    /// A room that never had a message is removed once nobody has been in
+    /// it for this long (default rooms never).
+    #[arg(long, env = "CHATTERPRO_UNUSED_ROOM_TTL", default_value = "1h",
+          value_parser = parse_duration)]
+    pub unused_room_ttl: Duration,
+
+    /// A room nobody has been in or written to for this long is removed
+    /// with its messages (default rooms never).
+    #[arg(long, env = "CHATTERPRO_IDLE_ROOM_TTL", default_value = "30d",
+          value_parser = parse_duration)]
+    pub idle_room_ttl: Duration,
+
+    /// How often unused rooms are looked for, and rooms with people in them
+    /// are recorded as in use (at least 10ms).
+    #[arg(long, env = "CHATTERPRO_ROOM_REAP_INTERVAL", default_value = "1m",
+          value_parser = parse_reap_interval)]
+    pub room_reap_interval: Duration,
+
     /// New rooms one IP address may create per minute (rate_limited
     /// beyond); an IPv6 /48 may create four times as many.
     #[arg(long, env = "CHATTERPRO_ROOMS_PER_IP_PER_MINUTE", default_value = "10")]
@@ -347,6 +415,18 @@ pub(crate) fn parse_network(raw: &str) -> Result<IpNet, String> {
     })
 }
 
+fn parse_duration(raw: &str) -> Result<Duration, String> {
+    humantime::parse_duration(raw).map_err(|e| e.to_string())
+}
+
+fn parse_reap_interval(raw: &str) -> Result<Duration, String> {
+    let interval = parse_duration(raw)?;
+    if interval < Duration::from_millis(10) {
+        return Err("must be at least 10ms".into());
+    }
+    Ok(interval)
+}
+
 fn parse_window(raw: &str) -> Result<Duration, String> {
     let window = humantime::parse_duration(raw).map_err(|e| e.to_string())?;
     if window > Duration::from_secs(1) {
@@ -412,6 +492,8 @@ impl Config {
         config.addr = SocketAddr::from(([127, 0, 0, 1], 0));
         config.metrics_addr = SocketAddr::from(([127, 0, 0, 1], 0));
         config.database_url = database_url.into();
+        // Tests check room lists right after the change they expect.
+        config.room_list_refresh = Duration::ZERO;
         config
     }
 }

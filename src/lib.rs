@@ -2,6 +2,7 @@
 //!
 //! Module map (dependencies point down this list, never up):
 //! - [`app`]: builds everything from [`config`], binds, runs until shutdown.
+//! - [`admin`]: `chatterpro admin …`, an operator's tasks on the server's database.
 //! - [`bench`]: the `chatterpro bench` load generator (a client; uses nothing of the server).
 //! - [`http`]: the accept loop (hyper, HTTP/1.1) and the router — WebSocket
 //!   handshake, embedded assets, health, metrics.
@@ -9,7 +10,8 @@
 //!   (frames decoded in `conn::wire`) and a writer for what the outbox could
 //!   not write straight through (`hub::peer`).
 //! - [`hub`]: names, rooms, presence and pacing, the group-commit writer — who is where;
-//!   a delivery round's socket writes batched through io_uring (`hub::batch`).
+//!   a delivery round's socket writes batched through io_uring (`hub::batch`);
+//!   removal of unused rooms (`hub::lifecycle`).
 //! - [`storage`]: the `MessageStore` trait and its SQLite implementation.
 //! - [`broker`]: the `Broker` trait (fan-out between servers) and its in-process implementation.
 //! - [`protocol`]: the wire format (requests, replies, error codes, limits).
@@ -17,6 +19,7 @@
 //!   and WebSocket-framed once, shared by its recipients; [`clock`],
 //!   [`metrics`], [`telemetry`].
 
+pub mod admin;
 pub mod app;
 pub mod bench;
 pub mod broker;

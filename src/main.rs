@@ -2,7 +2,7 @@ use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 
 use chatterpro::config::{Cli, Command};
-use chatterpro::{App, bench, telemetry};
+use chatterpro::{App, admin, bench, telemetry};
 
 /// mimalloc instead of glibc's malloc: with thousands of connections,
 /// glibc's `_int_malloc`/`malloc_consolidate` were ~6 % of a busy server's
@@ -15,8 +15,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     telemetry::init();
-    if let Some(Command::Bench(args)) = cli.command {
-        return bench::run(args).await;
+    match cli.command {
+        Some(Command::Bench(args)) => return bench::run(args).await,
+        Some(Command::Admin(args)) => return admin::run(args).await,
+        None => {}
     }
     let app = App::build(cli.serve).await?;
     // Tests and scripts read this line to learn the port.

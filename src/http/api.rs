@@ -1,25 +1,22 @@
 //! JSON endpoints for the join page, which needs the room list before it has
 //! a WebSocket identity.
 
-use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
-use serde::Serialize;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
 
 use super::AppState;
-use crate::protocol::RoomInfo;
 
-#[derive(Serialize)]
-pub struct Rooms {
-    rooms: Vec<RoomInfo>,
-}
-
-/// `GET /api/rooms`: `{"rooms":[{"name":"Chat Room","online":2},…]}`.
-pub async fn rooms(State(state): State<AppState>) -> Result<Json<Rooms>, StatusCode> {
-    let rooms = state
+/// `GET /api/rooms`: `{"rooms":[{"name":"Chat Room","online":2},…]}`, the
+/// hub's shared room list, serialized once per refresh, not per request.
+pub async fn rooms(State(state): State<AppState>) -> Result<impl IntoResponse, StatusCode> {
+    let list = state
         .hub
-        .rooms()
+        .room_list()
         .await
         .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
-    Ok(Json(Rooms { rooms }))
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        list.json.clone(),
+    ))
 }

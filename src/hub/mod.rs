@@ -12,8 +12,12 @@
 //! → delivered by the [`Registry`] to each member's outbox → the round's
 //! socket writes handed to the kernel together (`batch`). A join reads its
 //! catch-up from `recent` when it can, from storage otherwise.
+//!
+//! Rooms nobody uses, and rooms an operator removed, are removed by the
+//! [`Reaper`] (`lifecycle`), which also makes the hub forget them.
 
 mod batch;
+mod lifecycle;
 mod peer;
 mod presence;
 mod recent;
@@ -22,19 +26,23 @@ mod writer;
 
 pub use crate::frame::Frame;
 pub use batch::SocketWrites;
+pub use lifecycle::{Reaper, ReaperConfig};
 pub use peer::{ConnId, DirectWrite, Kick, Outbox, Peer, Pushed};
 pub use registry::{Pacing, PreparedCatchUp, Refusal, Registry};
 pub use writer::{SendTicket, SendsInFlight};
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use bytes::Bytes;
+use tokio::sync::{RwLock, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::Broker;
+use crate::clock;
 use crate::domain::{InputError, MessageText, Nickname, Nonce, RoomName};
 use crate::metrics::Metrics;
 use crate::protocol::{
@@ -49,8 +57,6 @@ use writer::{SendJob, Writer};
 pub const ROOM_LIST_MAX: usize = 100;
 /// Newest messages kept in memory per joined room (at least the join history).
 const RECENT_KEPT: usize = 100;
-/// How long a room list read from storage is reused.
-const ROOM_LIST_TTL: Duration = Duration::from_secs(1);
 
 /// Settings the hub takes from the configuration.
 #[derive(Debug, Clone)]
@@ -67,6 +73,19 @@ pub struct HubConfig {
     pub write_queue: usize,
     /// Least time between the starts of two commits.
     pub commit_interval: Duration,
+    /// Empty rooms are listed if they had a message within this.
+    pub room_list_window: Duration,
+    /// How long one room list is reused (zero: built for every request).
+    pub room_list_refresh: Duration,
+}
+
+/// The room list as last built: for `welcome` and `rooms` replies, and as
+/// the body of `GET /api/rooms`, serialized once.
+pub struct RoomList {
+    built: Instant,
+    pub rooms: Vec<RoomInfo>,
+    /// `{"rooms":[…]}`.
+    pub json: Bytes,
 }
 
 /// A `send` request, its fields not yet parsed (but the room's).
@@ -81,11 +100,24 @@ pub struct Hub {
     registry: Arc<Registry>,
     /// Newest messages of joined rooms: most joins need no storage read.
     recent: Arc<RecentMessages>,
-    /// Rooms known to exist in storage (rooms are never deleted), so that
-    /// checking before a join does not cost a query each time.
+    /// Rooms known to exist in storage, so that checking before a join
+    /// does not cost a query each time. A room is taken out when it is
+    /// removed ([`lifecycle`]).
     known_rooms: Mutex<HashSet<RoomName>>,
-    /// The last room-list read from storage, and when.
-    recent_rooms: Mutex<Option<(Instant, Arc<Vec<String>>)>>,
+    /// The last room list built, shared by every request for it until it
+    /// is older than `room_list_refresh`.
+    room_list: Mutex<Option<Arc<RoomList>>>,
+    /// Held while a room list is built, so that a flood of requests finding
+    /// it stale builds it once, not once each.
+    room_list_build: tokio::sync::Mutex<()>,
+    /// Joins and sends hold it to read; removing a room holds it to write,
+    /// so that no join or send is half done for a room while it goes.
+    lifecycle: RwLock<()>,
+    /// Sends handed to the writer so far, and (from the writer's store)
+    /// sends it has stored or failed: a removal waits until the second
+    /// reaches the first, so that no send accepted before it recreates the room.
+    queued: AtomicU64,
+    settled: watch::Receiver<u64>,
     store: Arc<dyn MessageStore>,
     jobs_tx: mpsc::Sender<SendJob>,
     config: HubConfig,
@@ -121,9 +153,10 @@ impl Hub {
         let recent = Arc::new(RecentMessages::new(
             (config.history_on_join as usize).max(RECENT_KEPT),
         ));
+        let (tally, settled) = lifecycle::Tally::new(store.clone());
         let writer = Writer {
             recent: recent.clone(),
-            store: store.clone(),
+            store: Arc::new(tally),
             broker,
             metrics: metrics.clone(),
             batch_max: config.write_batch_max,
@@ -134,7 +167,11 @@ impl Hub {
             recent,
             registry,
             known_rooms: Mutex::new(HashSet::new()),
-            recent_rooms: Mutex::new(None),
+            room_list: Mutex::new(None),
+            room_list_build: tokio::sync::Mutex::new(()),
+            lifecycle: RwLock::new(()),
+            queued: AtomicU64::new(0),
+            settled,
             store,
             jobs_tx,
             config,
@@ -164,47 +201,20 @@ impl Hub {
         since: Option<u64>,
         r#ref: Option<&Ref>,
     ) -> Result<(), Refusal> {
+        // Not while the room is being removed (see `lifecycle`).
+        let _open = self.lifecycle.read().await;
         let was_member = self.registry.begin_join(&room, peer, name);
-        let limit = if since.is_some() {
-            SINCE_LIMIT
-        } else {
-            self.config.history_on_join
-        };
         let catch_up = async {
-            // The gate is up (begin_join), so a snapshot taken now, from
-            // memory or storage, is followed by everything newer, live.
-            if let Some((messages, last_seq)) = self.recent.catch_up(&room, since, limit)
-                && (since.is_none() || messages.as_json().len() <= SINCE_MAX_BYTES)
-            {
-                return Ok(PreparedCatchUp {
-                    messages,
-                    last_seq,
-                    truncated: false,
-                });
+            let prepared = self.catch_up(&room, since).await?;
+            // A `since` beyond the room's newest message was given for an
+            // earlier room of this name, since removed: the client is told
+            // to start over (`truncated`) with this room's latest messages.
+            if since.is_some_and(|since| since > prepared.last_seq) {
+                let mut fresh = self.catch_up(&room, None).await?;
+                fresh.truncated = true;
+                return Ok(fresh);
             }
-            // Rooms are never deleted: a known room needs no write.
-            if !self.known_rooms().contains(&room) && self.store.create_room(&room).await? {
-                // A new room belongs in the next room list at once.
-                *self.recent_rooms_cache() = None;
-            }
-            let stored = self.store.catch_up(&room, since, limit).await?;
-            if since.is_none() {
-                self.recent.offer(&room, &stored, limit);
-            }
-            // Serialized here, outside the registry's lock.
-            if since.is_some() {
-                let (messages, cut) = newest_within(&stored.messages, SINCE_MAX_BYTES);
-                return Ok(PreparedCatchUp {
-                    messages,
-                    last_seq: stored.last_seq,
-                    truncated: stored.truncated || cut,
-                });
-            }
-            Ok::<_, StorageError>(PreparedCatchUp {
-                messages: EncodedMessages::encode(&stored.messages),
-                last_seq: stored.last_seq,
-                truncated: stored.truncated,
-            })
+            Ok::<_, StorageError>(prepared)
         };
         match catch_up.await {
             Ok(catch_up) => {
@@ -219,6 +229,52 @@ impl Hub {
                 Err(internal(e))
             }
         }
+    }
+
+    /// A joiner's catch-up, creating the room if needed. The join gate must
+    /// be up (`begin_join`), so that a snapshot taken now, from memory or
+    /// storage, is followed by everything newer, live.
+    async fn catch_up(
+        &self,
+        room: &RoomName,
+        since: Option<u64>,
+    ) -> Result<PreparedCatchUp, StorageError> {
+        let limit = if since.is_some() {
+            SINCE_LIMIT
+        } else {
+            self.config.history_on_join
+        };
+        if let Some((messages, last_seq)) = self.recent.catch_up(room, since, limit)
+            && (since.is_none() || messages.as_json().len() <= SINCE_MAX_BYTES)
+        {
+            return Ok(PreparedCatchUp {
+                messages,
+                last_seq,
+                truncated: false,
+            });
+        }
+        // A known room needs no write: a removed one is forgotten first.
+        if !self.known_rooms().contains(room) {
+            self.store.create_room(room).await?;
+        }
+        let stored = self.store.catch_up(room, since, limit).await?;
+        if since.is_none() {
+            self.recent.offer(room, &stored, limit);
+        }
+        // Serialized here, outside the registry's lock.
+        if since.is_some() {
+            let (messages, cut) = newest_within(&stored.messages, SINCE_MAX_BYTES);
+            return Ok(PreparedCatchUp {
+                messages,
+                last_seq: stored.last_seq,
+                truncated: stored.truncated || cut,
+            });
+        }
+        Ok(PreparedCatchUp {
+            messages: EncodedMessages::encode(&stored.messages),
+            last_seq: stored.last_seq,
+            truncated: stored.truncated,
+        })
     }
 
     /// Accepts a message for storing; the writer replies `sent` once it is
@@ -239,6 +295,9 @@ impl Hub {
             nonce,
             r#ref,
         } = outgoing;
+        // Held until the send is queued: a room's removal waits for it,
+        // then for the writer to store it (see `lifecycle`).
+        let _open = self.lifecycle.read().await;
         self.require_member(&room, peer)?;
         let text = MessageText::parse(text).map_err(|e| match e {
             InputError::TooLong(_) => Refusal::new(ErrorCode::TooLarge, format!("text {e}")),
@@ -270,6 +329,7 @@ impl Hub {
             .send(job)
             .await
             .map_err(|_| Refusal::new(ErrorCode::Internal, "the server is shutting down"))?;
+        self.queued.fetch_add(1, Ordering::Release);
         self.metrics.messages_received.inc();
         Ok(())
     }
@@ -301,11 +361,53 @@ impl Hub {
         Ok((room, messages))
     }
 
-    /// The room list people pick from: the default rooms in their configured
-    /// order, then rooms with people in them (most first), then the most
-    /// recently active; at most [`ROOM_LIST_MAX`], however many rooms exist.
+    /// The room list people pick from (see [`Hub::room_list`]).
     pub async fn rooms(&self) -> Result<Vec<RoomInfo>, Refusal> {
-        let recent = self.recent_rooms().await?;
+        Ok(self.room_list().await?.rooms.clone())
+    }
+
+    /// The room list people pick from: the default rooms in their configured
+    /// order, then rooms with people in them (most first), then those with
+    /// the latest messages within `room_list_window`; at most
+    /// [`ROOM_LIST_MAX`], however many rooms exist. Rooms nobody is in and
+    /// nobody wrote in lately are left out, so creating rooms fills nothing.
+    ///
+    /// Built at most once per `room_list_refresh` and shared: every `hello`,
+    /// `rooms` request and `GET /api/rooms` wants it, and a flood of them
+    /// must cost neither a storage read nor a pass over every room each.
+    /// Its order and counts may lag that much.
+    pub async fn room_list(&self) -> Result<Arc<RoomList>, Refusal> {
+        if let Some(list) = self.fresh_room_list() {
+            return Ok(list);
+        }
+        let _building = self.room_list_build.lock().await;
+        // Built meanwhile by the request this one waited for?
+        if let Some(list) = self.fresh_room_list() {
+            return Ok(list);
+        }
+        let list = Arc::new(self.build_room_list().await?);
+        *self.room_list_slot() = Some(list.clone());
+        Ok(list)
+    }
+
+    fn fresh_room_list(&self) -> Option<Arc<RoomList>> {
+        self.room_list_slot()
+            .as_ref()
+            .filter(|list| list.built.elapsed() < self.config.room_list_refresh)
+            .cloned()
+    }
+
+    fn room_list_slot(&self) -> MutexGuard<'_, Option<Arc<RoomList>>> {
+        self.room_list.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn build_room_list(&self) -> Result<RoomList, Refusal> {
+        let window = i64::try_from(self.config.room_list_window.as_millis()).unwrap_or(i64::MAX);
+        let recent = self
+            .store
+            .recent_rooms(clock::now_ms().saturating_sub(window), ROOM_LIST_MAX as u32)
+            .await
+            .map_err(internal)?;
         // Enough of the busiest rooms to fill the list even if every default
         // room is among them.
         let busy = self
@@ -323,36 +425,21 @@ impl Hub {
             .take(ROOM_LIST_MAX)
             .collect();
         let online = self.registry.online_in(&names);
-        Ok(names
+        let rooms: Vec<RoomInfo> = names
             .into_iter()
             .zip(online)
             .map(|(name, online)| RoomInfo {
                 name: name.to_owned(),
                 online,
             })
-            .collect())
-    }
-
-    /// The most recently active rooms, from storage at most once per
-    /// [`ROOM_LIST_TTL`]: every `hello` wants the list, and its order may lag a little.
-    async fn recent_rooms(&self) -> Result<Arc<Vec<String>>, Refusal> {
-        if let Some((at, names)) = self.recent_rooms_cache().as_ref()
-            && at.elapsed() < ROOM_LIST_TTL
-        {
-            return Ok(names.clone());
-        }
-        let names = Arc::new(
-            self.store
-                .recent_rooms(ROOM_LIST_MAX as u32)
-                .await
-                .map_err(internal)?,
-        );
-        *self.recent_rooms_cache() = Some((Instant::now(), names.clone()));
-        Ok(names)
-    }
-
-    fn recent_rooms_cache(&self) -> MutexGuard<'_, Option<(Instant, Arc<Vec<String>>)>> {
-        self.recent_rooms.lock().unwrap_or_else(|e| e.into_inner())
+            .collect();
+        let json = serde_json::to_vec(&serde_json::json!({ "rooms": rooms }))
+            .expect("room names serialize");
+        Ok(RoomList {
+            built: Instant::now(),
+            rooms,
+            json: Bytes::from(json),
+        })
     }
 
     /// Whether the room exists (joining it would not create it).

@@ -187,6 +187,16 @@ impl RecentMessages {
     }
 }
 
+impl RecentMessages {
+    /// Forgets a removed room: its tail and its last committed seq (a room
+    /// created again under the name starts its seqs over).
+    pub fn forget(&self, room: &RoomName) {
+        let mut inner = self.lock();
+        inner.drop_tail(room);
+        inner.committed.remove(room);
+    }
+}
+
 impl Inner {
     fn drop_tail(&mut self, room: &RoomName) {
         if let Some(tail) = self.tails.remove(room) {

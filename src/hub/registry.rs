@@ -617,6 +617,58 @@ impl Registry {
             .collect()
     }
 
+    /// Rooms with at least one member now.
+    pub fn occupied(&self) -> Vec<RoomName> {
+        self.lock().rooms.keys().cloned().collect()
+    }
+
+    /// Whether anyone is in `room` (a member, or a joiner still catching up).
+    pub fn is_occupied(&self, room: &RoomName) -> bool {
+        self.lock().rooms.contains_key(room)
+    }
+
+    /// Takes everyone out of a room that no longer exists: each member gets
+    /// what pacing still held for it (those messages were stored), then
+    /// `notice` and a `left` for the room, which is forgotten with its
+    /// pacing state. Returns how many connections were in it.
+    pub fn close_room(&self, room: &RoomName, notice: &str) -> usize {
+        let mut state = self.lock();
+        let Some(mut entry) = state.rooms.remove(room) else {
+            return 0;
+        };
+        self.metrics.rooms_active.dec();
+        let mut out = Vec::new();
+        let n = entry.flush_held(Instant::now(), &mut out);
+        self.metrics.frames_out.inc_by(n);
+        let frames = [
+            Frame::new(encode(
+                &ServerMsg::Notice {
+                    room: room.as_str().to_owned(),
+                    text: notice.to_owned(),
+                    ts: clock::now_ms(),
+                },
+                None,
+            )),
+            Frame::new(encode(
+                &ServerMsg::Left {
+                    room: room.as_str().to_owned(),
+                },
+                None,
+            )),
+        ];
+        let members = entry.members.len();
+        for (conn, member) in entry.members {
+            if let Some(rooms) = state.conns.get_mut(&conn) {
+                rooms.remove(room);
+            }
+            member.peer.queue(&frames);
+            out.push(member.peer);
+        }
+        drop(state);
+        self.write_out(&out);
+        members
+    }
+
     /// Distinct people online in each of `rooms` (0 where nobody is).
     pub fn online_in(&self, rooms: &[&str]) -> Vec<usize> {
         let state = self.lock();

@@ -364,7 +364,7 @@ mod tests {
 
     use crate::broker::BrokerError;
     use crate::hub::Outbox;
-    use crate::storage::CatchUp;
+    use crate::storage::{CatchUp, RoomDeletion, StaleRooms};
 
     /// What the writer did, in order: `append` when a batch reached the
     /// store, `publish` when its messages went to the broker.
@@ -438,7 +438,39 @@ mod tests {
         async fn room_exists(&self, _: &RoomName) -> Result<bool, StorageError> {
             unreachable!("the writer only appends")
         }
-        async fn recent_rooms(&self, _: u32) -> Result<Vec<String>, StorageError> {
+        async fn recent_rooms(&self, _: i64, _: u32) -> Result<Vec<String>, StorageError> {
+            unreachable!("the writer only appends")
+        }
+        async fn touch_rooms(&self, _: &[RoomName], _: i64) -> Result<(), StorageError> {
+            unreachable!("the writer only appends")
+        }
+        async fn stale_rooms(&self, _: StaleRooms, _: u32) -> Result<Vec<RoomName>, StorageError> {
+            unreachable!("the writer only appends")
+        }
+        async fn delete_stale_messages(
+            &self,
+            _: StaleRooms,
+            _: &[RoomName],
+        ) -> Result<u64, StorageError> {
+            unreachable!("the writer only appends")
+        }
+        async fn delete_stale_rooms(
+            &self,
+            _: StaleRooms,
+            _: &[RoomName],
+        ) -> Result<Vec<RoomName>, StorageError> {
+            unreachable!("the writer only appends")
+        }
+        async fn delete_room(&self, _: &RoomName, _: bool) -> Result<bool, StorageError> {
+            unreachable!("the writer only appends")
+        }
+        async fn room_deletions(&self, _: i64) -> Result<Vec<RoomDeletion>, StorageError> {
+            unreachable!("the writer only appends")
+        }
+        async fn last_room_deletion(&self) -> Result<i64, StorageError> {
+            unreachable!("the writer only appends")
+        }
+        async fn forget_room_deletions(&self, _: i64) -> Result<(), StorageError> {
             unreachable!("the writer only appends")
         }
         async fn catch_up(

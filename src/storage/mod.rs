@@ -68,6 +68,24 @@ pub struct CatchUp {
     pub truncated: bool,
 }
 
+/// Which rooms are removed for lack of use: those created, or last seen in
+/// use (a message, or people in them), before a cutoff. Unix milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StaleRooms {
+    /// A room that never had a message, last in use before this.
+    pub unused_before: i64,
+    /// Any room last in use before this.
+    pub idle_before: i64,
+}
+
+/// A room an operator removed, as recorded for running servers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomDeletion {
+    /// Increases with each removal: a server asks for those after the last it saw.
+    pub id: i64,
+    pub room: RoomName,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("database error: {0}")]
@@ -91,9 +109,57 @@ pub trait MessageStore: Send + Sync + 'static {
 
     async fn room_exists(&self, room: &RoomName) -> Result<bool, StorageError>;
 
-    /// Up to `limit` room names, the most recently active (last message, or
-    /// creation) first; of rooms active in the same millisecond, the newest.
-    async fn recent_rooms(&self, limit: u32) -> Result<Vec<String>, StorageError>;
+    /// Up to `limit` names of rooms with a message at or after `since`
+    /// (Unix ms), the latest message first; of rooms whose last messages
+    /// share a millisecond, the newest room first. Rooms without messages
+    /// are never listed, however recently created.
+    async fn recent_rooms(&self, since: i64, limit: u32) -> Result<Vec<String>, StorageError>;
+
+    /// Records that people are in these rooms at `now` (Unix ms): they are
+    /// in use, and [`StaleRooms`] counts from here.
+    async fn touch_rooms(&self, rooms: &[RoomName], now: i64) -> Result<(), StorageError>;
+
+    /// Up to `limit` rooms that `stale` would remove, least recently used first.
+    async fn stale_rooms(
+        &self,
+        stale: StaleRooms,
+        limit: u32,
+    ) -> Result<Vec<RoomName>, StorageError>;
+
+    /// Deletes the messages of those of `rooms` that `stale` still removes,
+    /// oldest first, in transactions of a few thousand rows, leaving the
+    /// rooms and their newest messages for [`MessageStore::delete_stale_rooms`]:
+    /// removing a room with a long history then never holds the database's
+    /// write lock (or the hub's) for long. Returns how many were deleted.
+    async fn delete_stale_messages(
+        &self,
+        stale: StaleRooms,
+        rooms: &[RoomName],
+    ) -> Result<u64, StorageError>;
+
+    /// Removes those of `rooms` that `stale` still removes (checked again
+    /// here, in the same transaction), with their messages; returns them.
+    async fn delete_stale_rooms(
+        &self,
+        stale: StaleRooms,
+        rooms: &[RoomName],
+    ) -> Result<Vec<RoomName>, StorageError>;
+
+    /// Removes a room and its messages, whatever its state; returns whether
+    /// it existed. With `announce`, the removal is also recorded for running
+    /// servers to notice ([`MessageStore::room_deletions`]): an operator's
+    /// removal, made outside the server.
+    async fn delete_room(&self, room: &RoomName, announce: bool) -> Result<bool, StorageError>;
+
+    /// Announced removals with an id above `after`, oldest first.
+    async fn room_deletions(&self, after: i64) -> Result<Vec<RoomDeletion>, StorageError>;
+
+    /// The id of the newest announced removal (0 if none): where a starting
+    /// server begins watching.
+    async fn last_room_deletion(&self) -> Result<i64, StorageError>;
+
+    /// Drops the records of announced removals made before `before` (Unix ms).
+    async fn forget_room_deletions(&self, before: i64) -> Result<(), StorageError>;
 
     /// Stores a batch in one transaction, giving each message the next seq of
     /// its room (creating rooms as needed), and each message's key with it.

@@ -275,6 +275,12 @@ function onPush(s, message) {
       views.showError($('chat-error'), describe(new RequestError(message.code, message.message)));
       return;
     }
+    case 'left': {
+      // Not a reply to our own `leave` (those carry a ref): the server took
+      // us out because the room was removed. Its notice came just before.
+      closeRoom(s, `The room “${room.name}” was removed. Pick another one.`);
+      return;
+    }
     default:
       return; // welcome, rooms and future types need nothing here
   }
@@ -450,6 +456,17 @@ async function onJoinSubmit(event) {
   } finally {
     button.disabled = false;
   }
+}
+
+/** Ends a stay the server ended: back to the join page, saying why. */
+function closeRoom(s, reason) {
+  s.ended = true;
+  if (session === s) session = null;
+  s.conn.close(1000, 'left');
+  $('messages').replaceChildren();
+  $('users').replaceChildren();
+  showJoinPage();
+  views.showError($('join-error'), reason);
 }
 
 async function leave() {

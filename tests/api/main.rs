@@ -12,6 +12,7 @@ mod process;
 mod properties;
 mod protocol;
 mod rfc6455;
+mod room_lifecycle;
 mod rooms;
 mod transport;
 mod wire;

@@ -824,11 +824,18 @@ impl Model {
             .unwrap_or_default()
     }
 
-    /// Every room with the number of distinct people in it now.
+    /// Every listed room with the number of distinct people in it now: the
+    /// default rooms, rooms with people, and rooms with messages (all of
+    /// them recent here); a room merely created is not listed.
     fn room_counts(&self) -> Vec<(String, usize)> {
         self.rooms
             .iter()
             .map(|r| (r.clone(), self.room_people.get(r).map_or(0, BTreeMap::len)))
+            .filter(|(r, people)| {
+                DEFAULT_ROOMS.contains(&r.as_str())
+                    || *people > 0
+                    || self.log.get(r).is_some_and(|log| !log.is_empty())
+            })
             .collect()
     }
 
@@ -1459,25 +1466,26 @@ impl Run {
             count.1 += 1;
             new_person = count.1 == 1;
         }
+        // A `since` past the room's last seq (from a removed room of that
+        // name) is answered as no `since`, with `truncated`.
+        let stale_since = since.is_some_and(|since| since > log.len() as u64);
         let messages: Vec<Value> = match since {
-            None => log[log.len().saturating_sub(50)..].to_vec(),
-            Some(since) => log
+            Some(since) if !stale_since => log
                 .iter()
                 .filter(|m| m["seq"].as_u64().unwrap() > since)
                 .cloned()
                 .collect(),
+            _ => log[log.len().saturating_sub(50)..].to_vec(),
         };
         let users = model.users(&room);
-        let mut frames = vec![(
-            c,
-            Expect::reply(
-                json!({
-                    "type": "joined", "room": room, "users": users.clone(),
-                    "messages": messages, "last_seq": log.len(),
-                }),
-                r#ref,
-            ),
-        )];
+        let mut joined = json!({
+            "type": "joined", "room": room, "users": users.clone(),
+            "messages": messages, "last_seq": log.len(),
+        });
+        if stale_since {
+            joined["truncated"] = json!(true);
+        }
+        let mut frames = vec![(c, Expect::reply(joined, r#ref))];
         if first_join {
             frames.push((
                 c,

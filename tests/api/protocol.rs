@@ -538,6 +538,10 @@ async fn the_room_list_is_capped_and_puts_defaults_then_busy_rooms_first() {
         c.send_json(json!({"type":"join","room":format!("r{i:03}")}))
             .await;
         c.recv_until("joined").await;
+        // Listed while empty because of this message: merely created rooms are not.
+        c.send_json(json!({"type":"send","room":format!("r{i:03}"),"text":"hi"}))
+            .await;
+        c.recv_until("sent").await;
         c.send_json(json!({"type":"leave","room":format!("r{i:03}")}))
             .await;
         c.recv_until("left").await;
@@ -556,7 +560,7 @@ async fn the_room_list_is_capped_and_puts_defaults_then_busy_rooms_first() {
         names[..4],
         ["Chat Room", "Business Room", "Gaming Room", "r005"]
     );
-    // Then the most recently active: the last rooms created come first.
+    // Then those with the latest messages first.
     assert_eq!(names[4], "r109");
     assert_eq!(rooms["rooms"][3]["online"], 1);
 }

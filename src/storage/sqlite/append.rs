@@ -36,6 +36,8 @@ struct Job {
 /// The handle; the thread stops when it is dropped.
 pub(super) struct Appender {
     jobs: mpsc::Sender<Job>,
+    /// For writes made elsewhere that leave much in the WAL (room removals).
+    checkpointer: Option<Checkpointer>,
 }
 
 impl Appender {
@@ -45,6 +47,7 @@ impl Appender {
         let (jobs, mut jobs_rx) = mpsc::channel::<Job>(QUEUE);
         let (opened_tx, opened) = oneshot::channel();
         let checkpointer = Checkpointer::start(&path, checkpoint::IDLE_CHECKPOINT)?;
+        let nudger = checkpointer.clone();
         std::thread::Builder::new()
             .name("sqlite-append".into())
             .spawn(move || {
@@ -68,7 +71,17 @@ impl Appender {
             })
             .map_err(StorageError::Thread)?;
         opened.await.map_err(|_| StorageError::AppenderGone)??;
-        Ok(Self { jobs })
+        Ok(Self {
+            jobs,
+            checkpointer: Some(nudger),
+        })
+    }
+
+    /// Asks the checkpoint thread to copy the WAL back soon (never waits).
+    pub(super) fn nudge_checkpoint(&self) {
+        if let Some(checkpointer) = &self.checkpointer {
+            checkpointer.nudge();
+        }
     }
 
     /// Whether the thread is still taking batches.
@@ -169,8 +182,10 @@ fn append(
     let mut counters: HashMap<&str, (i64, i64)> = HashMap::with_capacity(shares.len());
     {
         let mut advance = tx.prepare_cached(
-            "INSERT INTO rooms (name, created_at, last_active, last_seq) VALUES (?1, ?2, ?2, ?3) \
+            "INSERT INTO rooms (name, created_at, last_active, last_message, last_seq) \
+             VALUES (?1, ?2, ?2, ?2, ?3) \
              ON CONFLICT (name) DO UPDATE SET last_active = excluded.last_active, \
+             last_message = excluded.last_message, \
              last_seq = rooms.last_seq + excluded.last_seq RETURNING id, last_seq",
         )?;
         let ts = batch.first().map_or(0, |m| m.ts);
@@ -371,7 +386,10 @@ mod tests {
         // What a handle sees once its thread has ended (it only ends by panicking).
         let (jobs, thread_side) = mpsc::channel(1);
         drop(thread_side);
-        let appender = Appender { jobs };
+        let appender = Appender {
+            jobs,
+            checkpointer: None,
+        };
         assert!(!appender.is_running());
         let batch = vec![NewMessage {
             room: RoomName::parse("r").unwrap(),

@@ -43,7 +43,8 @@ pub(super) const IDLE_CHECKPOINT: Duration = Duration::from_secs(30);
 /// copying is left to the hard limit.
 const ROUNDS: usize = 8;
 
-/// The handle; the thread stops when it is dropped.
+/// The handle; the thread stops when every clone of it is dropped.
+#[derive(Clone)]
 pub(super) struct Checkpointer {
     nudge: mpsc::SyncSender<()>,
 }

@@ -24,7 +24,7 @@ mod checkpoint;
 
 use append::Appender;
 
-use super::{Appended, CatchUp, MessageStore, NewMessage, StorageError};
+use super::{Appended, CatchUp, MessageStore, NewMessage, RoomDeletion, StaleRooms, StorageError};
 use crate::domain::RoomName;
 use crate::protocol::ChatMessage;
 
@@ -98,6 +98,36 @@ fn now_ms() -> i64 {
     crate::clock::now_ms()
 }
 
+/// The rule of [`StaleRooms`] as SQL, over `?1` (`unused_before`) and `?2`
+/// (`idle_before`): `last_active` is creation, the last message, or the
+/// last time people were seen in the room, whichever is latest. The first
+/// term lets SQLite read only that range of `rooms_by_activity`.
+macro_rules! stale {
+    () => {
+        "(last_active < MAX(?1, ?2) AND ((last_seq = 0 AND last_active < ?1) OR last_active < ?2))"
+    };
+}
+
+/// Messages deleted per transaction when a room goes: a few milliseconds
+/// of holding the write lock, which appends wait for.
+const DELETE_CHUNK: i64 = 5_000;
+
+/// Deletes a room's messages, then the room (messages refer to it).
+async fn delete_room_rows(
+    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    id: i64,
+) -> Result<(), StorageError> {
+    sqlx::query("DELETE FROM messages WHERE room_id = ?1")
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("DELETE FROM rooms WHERE id = ?1")
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 #[async_trait]
 impl MessageStore for SqliteStore {
     async fn create_room(&self, room: &RoomName) -> Result<bool, StorageError> {
@@ -120,14 +150,202 @@ impl MessageStore for SqliteStore {
         Ok(found.is_some())
     }
 
-    async fn recent_rooms(&self, limit: u32) -> Result<Vec<String>, StorageError> {
+    async fn recent_rooms(&self, since: i64, limit: u32) -> Result<Vec<String>, StorageError> {
+        // `last_message` is 0 for rooms without messages: never at or after
+        // a real `since`, however recently the room was created.
         let names = sqlx::query_scalar(
-            "SELECT name FROM rooms ORDER BY last_active DESC, id DESC LIMIT ?1",
+            "SELECT name FROM rooms WHERE last_message >= ?1 AND last_message > 0 \
+             ORDER BY last_message DESC, id DESC LIMIT ?2",
         )
+        .bind(since)
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
         Ok(names)
+    }
+
+    async fn touch_rooms(&self, rooms: &[RoomName], now: i64) -> Result<(), StorageError> {
+        if rooms.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        for room in rooms {
+            sqlx::query("UPDATE rooms SET last_active = MAX(last_active, ?2) WHERE name = ?1")
+                .bind(room.as_str())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn stale_rooms(
+        &self,
+        stale: StaleRooms,
+        limit: u32,
+    ) -> Result<Vec<RoomName>, StorageError> {
+        let names: Vec<String> = sqlx::query_scalar(concat!(
+            "SELECT name FROM rooms WHERE ",
+            stale!(),
+            " ORDER BY last_active, id LIMIT ?3"
+        ))
+        .bind(stale.unused_before)
+        .bind(stale.idle_before)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(names
+            .iter()
+            .filter_map(|name| RoomName::parse(name).ok())
+            .collect())
+    }
+
+    async fn delete_stale_rooms(
+        &self,
+        stale: StaleRooms,
+        rooms: &[RoomName],
+    ) -> Result<Vec<RoomName>, StorageError> {
+        if rooms.is_empty() {
+            return Ok(Vec::new());
+        }
+        // IMMEDIATE: the write lock first, so the rule is checked against
+        // the rows that are then deleted (no append slips in between).
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut deleted = Vec::new();
+        for room in rooms {
+            let id: Option<i64> = sqlx::query_scalar(concat!(
+                "SELECT id FROM rooms WHERE name = ?3 AND ",
+                stale!()
+            ))
+            .bind(stale.unused_before)
+            .bind(stale.idle_before)
+            .bind(room.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(id) = id {
+                delete_room_rows(&mut tx, id).await?;
+                deleted.push(room.clone());
+            }
+        }
+        tx.commit().await?;
+        if !deleted.is_empty() {
+            // The freed pages are reused by later rooms; the WAL that
+            // recorded freeing them is copied back now rather than after
+            // the idle timeout, so that it starts over short.
+            self.appender.nudge_checkpoint();
+        }
+        Ok(deleted)
+    }
+
+    async fn delete_stale_messages(
+        &self,
+        stale: StaleRooms,
+        rooms: &[RoomName],
+    ) -> Result<u64, StorageError> {
+        let mut deleted = 0;
+        for room in rooms {
+            loop {
+                // One statement, one transaction: the oldest chunk of a room
+                // that is still stale.
+                let n = sqlx::query(concat!(
+                    "DELETE FROM messages WHERE room_id = ",
+                    "(SELECT id FROM rooms WHERE name = ?3 AND ",
+                    stale!(),
+                    ") AND seq < ?4 + ",
+                    "(SELECT MIN(seq) FROM messages WHERE room_id = ",
+                    "(SELECT id FROM rooms WHERE name = ?3))"
+                ))
+                .bind(stale.unused_before)
+                .bind(stale.idle_before)
+                .bind(room.as_str())
+                .bind(DELETE_CHUNK)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+                deleted += n;
+                if n < DELETE_CHUNK as u64 {
+                    break;
+                }
+            }
+        }
+        Ok(deleted)
+    }
+
+    async fn delete_room(&self, room: &RoomName, announce: bool) -> Result<bool, StorageError> {
+        // The history first, a chunk per transaction (messages sent
+        // meanwhile get seqs above these), then the rest with the room.
+        loop {
+            let n = sqlx::query(
+                "DELETE FROM messages WHERE room_id = (SELECT id FROM rooms WHERE name = ?1) \
+                 AND seq < ?2 + (SELECT MIN(seq) FROM messages WHERE room_id = \
+                 (SELECT id FROM rooms WHERE name = ?1))",
+            )
+            .bind(room.as_str())
+            .bind(DELETE_CHUNK)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            if n < DELETE_CHUNK as u64 {
+                break;
+            }
+        }
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let id: Option<i64> = sqlx::query_scalar("SELECT id FROM rooms WHERE name = ?1")
+            .bind(room.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        if let Some(id) = id {
+            delete_room_rows(&mut tx, id).await?;
+        }
+        if announce {
+            // Recorded even if the room was already gone: a server may
+            // still hold members of it that the room never reached storage for.
+            sqlx::query("INSERT INTO room_deletions (name, deleted_at) VALUES (?1, ?2)")
+                .bind(room.as_str())
+                .bind(now_ms())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        self.appender.nudge_checkpoint();
+        Ok(id.is_some())
+    }
+
+    async fn room_deletions(&self, after: i64) -> Result<Vec<RoomDeletion>, StorageError> {
+        let rows: Vec<(i64, String)> =
+            sqlx::query_as("SELECT id, name FROM room_deletions WHERE id > ?1 ORDER BY id")
+                .bind(after)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(id, name)| {
+                RoomName::parse(&name)
+                    .ok()
+                    .map(|room| RoomDeletion { id, room })
+            })
+            .collect())
+    }
+
+    async fn last_room_deletion(&self) -> Result<i64, StorageError> {
+        let id: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM room_deletions")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(id.unwrap_or(0))
+    }
+
+    async fn forget_room_deletions(&self, before: i64) -> Result<(), StorageError> {
+        // The newest record stays, whatever its age: its id is where a
+        // starting server begins, and ids must never go back.
+        sqlx::query(
+            "DELETE FROM room_deletions WHERE deleted_at < ?1 \
+             AND id < (SELECT MAX(id) FROM room_deletions)",
+        )
+        .bind(before)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     async fn append(&self, batch: Vec<NewMessage>) -> Result<Vec<Appended>, StorageError> {
@@ -588,5 +806,174 @@ mod tests {
             })
             .collect();
         assert_eq!(new, [71, 72, 73]);
+    }
+
+    fn room(name: &str) -> RoomName {
+        RoomName::parse(name).unwrap()
+    }
+
+    async fn count(store: &SqliteStore, table: &str) -> i64 {
+        let sql = match table {
+            "rooms" => "SELECT COUNT(*) FROM rooms",
+            "messages" => "SELECT COUNT(*) FROM messages",
+            _ => "SELECT COUNT(*) FROM room_deletions",
+        };
+        sqlx::query_scalar(sql)
+            .fetch_one(&store.pool)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn only_rooms_with_a_message_since_the_window_are_recent() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir).await;
+        for i in 0..20 {
+            store
+                .create_room(&room(&format!("spam {i}")))
+                .await
+                .unwrap();
+        }
+        let mut old = message("old", "1");
+        old.ts = 1_000;
+        store.append(vec![old]).await.unwrap();
+        let mut fresh = message("fresh", "2");
+        fresh.ts = now_ms();
+        store.append(vec![fresh]).await.unwrap();
+        assert_eq!(
+            store.recent_rooms(now_ms() - 60_000, 100).await.unwrap(),
+            ["fresh"]
+        );
+        assert_eq!(store.recent_rooms(0, 100).await.unwrap(), ["fresh", "old"]);
+    }
+
+    #[tokio::test]
+    async fn stale_rooms_go_with_their_messages_and_rooms_in_use_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir).await;
+        store.create_room(&room("unused")).await.unwrap();
+        store.create_room(&room("occupied")).await.unwrap();
+        let mut talk = message("talk", "1");
+        talk.ts = now_ms();
+        store
+            .append(vec![talk, message("talk", "2")])
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let now = now_ms();
+        store
+            .touch_rooms(&[room("occupied")], now + 10)
+            .await
+            .unwrap();
+
+        // Unused rooms past their cutoff go; a room with messages is not unused.
+        let unused = StaleRooms {
+            unused_before: now,
+            idle_before: 0,
+        };
+        assert_eq!(
+            store.stale_rooms(unused, 10).await.unwrap(),
+            [room("unused")]
+        );
+        // Everything idle before `now`, but the rule is checked again when deleting:
+        // "occupied" was touched after it.
+        let idle = StaleRooms {
+            unused_before: now,
+            idle_before: now,
+        };
+        let candidates = store.stale_rooms(idle, 10).await.unwrap();
+        assert_eq!(candidates.len(), 2, "{candidates:?}");
+        let asked = [room("unused"), room("talk"), room("occupied")];
+        let deleted = store.delete_stale_rooms(idle, &asked).await.unwrap();
+        assert_eq!(deleted, [room("unused"), room("talk")]);
+        assert_eq!(count(&store, "rooms").await, 1);
+        assert_eq!(count(&store, "messages").await, 0);
+        assert!(!store.room_exists(&room("talk")).await.unwrap());
+        // A room created again under the same name starts empty.
+        let again = store.append(vec![message("talk", "3")]).await.unwrap();
+        assert_eq!(seqs(&again), [("3", 1)]);
+    }
+
+    #[tokio::test]
+    async fn a_long_history_is_deleted_a_chunk_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir).await;
+        let mut id = 0;
+        for _ in 0..12 {
+            let batch = (0..1_000)
+                .map(|_| {
+                    id += 1;
+                    message("long", &id.to_string())
+                })
+                .collect();
+            store.append(batch).await.unwrap();
+        }
+        store.append(vec![message("other", "x")]).await.unwrap();
+        let idle = StaleRooms {
+            unused_before: 0,
+            idle_before: now_ms() + 1,
+        };
+        // Only rooms still stale, oldest messages first, a chunk at a time.
+        let deleted = store
+            .delete_stale_messages(idle, &[room("long")])
+            .await
+            .unwrap();
+        assert_eq!(deleted, 12_000);
+        let kept = StaleRooms {
+            unused_before: 0,
+            idle_before: 0,
+        };
+        assert_eq!(
+            store
+                .delete_stale_messages(kept, &[room("other")])
+                .await
+                .unwrap(),
+            0
+        );
+        assert_eq!(count(&store, "messages").await, 1);
+        assert_eq!(
+            store
+                .delete_stale_rooms(idle, &[room("long")])
+                .await
+                .unwrap(),
+            [room("long")]
+        );
+        // The operator's removal, also in chunks.
+        store
+            .append(
+                (0..6_000)
+                    .map(|i| message("big", &format!("b{i}")))
+                    .collect(),
+            )
+            .await
+            .unwrap();
+        assert!(store.delete_room(&room("big"), false).await.unwrap());
+        assert_eq!(count(&store, "messages").await, 1);
+        assert_eq!(count(&store, "rooms").await, 1);
+    }
+
+    #[tokio::test]
+    async fn operator_deletions_are_recorded_for_running_servers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir).await;
+        store
+            .append(vec![message("a", "1"), message("b", "2")])
+            .await
+            .unwrap();
+        assert_eq!(store.last_room_deletion().await.unwrap(), 0);
+        assert!(store.delete_room(&room("a"), true).await.unwrap());
+        assert!(!store.delete_room(&room("a"), true).await.unwrap());
+        assert!(store.delete_room(&room("b"), false).await.unwrap());
+        assert_eq!(count(&store, "messages").await, 0);
+        let seen = store.room_deletions(0).await.unwrap();
+        let rooms: Vec<&str> = seen.iter().map(|d| d.room.as_str()).collect();
+        assert_eq!(rooms, ["a", "a"]);
+        let last = store.last_room_deletion().await.unwrap();
+        assert_eq!(last, seen[1].id);
+        assert!(store.room_deletions(last).await.unwrap().is_empty());
+        // Old records go, but never the newest: its id is where servers start.
+        store.forget_room_deletions(now_ms() + 1).await.unwrap();
+        assert_eq!(count(&store, "room_deletions").await, 1);
+        assert_eq!(store.last_room_deletion().await.unwrap(), last);
     }
 }
