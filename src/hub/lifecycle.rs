@@ -37,7 +37,9 @@ use super::Hub;
 use crate::clock;
 use crate::domain::RoomName;
 use crate::protocol::ChatMessage;
-use crate::storage::{CatchUp, MessageStore, NewMessage, RoomDeletion, StaleRooms, StorageError};
+use crate::storage::{
+    Appended, CatchUp, MessageStore, NewMessage, RoomDeletion, StaleRooms, StorageError,
+};
 
 /// Rooms removed in one transaction; a pass repeats rounds while they come full.
 const REAP_BATCH: u32 = 500;
@@ -241,7 +243,7 @@ impl Tally {
 
 #[async_trait]
 impl MessageStore for Tally {
-    async fn append(&self, batch: Vec<NewMessage>) -> Result<Vec<ChatMessage>, StorageError> {
+    async fn append(&self, batch: Vec<NewMessage>) -> Result<Vec<Appended>, StorageError> {
         let n = batch.len() as u64;
         let stored = self.inner.append(batch).await;
         self.settled.send_modify(|settled| *settled += n);

@@ -117,6 +117,12 @@ async fn delete_room_rows(
     tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
     id: i64,
 ) -> Result<(), StorageError> {
+    // The room's send nonces go too: a resend naming a removed message
+    // must be stored as new, not answered with a receipt for nothing.
+    sqlx::query("DELETE FROM send_nonces WHERE room_id = ?1")
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
     sqlx::query("DELETE FROM messages WHERE room_id = ?1")
         .bind(id)
         .execute(&mut **tx)
@@ -891,7 +897,7 @@ mod tests {
         assert!(!store.room_exists(&room("talk")).await.unwrap());
         // A room created again under the same name starts empty.
         let again = store.append(vec![message("talk", "3")]).await.unwrap();
-        assert_eq!(seqs(&again), [("3", 1)]);
+        assert_eq!(seqs(&stored(again)), [("3", 1)]);
     }
 
     #[tokio::test]
@@ -950,6 +956,26 @@ mod tests {
         assert!(store.delete_room(&room("big"), false).await.unwrap());
         assert_eq!(count(&store, "messages").await, 1);
         assert_eq!(count(&store, "rooms").await, 1);
+    }
+
+    /// A removed room takes its send nonces with it: the removal is not
+    /// blocked by them, and a resend afterwards is a new message.
+    #[tokio::test]
+    async fn a_removed_room_takes_its_nonces_along() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir).await;
+        store
+            .append(vec![keyed("a", "1", "alice", "n1")])
+            .await
+            .unwrap();
+        assert!(store.delete_room(&room("a"), false).await.unwrap());
+        let again = stored(
+            store
+                .append(vec![keyed("a", "2", "alice", "n1")])
+                .await
+                .unwrap(),
+        );
+        assert_eq!(again[0].seq, 1, "stored as new in the new room");
     }
 
     #[tokio::test]
