@@ -142,9 +142,11 @@ mod tests {
         // A writer that never checkpoints, like the read pool creating rooms.
         let conn = never_checkpointing(&path);
         let db_len = || std::fs::metadata(&path).unwrap().len();
-        let checkpointer = Checkpointer::start(&path, Duration::from_millis(50)).unwrap();
+        // Written before the thread starts: started first, on a loaded
+        // machine it could copy part of them back before `before` is read.
         write_rows(&conn, 50);
         let before = db_len();
+        let checkpointer = Checkpointer::start(&path, Duration::from_millis(50)).unwrap();
         // Never nudged: the rows reach the database file all the same.
         for _ in 0..100 {
             if db_len() > before + 50 * 4000 {
