@@ -114,6 +114,12 @@ impl App {
         let metrics_listener = TcpListener::bind(config.metrics_addr)
             .await
             .with_context(|| format!("binding {} (--metrics-addr)", config.metrics_addr))?;
+        if !config.metrics_addr.ip().is_loopback() {
+            tracing::warn!(
+                metrics_addr = %config.metrics_addr,
+                "/metrics has no authentication: keep --metrics-addr out of the public's reach"
+            );
+        }
         let origins = AllowedOrigins::new(
             config.public_url.as_deref(),
             listener.local_addr()?,

@@ -257,7 +257,7 @@ impl ByteBucket {
     }
 }
 
-/// Why a new connection was turned away at the HTTP upgrade.
+/// Why a connection was turned away, at accept or at its WebSocket upgrade.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
     /// The server holds its maximum number of connections (HTTP 503). At

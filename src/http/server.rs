@@ -243,3 +243,24 @@ impl AcceptFailures {
         self.shed = 0;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_failures_are_logged_once_per_interval_with_a_count() {
+        let mut failures = AcceptFailures::default();
+        let emfile = std::io::Error::from_raw_os_error(libc::EMFILE);
+        failures.record(&emfile, true);
+        // The first is logged at once; the next ones wait for the interval.
+        assert_eq!((failures.unlogged, failures.shed), (0, 0));
+        for _ in 0..159 {
+            failures.record(&emfile, false);
+        }
+        assert_eq!(failures.unlogged, 159);
+        failures.last_logged = Some(Instant::now() - ACCEPT_FAILURE_LOG_EVERY);
+        failures.record(&emfile, false);
+        assert_eq!(failures.unlogged, 0);
+    }
+}

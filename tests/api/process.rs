@@ -928,7 +928,7 @@ fn open_files_of(pid: u32) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_connections_cannot_starve_other_addresses_of_descriptors() {
     const OPEN_FILES: u32 = 256;
-    const BURST: usize = 600;
+    const BURST: usize = 2100;
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start_with_open_files(
         &dir.path().join("db.sqlite"),
