@@ -36,6 +36,7 @@ fn message() -> ChatMessage {
         id: "0193a5b2-7c1d-7e00-8000-000000000001".into(),
         seq: 123_456,
         from: "alice".into(),
+        author: Some(4_503_599_627_370_495),
         text: "hello everyone, how is it going today?".into(),
         ts: 1_764_111_111_111,
     }

@@ -253,6 +253,15 @@ impl RoomName {
         skeleton(&self.0)
     }
 
+    /// The key of a room name stored before these rules, which may not
+    /// parse any more: its parsed form's key where it parses.
+    pub fn key_of_stored(name: &str) -> String {
+        match Self::parse(name) {
+            Ok(room) => room.key(),
+            Err(_) => skeleton(name),
+        }
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -340,8 +349,16 @@ mod tests {
     #[test]
     fn names_refuse_invisible_and_bidi_characters() {
         for name in ["ali\u{200B}ce", "\u{202E}ecila", "a\u{FEFF}", "x\u{2066}y"] {
-            assert_eq!(Nickname::parse(name), Err(InputError::Invisible), "{name:?}");
-            assert_eq!(RoomName::parse(name), Err(InputError::Invisible), "{name:?}");
+            assert_eq!(
+                Nickname::parse(name),
+                Err(InputError::Invisible),
+                "{name:?}"
+            );
+            assert_eq!(
+                RoomName::parse(name),
+                Err(InputError::Invisible),
+                "{name:?}"
+            );
         }
         // Visible non-ASCII is fine.
         assert!(Nickname::parse("Zoë 🚀").is_ok());
@@ -352,22 +369,22 @@ mod tests {
     #[test]
     fn names_refuse_blank_looking_characters_and_unusual_spaces() {
         for c in [
-            '\u{2800}', // BRAILLE PATTERN BLANK
-            '\u{3164}', // HANGUL FILLER
-            '\u{115F}', // HANGUL CHOSEONG FILLER
-            '\u{1160}', // HANGUL JUNGSEONG FILLER
-            '\u{FFA0}', // HALFWIDTH HANGUL FILLER
+            '\u{2800}',  // BRAILLE PATTERN BLANK
+            '\u{3164}',  // HANGUL FILLER
+            '\u{115F}',  // HANGUL CHOSEONG FILLER
+            '\u{1160}',  // HANGUL JUNGSEONG FILLER
+            '\u{FFA0}',  // HALFWIDTH HANGUL FILLER
             '\u{1D173}', // MUSICAL SYMBOL BEGIN BEAM
             '\u{1D17A}', // MUSICAL SYMBOL END PHRASE
-            '\u{00A0}', // NO-BREAK SPACE
-            '\u{2007}', // FIGURE SPACE
-            '\u{202F}', // NARROW NO-BREAK SPACE
-            '\u{3000}', // IDEOGRAPHIC SPACE
-            '\u{1680}', // OGHAM SPACE MARK
-            '\u{2028}', // LINE SEPARATOR
-            '\u{E000}', // private use
-            '\u{0378}', // unassigned
-            '\u{180E}', // MONGOLIAN VOWEL SEPARATOR
+            '\u{00A0}',  // NO-BREAK SPACE
+            '\u{2007}',  // FIGURE SPACE
+            '\u{202F}',  // NARROW NO-BREAK SPACE
+            '\u{3000}',  // IDEOGRAPHIC SPACE
+            '\u{1680}',  // OGHAM SPACE MARK
+            '\u{2028}',  // LINE SEPARATOR
+            '\u{E000}',  // private use
+            '\u{0378}',  // unassigned
+            '\u{180E}',  // MONGOLIAN VOWEL SEPARATOR
             '\u{1BCA0}', // SHORTHAND FORMAT LETTER OVERLAP
         ] {
             // (At either end, White_Space is trimmed: "carol\u{a0}" is "carol".)
@@ -376,8 +393,16 @@ mod tests {
                 names.push(format!("carol{c}"));
             }
             for name in names {
-                assert_eq!(Nickname::parse(&name), Err(InputError::Invisible), "{name:?}");
-                assert_eq!(RoomName::parse(&name), Err(InputError::Invisible), "{name:?}");
+                assert_eq!(
+                    Nickname::parse(&name),
+                    Err(InputError::Invisible),
+                    "{name:?}"
+                );
+                assert_eq!(
+                    RoomName::parse(&name),
+                    Err(InputError::Invisible),
+                    "{name:?}"
+                );
             }
         }
     }
@@ -408,11 +433,11 @@ mod tests {
     #[test]
     fn look_alike_nicknames_are_one_name() {
         for (a, b) in [
-            ("alice", "\u{430}lice"),                // Cyrillic а
-            ("bob", "\u{FF42}\u{FF4F}\u{FF42}"),     // full-width ｂｏｂ
-            ("Jos\u{e9}", "Jose\u{301}"),            // precomposed, decomposed
-            ("Alice", "aLICE"),                      // case
-            ("alice", "aIice"),                      // capital I for l
+            ("alice", "\u{430}lice"),               // Cyrillic а
+            ("bob", "\u{FF42}\u{FF4F}\u{FF42}"),    // full-width ｂｏｂ
+            ("Jos\u{e9}", "Jose\u{301}"),           // precomposed, decomposed
+            ("Alice", "aLICE"),                     // case
+            ("alice", "aIice"),                     // capital I for l
             ("paypal", "\u{440}\u{430}y\u{440}al"), // Cyrillic р, а
             ("admin", "\u{430}dmin"),
         ] {
@@ -428,13 +453,13 @@ mod tests {
         for name in [
             "ChatterPro Bot",
             "chatterpro bot",
-            "ChatterPro  Bot",              // two spaces
-            "ChatterPr\u{43E} Bot",         // Cyrillic о
-            "\u{421}hatterPro Bot",         // Cyrillic С
+            "ChatterPro  Bot",      // two spaces
+            "ChatterPr\u{43E} Bot", // Cyrillic о
+            "\u{421}hatterPro Bot", // Cyrillic С
             "ChatterPro B\u{43E}t",
             "ChatterPro BOT",
             "ChatterPrо Bоt",
-            "Chatter\u{420}ro Bot",         // Cyrillic Р
+            "Chatter\u{420}ro Bot", // Cyrillic Р
             " ChatterPro Bot ",
         ] {
             assert_eq!(Nickname::parse(name), Err(InputError::Reserved), "{name:?}");

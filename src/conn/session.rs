@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::domain::Nickname;
 use crate::hub::{self, Frame, Hub, Peer, Refusal};
+use crate::identity::Claim;
 use crate::limits::{AddressLimits, ConnLimits, LimitKind, RetryAfter};
 use crate::protocol::{
     self, ClientMsg, ErrorCode, PROTOCOL_VERSION, Ref, Request, ServerMsg, close, encode,
@@ -16,17 +17,13 @@ use crate::protocol::{
 pub struct Session {
     hub: Arc<Hub>,
     peer: Peer,
-    identity: Option<Identity>,
+    /// The name granted by `hello`, and the identity behind it.
+    identity: Option<Claim>,
     limits: ConnLimits,
     /// Set when the client ran out of strikes; it is closed after the reply.
     abusive: Cell<bool>,
     address_limits: Arc<AddressLimits>,
     ip: IpAddr,
-}
-
-struct Identity {
-    name: Nickname,
-    session: String,
 }
 
 fn rate_limited(what: &str, retry: RetryAfter) -> Refusal {
@@ -140,8 +137,15 @@ impl Session {
                 self.limits
                     .message()
                     .map_err(|r| self.limited(LimitKind::Messages, rate_limited("messages", r)))?;
-                hub.send(peer, &identity.name, room, &text, r#ref.cloned())
-                    .await?;
+                hub.send(
+                    peer,
+                    &identity.name,
+                    identity.author,
+                    room,
+                    &text,
+                    r#ref.cloned(),
+                )
+                .await?;
                 Ok(None)
             }
             ClientMsg::Leave { room } => {
@@ -171,8 +175,7 @@ impl Session {
     async fn hello(&mut self, name: &str, session: Option<&str>) -> Result<ServerMsg, Refusal> {
         match &self.identity {
             // Saying hello again with the same name is harmless: answer it again.
-            Some(identity)
-                if Nickname::parse(name).is_ok_and(|n| n.key() == identity.name.key()) => {}
+            Some(identity) if Nickname::parse(name).is_ok_and(|n| n.key() == identity.key()) => {}
             Some(identity) => {
                 return Err(Refusal::new(
                     ErrorCode::BadRequest,
@@ -187,14 +190,15 @@ impl Session {
         // The room list first: if storage fails, the hello has had no effect.
         let rooms = self.hub.rooms().await?;
         if self.identity.is_none() {
-            let (name, session) = self.hub.hello(name, session)?;
-            tracing::debug!(name = ?name.as_str(), "hello");
-            self.identity = Some(Identity { name, session });
+            let claim = self.hub.hello(name, session).await?;
+            tracing::debug!(name = ?claim.name.as_str(), "hello");
+            self.identity = Some(claim);
         }
         let identity = self.identity.as_ref().expect("set above");
         Ok(ServerMsg::Welcome {
             name: identity.name.as_str().to_owned(),
-            session: identity.session.clone(),
+            session: identity.token.clone(),
+            author: identity.author.get(),
             protocol: PROTOCOL_VERSION,
             rooms,
         })
@@ -228,7 +232,7 @@ impl Session {
 /// it — the connection leaves every room and its name is released.
 impl Drop for Session {
     fn drop(&mut self) {
-        let name = self.identity.take().map(|i| i.name);
-        self.hub.disconnect(&self.peer, name.as_ref());
+        let claim = self.identity.take();
+        self.hub.disconnect(&self.peer, claim.as_ref());
     }
 }

@@ -3,8 +3,9 @@
 //! answers through each connection's outbox ([`Peer`]).
 //!
 //! It never sees a WebSocket: a connection is a [`Peer`] (a bounded queue of
-//! [`Frame`]s plus a kill switch). Storage and cross-server fan-out are the
-//! [`MessageStore`] and [`Broker`] traits, chosen once in `app.rs`.
+//! [`Frame`]s plus a kill switch). Storage, names and cross-server fan-out
+//! are the [`MessageStore`], [`NameClaims`] and [`Broker`] traits, chosen
+//! once in `app.rs`.
 //!
 //! The order of events for a send: membership checked here → queued to the
 //! `writer` → stored (group commit) → recorded in `recent` → `sent` queued
@@ -33,13 +34,14 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::Broker;
-use crate::domain::{InputError, MessageText, Nickname, RoomName};
+use crate::domain::{AuthorId, InputError, MessageText, Nickname, RoomName};
+use crate::identity::{Claim, ClaimError, NameClaims};
 use crate::metrics::Metrics;
 use crate::protocol::{
     ChatMessage, EncodedMessage, EncodedMessages, ErrorCode, HISTORY_LIMIT_DEFAULT,
     HISTORY_LIMIT_MAX, Ref, RoomInfo, SINCE_LIMIT, SINCE_MAX_BYTES,
 };
-use crate::storage::{MessageStore, StorageError};
+use crate::storage::{MessageStore, RoomCreation, StorageError};
 use recent::RecentMessages;
 use writer::{SendJob, Writer};
 
@@ -77,6 +79,7 @@ pub struct Hub {
     /// The last room-list read from storage, and when.
     recent_rooms: Mutex<Option<(Instant, Arc<Vec<String>>)>>,
     store: Arc<dyn MessageStore>,
+    claims: Arc<dyn NameClaims>,
     jobs_tx: mpsc::Sender<SendJob>,
     config: HubConfig,
     metrics: Arc<Metrics>,
@@ -103,6 +106,7 @@ impl Hub {
         config: HubConfig,
         registry: Arc<Registry>,
         store: Arc<dyn MessageStore>,
+        claims: Arc<dyn NameClaims>,
         broker: Arc<dyn Broker>,
         metrics: Arc<Metrics>,
         writer_stop: CancellationToken,
@@ -126,6 +130,7 @@ impl Hub {
             known_rooms: Mutex::new(HashSet::new()),
             recent_rooms: Mutex::new(None),
             store,
+            claims,
             jobs_tx,
             config,
             metrics,
@@ -137,12 +142,16 @@ impl Hub {
         &self.metrics
     }
 
-    /// Claims a name for a connection; returns the session token that reclaims it.
-    pub fn hello(&self, name: &str, session: Option<&str>) -> Result<(Nickname, String), Refusal> {
+    /// Claims a name for a connection: who it is until it closes.
+    pub async fn hello(&self, name: &str, session: Option<&str>) -> Result<Claim, Refusal> {
         let name = Nickname::parse(name)
             .map_err(|e| Refusal::new(ErrorCode::InvalidName, format!("name {e}")))?;
-        let token = self.registry.claim_name(&name, session)?;
-        Ok((name, token))
+        self.claims.claim(name, session).await.map_err(|e| match e {
+            ClaimError::Online(_) | ClaimError::Held(_) => {
+                Refusal::new(ErrorCode::NameTaken, e.to_string())
+            }
+            ClaimError::Storage(e) => internal(e),
+        })
     }
 
     /// Joins `peer` to a room (creating it), replying `joined` through the peer.
@@ -154,6 +163,24 @@ impl Hub {
         since: Option<u64>,
         r#ref: Option<&Ref>,
     ) -> Result<(), Refusal> {
+        // Rooms are never deleted: a known room needs no write. A new room
+        // must not look like an existing one.
+        if !self.known_rooms().contains(&room) {
+            match self.store.create_room(&room).await.map_err(internal)? {
+                // A new room belongs in the next room list at once.
+                RoomCreation::Created => *self.recent_rooms_cache() = None,
+                RoomCreation::Existed => {}
+                RoomCreation::LooksLike(existing) => {
+                    return Err(Refusal::new(
+                        ErrorCode::InvalidRoom,
+                        format!(
+                            "the room name {:?} looks like the existing room {existing:?}; join that one",
+                            room.as_str()
+                        ),
+                    ));
+                }
+            }
+        }
         let was_member = self.registry.begin_join(&room, peer, name);
         let limit = if since.is_some() {
             SINCE_LIMIT
@@ -171,11 +198,6 @@ impl Hub {
                     last_seq,
                     truncated: false,
                 });
-            }
-            // Rooms are never deleted: a known room needs no write.
-            if !self.known_rooms().contains(&room) && self.store.create_room(&room).await? {
-                // A new room belongs in the next room list at once.
-                *self.recent_rooms_cache() = None;
             }
             let stored = self.store.catch_up(&room, since, limit).await?;
             if since.is_none() {
@@ -216,6 +238,7 @@ impl Hub {
         &self,
         peer: &Peer,
         name: &Nickname,
+        author: AuthorId,
         room: RoomName,
         text: &str,
         r#ref: Option<Ref>,
@@ -228,6 +251,7 @@ impl Hub {
         let job = SendJob {
             room,
             from: name.clone(),
+            author,
             text,
             sender: peer.clone(),
             r#ref,
@@ -354,9 +378,12 @@ impl Hub {
         }
     }
 
-    /// Forgets a closed connection.
-    pub fn disconnect(&self, peer: &Peer, name: Option<&Nickname>) {
-        self.registry.disconnect(peer.id(), name);
+    /// Forgets a closed connection, and releases its name if it had one.
+    pub fn disconnect(&self, peer: &Peer, claim: Option<&Claim>) {
+        self.registry.disconnect(peer.id());
+        if let Some(claim) = claim {
+            self.claims.release(claim);
+        }
     }
 
     /// Whether storage answers.

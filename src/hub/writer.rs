@@ -24,7 +24,7 @@ use super::recent::RecentMessages;
 use super::{Frame, Peer};
 use crate::broker::Broker;
 use crate::clock;
-use crate::domain::{MessageText, Nickname, RoomName};
+use crate::domain::{AuthorId, MessageText, Nickname, RoomName};
 use crate::metrics::Metrics;
 use crate::protocol::{self, ChatMessage, EncodedMessage, ErrorCode, Ref, ServerMsg, encode};
 use crate::storage::{MessageStore, NewMessage, StorageError};
@@ -33,6 +33,7 @@ use crate::storage::{MessageStore, NewMessage, StorageError};
 pub struct SendJob {
     pub room: RoomName,
     pub from: Nickname,
+    pub author: AuthorId,
     pub text: MessageText,
     pub sender: Peer,
     pub r#ref: Option<Ref>,
@@ -171,6 +172,7 @@ impl Writer {
                 room: job.room.clone(),
                 id: uuid::Uuid::now_v7().to_string(),
                 from: job.from.clone(),
+                author: job.author,
                 text: job.text.clone(),
                 ts,
             })
@@ -280,7 +282,7 @@ mod tests {
 
     use crate::broker::BrokerError;
     use crate::hub::Outbox;
-    use crate::storage::CatchUp;
+    use crate::storage::{CatchUp, RoomCreation};
 
     /// What the writer did, in order: `append` when a batch reached the
     /// store, `publish` when its messages went to the broker.
@@ -333,13 +335,14 @@ mod tests {
                         id: m.id,
                         seq: *seq,
                         from: m.from.into_string(),
+                        author: Some(m.author.get()),
                         text: m.text.into_string(),
                         ts: m.ts,
                     }
                 })
                 .collect())
         }
-        async fn create_room(&self, _: &RoomName) -> Result<bool, StorageError> {
+        async fn create_room(&self, _: &RoomName) -> Result<RoomCreation, StorageError> {
             unreachable!("the writer only appends")
         }
         async fn room_exists(&self, _: &RoomName) -> Result<bool, StorageError> {
@@ -433,6 +436,7 @@ mod tests {
         SendJob {
             room: RoomName::parse("r").unwrap(),
             from: Nickname::parse("alice").unwrap(),
+            author: AuthorId::from_stored(1),
             text: MessageText::parse(text).unwrap(),
             sender: sender.clone(),
             r#ref: None,

@@ -3,7 +3,9 @@
 mod bench_smoke;
 mod helpers;
 mod http;
+mod identity;
 mod limits;
+mod names;
 mod pacing;
 mod persistence;
 mod process;

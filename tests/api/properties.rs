@@ -773,6 +773,8 @@ struct Model {
     people: HashMap<String, (String, usize)>,
     /// The last token the server gave for each name, even once released.
     tokens: HashMap<String, String>,
+    /// The author id of each name's last identity (from `welcome`).
+    authors: HashMap<String, Value>,
     /// Every room, oldest first.
     rooms: Vec<String>,
     /// People in each room: case-folded name -> (display name, connections).
@@ -787,6 +789,8 @@ struct Model {
 struct ModelConn {
     /// Display name and case-folded key, after a successful hello.
     name: Option<(String, String)>,
+    /// The identity's author id, from `welcome`.
+    author: Value,
     rooms: BTreeSet<String>,
 }
 
@@ -1064,6 +1068,8 @@ impl Run {
             unlimited(config);
             config.max_conns_per_ip = 1000;
             config.conns_per_ip_per_minute = NonZeroU32::new(1_000_000).unwrap();
+            // The model frees a name when its last connection closes.
+            config.name_hold = Duration::ZERO;
         })
         .await;
         Self {
@@ -1399,6 +1405,13 @@ impl Run {
                     (display, key, true)
                 }
                 Some(_) => return self.settle(vec![(c, expect_error("name_taken"))]).await,
+                // Offline (no --name-hold here): the token last issued for
+                // the name reclaims it, and the same token comes back.
+                None if token.is_some() && token == known => {
+                    let token = token.clone().expect("checked");
+                    self.model.people.insert(key.clone(), (token, 1));
+                    (display, key, true)
+                }
                 None => {
                     self.model.people.insert(key.clone(), (String::new(), 1));
                     (display, key, false)
@@ -1418,13 +1431,22 @@ impl Run {
             .filter(|t| !t.is_empty())
             .ok_or_else(|| format!("welcome without a session: {welcome}"))?
             .to_owned();
+        let author = welcome["author"].clone();
+        if !author.is_u64() {
+            return Err(format!("welcome without an author id: {welcome}"));
+        }
+        self.model.conns[c].as_mut().expect("connected").author = author.clone();
         if same_token {
             let person_token = &self.model.people[&key].0;
             if &got != person_token {
                 return Err(format!("welcome for {display} changed the session token"));
             }
+            if self.model.authors.get(&key) != Some(&author) {
+                return Err(format!("the same token gave {display} another author id"));
+            }
         } else {
-            // A released name gets a fresh token.
+            self.model.authors.insert(key.clone(), author);
+            // A released name claimed without its token gets a fresh one.
             if known.as_ref() == Some(&got) {
                 return Err(format!("{display} was given its old token again"));
             }
@@ -1527,16 +1549,12 @@ impl Run {
         let (Some(id), Some(ts)) = (sent["id"].as_str(), sent["ts"].as_i64()) else {
             return Err(format!("sent without id or ts: {sent}"));
         };
-        let from = self.model.conns[c]
-            .as_ref()
-            .unwrap()
-            .name
-            .clone()
-            .unwrap()
-            .0;
+        let conn = self.model.conns[c].as_ref().unwrap();
+        let from = conn.name.clone().unwrap().0;
+        let author = conn.author.clone();
         let message = json!({
             "type": "message", "room": room, "id": id, "seq": seq,
-            "from": from, "text": text, "ts": ts,
+            "from": from, "author": author, "text": text, "ts": ts,
         });
         let mut stored = message.clone();
         stored.as_object_mut().unwrap().remove("type");

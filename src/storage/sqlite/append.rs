@@ -162,8 +162,8 @@ fn append(
     let mut seqs = Vec::with_capacity(batch.len());
     {
         let mut insert = tx.prepare_cached(
-            "INSERT INTO messages (room_id, seq, id, author, body, ts) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO messages (room_id, seq, id, author, author_id, body, ts) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?;
         for message in &batch {
             let (room_id, last_seq) = counters
@@ -176,6 +176,7 @@ fn append(
                 seq,
                 message.id,
                 message.from.as_str(),
+                message.author.to_stored(),
                 message.text.as_str(),
                 message.ts
             ])?;
@@ -191,6 +192,7 @@ fn append(
             id: message.id,
             seq,
             from: message.from.into_string(),
+            author: Some(message.author.get()),
             text: message.text.into_string(),
             ts: message.ts,
         })
@@ -213,6 +215,7 @@ mod tests {
             room: RoomName::parse("r").unwrap(),
             id: "1".into(),
             from: Nickname::parse("alice").unwrap(),
+            author: crate::domain::AuthorId::random(),
             text: MessageText::parse("hi").unwrap(),
             ts: 1,
         }];
