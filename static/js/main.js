@@ -155,6 +155,7 @@ function enterChat(s, joined) {
   for (const message of room.accept(messages)) {
     list.append(views.messageItem(message, s.name));
   }
+  views.markSharedNames(list);
   room.hasOlder = messages.length >= PAGE_SIZE;
   markReady(s);
   views.scrollToBottom(list);
@@ -187,6 +188,7 @@ function rejoin(s) {
     for (const message of fresh) {
       views.insertBySeq(list, views.messageItem(message, s.name), message.seq);
     }
+    views.markSharedNames(list);
     settleInFlight(s, fresh);
     if (stick) views.scrollToBottom(list);
     s.conn.resetBackoff();
@@ -244,6 +246,7 @@ function onPush(s, message) {
       const [fresh] = room.accept([message]);
       if (!fresh) return;
       views.insertBySeq(list, views.messageItem(fresh, s.name), fresh.seq);
+      views.markSharedNames(list);
       if (stick || fresh.from === s.name) views.scrollToBottom(list);
       return;
     }
@@ -263,9 +266,9 @@ function onPush(s, message) {
       if (message.event === 'join') {
         const back = s.graceUsers.delete(user) && Date.now() < s.graceUntil;
         if (back || wasHere) break;
-        list.append(views.eventNoticeItem(`${user} has joined the chat`));
+        list.append(views.presenceNoticeItem(user, 'has joined the chat'));
       } else if (message.event === 'leave') {
-        list.append(views.eventNoticeItem(`${user} has left the chat`));
+        list.append(views.presenceNoticeItem(user, 'has left the chat'));
       }
       break;
     }
@@ -351,6 +354,7 @@ async function loadOlder(s) {
     const fresh = room.accept(messages);
     if (fresh.length > 0) {
       views.prependKeepingScroll($('messages'), fresh.map((m) => views.messageItem(m, s.name)));
+      views.markSharedNames($('messages'));
     }
   } catch (error) {
     if (error.code !== 'offline' && error.code !== 'closed') {
