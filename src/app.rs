@@ -96,6 +96,7 @@ impl App {
             IdentityConfig {
                 session_ttl: config.session_ttl,
                 name_hold: config.name_hold,
+                max_guests: config.max_guests,
             },
         );
         let (hub, writer) = Hub::start(

@@ -82,6 +82,13 @@ pub struct Config {
           value_parser = humantime::parse_duration)]
     pub name_hold: Duration,
 
+    /// Most guests (names with a session token) stored. Checked hourly;
+    /// beyond it the least recently seen are forgotten, and their tokens no
+    /// longer reclaim anything. Without it, a client making up a new name
+    /// per connection could grow the database for the whole --session-ttl.
+    #[arg(long, env = "CHATTERPRO_MAX_GUESTS", default_value_t = 1_000_000)]
+    pub max_guests: u64,
+
     /// Messages shown on joining a room (at most 1000).
     #[arg(long, env = "CHATTERPRO_HISTORY_ON_JOIN", default_value_t = 50,
           value_parser = clap::value_parser!(u32).range(0..=1000))]

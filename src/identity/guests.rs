@@ -29,6 +29,9 @@ pub struct IdentityConfig {
     pub session_ttl: Duration,
     /// How long an offline guest's name stays theirs (`--name-hold`).
     pub name_hold: Duration,
+    /// Most guests stored; beyond, the least recently seen are forgotten at
+    /// the next hourly pruning (`--max-guests`).
+    pub max_guests: u64,
 }
 
 pub struct GuestClaims {
@@ -174,9 +177,13 @@ async fn prune(claims: Weak<GuestClaims>) {
             return;
         };
         let valid_since = claims.valid_since(clock::now_ms());
-        match claims.store.prune_guests(valid_since).await {
+        match claims
+            .store
+            .prune_guests(valid_since, claims.config.max_guests)
+            .await
+        {
             Ok(0) => {}
-            Ok(n) => tracing::info!(guests = n, "forgot guests whose session expired"),
+            Ok(n) => tracing::info!(guests = n, "forgot expired or least recently seen guests"),
             Err(e) => tracing::warn!(error = %e, "could not forget expired guests"),
         }
     }
@@ -282,6 +289,7 @@ mod tests {
         IdentityConfig {
             session_ttl: 30 * 24 * HOUR,
             name_hold,
+            max_guests: 1_000_000,
         }
     }
 
@@ -363,6 +371,7 @@ mod tests {
             IdentityConfig {
                 session_ttl: Duration::from_millis(1),
                 name_hold: Duration::ZERO,
+                max_guests: 1_000_000,
             },
         )
         .await;
@@ -372,6 +381,31 @@ mod tests {
         let again = claims.claim(name("dave"), Some(&dave.token)).await.unwrap();
         assert_ne!(again.token, dave.token);
         assert_ne!(again.author, dave.author);
+    }
+
+    #[tokio::test]
+    async fn stored_guests_are_bounded_least_recently_seen_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("g.db").display());
+        let store = Arc::new(SqliteStore::connect(&url).await.unwrap());
+        let claims = GuestClaims::start(store.clone(), config(Duration::ZERO));
+        let mut tokens = Vec::new();
+        for i in 0..5 {
+            let claim = claims.claim(name(&format!("g{i}")), None).await.unwrap();
+            tokens.push(claim.token.clone());
+            claims.release(&claim);
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(store.prune_guests(0, 3).await.unwrap(), 2);
+        // The two seen longest ago are forgotten: their tokens are new identities.
+        for (i, token) in tokens.iter().enumerate() {
+            let back = claims
+                .claim(name(&format!("g{i}")), Some(token))
+                .await
+                .unwrap();
+            assert_eq!(&back.token == token, i >= 2, "g{i}");
+        }
     }
 
     #[test]

@@ -135,7 +135,9 @@ pub struct HoldRule {
 #[async_trait]
 pub trait GuestStore: Send + Sync + 'static {
     /// The guest whose token hashes to `token_hash`, if it has not expired
-    /// (used at or after `valid_since`); marks it used at `now`.
+    /// (used at or after `valid_since`); marks it used at `now` (an
+    /// implementation may skip the write while the stored time is recent:
+    /// expiry is counted in days).
     async fn reclaim_guest(
         &self,
         token_hash: &[u8; 32],
@@ -157,6 +159,7 @@ pub trait GuestStore: Send + Sync + 'static {
     /// Notes that the guest was seen at `now` (its holder just left).
     async fn touch_guest(&self, token_hash: &[u8; 32], now: i64) -> Result<(), StorageError>;
 
-    /// Forgets guests whose token was last used before `valid_since`; returns how many.
-    async fn prune_guests(&self, valid_since: i64) -> Result<u64, StorageError>;
+    /// Forgets guests whose token was last used before `valid_since`, then
+    /// the least recently seen beyond `keep`; returns how many.
+    async fn prune_guests(&self, valid_since: i64, keep: u64) -> Result<u64, StorageError>;
 }

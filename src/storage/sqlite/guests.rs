@@ -37,6 +37,9 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
+/// How stale a guest's time of last use may be before a reclaim rewrites it.
+const LAST_SEEN_PRECISION_MS: i64 = 60 * 60 * 1000;
+
 /// Tries at picking a free author id before giving up (each a 1 in 2^53
 /// chance of meeting a taken one times the number of guests).
 const AUTHOR_ID_TRIES: usize = 4;
@@ -50,16 +53,29 @@ impl GuestStore for SqliteStore {
         now: i64,
     ) -> Result<Option<StoredGuest>, StorageError> {
         let row: Option<GuestRow> = sqlx::query_as(
-            "UPDATE guests SET last_seen = MAX(last_seen, ?3) \
-             WHERE token_hash = ?1 AND last_seen >= ?2 \
-             RETURNING token_hash, author_id, name, name_key, name_shape, last_seen",
+            "SELECT token_hash, author_id, name, name_key, name_shape, last_seen FROM guests \
+             WHERE token_hash = ?1 AND last_seen >= ?2",
         )
         .bind(token_hash.as_slice())
         .bind(valid_since)
-        .bind(now)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.and_then(GuestRow::into_guest))
+        let Some(mut guest) = row.and_then(GuestRow::into_guest) else {
+            return Ok(None);
+        };
+        // A write costs an fsync, and after a restart every page reclaims
+        // at once: the time of use is only written when it has aged
+        // (expiry is counted in days; the name's hold is counted from the
+        // start or from when its holder leaves, written then).
+        if guest.last_seen < now.saturating_sub(LAST_SEEN_PRECISION_MS) {
+            sqlx::query("UPDATE guests SET last_seen = MAX(last_seen, ?2) WHERE token_hash = ?1")
+                .bind(token_hash.as_slice())
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
+            guest.last_seen = now;
+        }
+        Ok(Some(guest))
     }
 
     async fn register_guest(
@@ -94,12 +110,28 @@ impl GuestStore for SqliteStore {
         Ok(())
     }
 
-    async fn prune_guests(&self, valid_since: i64) -> Result<u64, StorageError> {
-        let done = sqlx::query("DELETE FROM guests WHERE last_seen < ?1")
+    async fn prune_guests(&self, valid_since: i64, keep: u64) -> Result<u64, StorageError> {
+        let expired = sqlx::query("DELETE FROM guests WHERE last_seen < ?1")
             .bind(valid_since)
             .execute(&self.pool)
+            .await?
+            .rows_affected();
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM guests")
+            .fetch_one(&self.pool)
             .await?;
-        Ok(done.rows_affected())
+        let excess = count.saturating_sub(i64::try_from(keep).unwrap_or(i64::MAX));
+        if excess <= 0 {
+            return Ok(expired);
+        }
+        let evicted = sqlx::query(
+            "DELETE FROM guests WHERE token_hash IN \
+             (SELECT token_hash FROM guests ORDER BY last_seen LIMIT ?1)",
+        )
+        .bind(excess)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(expired + evicted)
     }
 }
 
