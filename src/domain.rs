@@ -85,7 +85,9 @@ fn is_listed_invisible(c: char) -> bool {
 /// Whether `c` must not appear in a name: see the module documentation.
 /// Controls are [`InputError::ControlCharacter`] and checked before this.
 fn is_invisible(c: char) -> bool {
-    if c == ' ' {
+    // Room names are parsed on every send: the common case stays cheap.
+    // (ASCII controls are refused before this is asked.)
+    if c.is_ascii() {
         return false;
     }
     // White_Space other than the plain space: NBSP, the en/em/thin/ideographic
