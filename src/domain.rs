@@ -442,6 +442,7 @@ mod tests {
             ("alice", "aIice"),                     // capital I for l
             ("paypal", "\u{440}\u{430}y\u{440}al"), // Cyrillic р, а
             ("admin", "\u{430}dmin"),
+            ("cam", "carn"), // TS #39 lists "rn" as "m"
         ] {
             assert!(clash(a, b), "{a:?} and {b:?} should be one name");
         }
