@@ -144,7 +144,9 @@ fn append(
     for message in &batch {
         *shares.entry(message.room.as_str()).or_default() += 1;
     }
-    // name -> (room id, last seq before this batch)
+    // name -> (room id, last seq before this batch). Rooms reach here made
+    // by `create_room` (a send needs a join), with their look-alike key; a
+    // room first made here would get its key at the next start.
     let mut counters: HashMap<&str, (i64, i64)> = HashMap::with_capacity(shares.len());
     {
         let mut advance = tx.prepare_cached(
