@@ -1,6 +1,7 @@
-//! [`GuestStore`] on SQLite: the `guests` table (migration 0003), through
-//! the read pool — a guest's row changes once per `hello` and once when its
-//! holder leaves, far off the message path.
+//! [`GuestStore`] on SQLite: the `guests` table (migration 0003), through a
+//! pool of its own without an fsync per commit (see `SqliteStore::guests_pool`):
+//! a guest's row changes when its name is first claimed and when its holder
+//! leaves, far off the message path.
 
 use async_trait::async_trait;
 use sqlx::FromRow;
@@ -58,7 +59,7 @@ impl GuestStore for SqliteStore {
         )
         .bind(token_hash.as_slice())
         .bind(valid_since)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.guests_pool)
         .await?;
         let Some(mut guest) = row.and_then(GuestRow::into_guest) else {
             return Ok(None);
@@ -71,7 +72,7 @@ impl GuestStore for SqliteStore {
             sqlx::query("UPDATE guests SET last_seen = MAX(last_seen, ?2) WHERE token_hash = ?1")
                 .bind(token_hash.as_slice())
                 .bind(now)
-                .execute(&self.pool)
+                .execute(&self.guests_pool)
                 .await?;
             guest.last_seen = now;
         }
@@ -87,7 +88,7 @@ impl GuestStore for SqliteStore {
             // IMMEDIATE: the check and the replacement happen under the
             // write lock, so two newcomers cannot both take a free name.
             // (A transaction dropped unfinished is rolled back.)
-            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+            let mut tx = self.guests_pool.begin_with("BEGIN IMMEDIATE").await?;
             match register(&mut tx, guest, hold).await {
                 Ok(true) => {
                     tx.commit().await?;
@@ -105,7 +106,7 @@ impl GuestStore for SqliteStore {
         sqlx::query("UPDATE guests SET last_seen = MAX(last_seen, ?2) WHERE token_hash = ?1")
             .bind(token_hash.as_slice())
             .bind(now)
-            .execute(&self.pool)
+            .execute(&self.guests_pool)
             .await?;
         Ok(())
     }
@@ -113,11 +114,11 @@ impl GuestStore for SqliteStore {
     async fn prune_guests(&self, valid_since: i64, keep: u64) -> Result<u64, StorageError> {
         let expired = sqlx::query("DELETE FROM guests WHERE last_seen < ?1")
             .bind(valid_since)
-            .execute(&self.pool)
+            .execute(&self.guests_pool)
             .await?
             .rows_affected();
         let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM guests")
-            .fetch_one(&self.pool)
+            .fetch_one(&self.guests_pool)
             .await?;
         let excess = count.saturating_sub(i64::try_from(keep).unwrap_or(i64::MAX));
         if excess <= 0 {
@@ -128,7 +129,7 @@ impl GuestStore for SqliteStore {
              (SELECT token_hash FROM guests ORDER BY last_seen LIMIT ?1)",
         )
         .bind(excess)
-        .execute(&self.pool)
+        .execute(&self.guests_pool)
         .await?
         .rows_affected();
         Ok(expired + evicted)

@@ -32,10 +32,18 @@ use crate::protocol::ChatMessage;
 /// Reads run concurrently in WAL mode; writes are serialised by SQLite (and
 /// in practice come from the one writer task), so a few connections suffice.
 const POOL_SIZE: u32 = 4;
+/// Guests' writes are serialised by SQLite anyway; reads are one row each.
+const GUESTS_POOL_SIZE: u32 = 2;
 
 pub struct SqliteStore {
     /// Reads, room creation and migrations.
     pool: SqlitePool,
+    /// Guests' identities ([`guests`]), with `synchronous = NORMAL`: a
+    /// commit there costs no fsync (WAL mode keeps it safe from a process
+    /// crash, and the next fsync of a message commit makes it durable), so
+    /// a burst of new names is not a burst of fsyncs. What a power cut
+    /// could lose is the newest claims: their pages get new identities.
+    guests_pool: SqlitePool,
     /// Appends: the hot path, on a thread of its own (see [`append`]).
     appender: Appender,
 }
@@ -88,13 +96,21 @@ impl SqliteStore {
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
         fill_room_keys(&pool).await?;
+        let guests_pool = SqlitePoolOptions::new()
+            .max_connections(GUESTS_POOL_SIZE)
+            .connect_with(options.clone().synchronous(SqliteSynchronous::Normal))
+            .await?;
         let path = options.get_filename();
         // An in-memory database would be a different one on each connection.
         if path.as_os_str() == ":memory:" || path.starts_with("file:") {
             return Err(StorageError::UnsupportedUrl(url.to_owned()));
         }
         let appender = Appender::open(path).await?;
-        Ok(Self { pool, appender })
+        Ok(Self {
+            pool,
+            guests_pool,
+            appender,
+        })
     }
 }
 
