@@ -43,6 +43,7 @@ pub struct SqliteStore {
     /// crash, and the next fsync of a message commit makes it durable), so
     /// a burst of new names is not a burst of fsyncs. What a power cut
     /// could lose is the newest claims: their pages get new identities.
+    /// Its commits checkpoint the WAL themselves past 1,000 pages.
     guests_pool: SqlitePool,
     /// Appends: the hot path, on a thread of its own (see [`append`]).
     appender: Appender,
@@ -98,7 +99,16 @@ impl SqliteStore {
         fill_room_keys(&pool).await?;
         let guests_pool = SqlitePoolOptions::new()
             .max_connections(GUESTS_POOL_SIZE)
-            .connect_with(options.clone().synchronous(SqliteSynchronous::Normal))
+            .connect_with(
+                options
+                    .clone()
+                    .synchronous(SqliteSynchronous::Normal)
+                    // SQLite's own checkpoint after its commits (its
+                    // default, 1,000 pages): a flood of new names writes
+                    // the WAL without any message commit nudging the
+                    // checkpoint thread, and must not grow it unbounded.
+                    .pragma("wal_autocheckpoint", "1000"),
+            )
             .await?;
         let path = options.get_filename();
         // An in-memory database would be a different one on each connection.
