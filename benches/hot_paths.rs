@@ -36,6 +36,7 @@ fn message() -> ChatMessage {
         id: "0193a5b2-7c1d-7e00-8000-000000000001".into(),
         seq: 123_456,
         from: "alice".into(),
+        author: Some(4_503_599_627_370_495),
         text: "hello everyone, how is it going today?".into(),
         ts: 1_764_111_111_111,
     }
@@ -114,5 +115,22 @@ fn fanout(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decode_and_validate, encode_broadcast, fanout);
+fn name_keys(c: &mut Criterion) {
+    // Once per hello: the name parsed (NFC, character rules, the bot's
+    // look-alikes) and its two look-alike keys (UTS #39 skeletons).
+    c.bench_function("parse a nickname and its look-alike keys", |b| {
+        b.iter(|| {
+            let name = Nickname::parse(black_box("Zoë Martín-López")).unwrap();
+            (name.key(), name.shape())
+        })
+    });
+}
+
+criterion_group!(
+    benches,
+    decode_and_validate,
+    encode_broadcast,
+    fanout,
+    name_keys
+);
 criterion_main!(benches);

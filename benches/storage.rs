@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use chatterpro::domain::{MessageText, Nickname, RoomName};
+use chatterpro::domain::{AuthorId, MessageText, Nickname, RoomName};
 use chatterpro::storage::{MessageStore, NewMessage, SqliteStore};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
@@ -17,6 +17,7 @@ fn batch(rooms: &[RoomName], size: usize, counter: &mut u64) -> Vec<NewMessage> 
                 room: rooms[i % rooms.len()].clone(),
                 id: format!("bench-{counter}"),
                 from: from.clone(),
+                author: AuthorId::random(),
                 text: MessageText::parse("a typical chat message of some forty bytes").unwrap(),
                 ts: 1_764_111_111_111,
                 key: None,

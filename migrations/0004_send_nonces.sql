@@ -3,7 +3,7 @@
 -- instead of being stored again. Written in the transaction that stores the
 -- message: one is never stored without the other. Rows older than the window
 -- (24 h) are ignored by lookups and deleted in the background; `ts` is the
--- message's. `sender` is an opaque identity (today the sender's name key).
+-- message's. `sender` is an opaque identity (the sender's author id).
 CREATE TABLE send_nonces (
     sender     TEXT    NOT NULL,
     nonce      TEXT    NOT NULL,

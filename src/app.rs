@@ -22,9 +22,10 @@ use crate::conn;
 use crate::domain::RoomName;
 use crate::http::{self, AllowedOrigins, AppState, ServeSettings, SocketBudget, TrustedProxies};
 use crate::hub::{Hub, HubConfig, Pacing, Reaper, ReaperConfig, Registry, SocketWrites};
+use crate::identity::{GuestClaims, IdentityConfig};
 use crate::limits::AddressLimits;
 use crate::metrics::Metrics;
-use crate::storage::{MessageStore, SqliteStore, StorageError};
+use crate::storage::{GuestStore, MessageStore, RoomCreation, SqliteStore, StorageError};
 
 /// How long shutdown waits for connections to say goodbye.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -43,10 +44,14 @@ pub struct App {
     reaper: Reaper,
 }
 
-/// Picks the storage backend from the URL's scheme.
-async fn open_store(url: &str) -> Result<Arc<dyn MessageStore>, StorageError> {
+/// Picks the storage backend from the URL's scheme: messages and guests
+/// live in the same database.
+async fn open_store(
+    url: &str,
+) -> Result<(Arc<dyn MessageStore>, Arc<dyn GuestStore>), StorageError> {
     if url.starts_with("sqlite:") {
-        Ok(Arc::new(SqliteStore::connect(url).await?))
+        let store = Arc::new(SqliteStore::connect(url).await?);
+        Ok((store.clone(), store))
     } else {
         Err(StorageError::UnsupportedUrl(url.to_owned()))
     }
@@ -56,14 +61,16 @@ impl App {
     /// Opens storage, creates the default rooms and binds the listener.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         config.validate().map_err(anyhow::Error::msg)?;
-        let store = open_store(&config.database_url)
+        let (store, guests) = open_store(&config.database_url)
             .await
             .with_context(|| format!("opening {}", config.database_url))?;
         let mut default_rooms = Vec::new();
         for name in &config.default_rooms {
             let room = RoomName::parse(name)
                 .map_err(|e| anyhow::anyhow!("default room {name:?}: room name {e}"))?;
-            store.create_room(&room).await?;
+            if let RoomCreation::LooksLike(existing) = store.create_room(&room).await? {
+                anyhow::bail!("default room {name:?} looks like the existing room {existing:?}");
+            }
             default_rooms.push(room);
         }
         let metrics = Arc::new(Metrics::new());
@@ -90,10 +97,19 @@ impl App {
             room_list_window: config.room_list_window,
             room_list_refresh: config.room_list_refresh,
         };
+        let claims = GuestClaims::start(
+            guests,
+            IdentityConfig {
+                session_ttl: config.session_ttl,
+                name_hold: config.name_hold,
+                max_guests: config.max_guests,
+            },
+        );
         let (hub, writer) = Hub::start(
             hub_config,
             registry.clone(),
             store,
+            claims,
             broker,
             metrics,
             writer_stop.clone(),

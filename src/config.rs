@@ -128,6 +128,27 @@ pub struct Config {
     )]
     pub welcome: String,
 
+    /// How long a guest's session token stays valid after its last use: while
+    /// valid, the browser that holds it gets its name (and author id) back,
+    /// across restarts. Unused longer, it is forgotten.
+    #[arg(long, env = "CHATTERPRO_SESSION_TTL", default_value = "30days",
+          value_parser = humantime::parse_duration)]
+    pub session_ttl: Duration,
+
+    /// How long a guest's name stays theirs after they were last online
+    /// (and after each server start): only their session token claims it
+    /// meanwhile. Past it, anyone may take the name (a new identity).
+    #[arg(long, env = "CHATTERPRO_NAME_HOLD", default_value = "1h",
+          value_parser = humantime::parse_duration)]
+    pub name_hold: Duration,
+
+    /// Most guests (names with a session token) stored. Checked hourly;
+    /// beyond it the least recently seen are forgotten, and their tokens no
+    /// longer reclaim anything. Without it, a client making up a new name
+    /// per connection could grow the database for the whole --session-ttl.
+    #[arg(long, env = "CHATTERPRO_MAX_GUESTS", default_value_t = 1_000_000)]
+    pub max_guests: u64,
+
     /// Messages shown on joining a room (at most 1000).
     #[arg(long, env = "CHATTERPRO_HISTORY_ON_JOIN", default_value_t = 50,
           value_parser = clap::value_parser!(u32).range(0..=1000))]
@@ -438,6 +459,13 @@ fn parse_window(raw: &str) -> Result<Duration, String> {
 impl Config {
     /// Checks settings that depend on each other.
     pub fn validate(&self) -> Result<(), String> {
+        if self.name_hold > self.session_ttl {
+            return Err(format!(
+                "--name-hold ({}) must not exceed --session-ttl ({}): a name is held for a valid token",
+                humantime::format_duration(self.name_hold),
+                humantime::format_duration(self.session_ttl)
+            ));
+        }
         if self.outbox_capacity < 2 * self.write_batch {
             return Err(format!(
                 "--outbox-capacity ({}) must be at least twice --write-batch ({}): one commit \

@@ -12,10 +12,12 @@
 //! - [`hub`]: names, rooms, presence and pacing, the group-commit writer — who is where;
 //!   a delivery round's socket writes batched through io_uring (`hub::batch`);
 //!   removal of unused rooms (`hub::lifecycle`).
-//! - [`storage`]: the `MessageStore` trait and its SQLite implementation.
+//! - [`identity`]: who someone is — guests' name claims and session tokens
+//!   (the `NameClaims` trait; guests stored through `storage::GuestStore`).
+//! - [`storage`]: the `MessageStore` and `GuestStore` traits and their SQLite implementation.
 //! - [`broker`]: the `Broker` trait (fan-out between servers) and its in-process implementation.
 //! - [`protocol`]: the wire format (requests, replies, error codes, limits).
-//! - [`domain`]: validated names and texts; [`frame`]: a server frame, encoded
+//! - [`domain`]: validated names and texts, look-alike keys, author ids; [`frame`]: a server frame, encoded
 //!   and WebSocket-framed once, shared by its recipients; [`clock`],
 //!   [`metrics`], [`telemetry`].
 
@@ -30,6 +32,7 @@ pub mod domain;
 pub mod frame;
 pub mod http;
 pub mod hub;
+pub mod identity;
 pub mod limits;
 pub mod metrics;
 pub mod protocol;

@@ -444,7 +444,13 @@ pub struct ChatMessage {
     pub room: String,
     pub id: String,
     pub seq: u64,
+    /// The sender's display name.
     pub from: String,
+    /// The sender's identity (`domain::AuthorId`), an opaque id stable
+    /// across its connections and restarts: two senders with the same `from` and different
+    /// `author` are two people. Absent on messages stored before identities were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<u64>,
     pub text: String,
     /// Server time of acceptance, Unix milliseconds.
     pub ts: i64,
@@ -535,6 +541,8 @@ pub enum ServerMsg {
     Welcome {
         name: String,
         session: String,
+        /// The identity's author id, as in its messages' `author`.
+        author: u64,
         protocol: u32,
         rooms: Vec<RoomInfo>,
     },
@@ -866,13 +874,14 @@ mod tests {
             id: "i".into(),
             seq: 1,
             from: "alice".into(),
+            author: Some(9),
             text: "hi".into(),
             ts: 5,
         });
         let v: Value = serde_json::from_str(&encode(&msg, None)).unwrap();
         assert_eq!(
             v,
-            json!({"type":"message","room":"r","id":"i","seq":1,"from":"alice","text":"hi","ts":5})
+            json!({"type":"message","room":"r","id":"i","seq":1,"from":"alice","author":9,"text":"hi","ts":5})
         );
     }
 
@@ -882,6 +891,7 @@ mod tests {
             id: format!("id-{seq}"),
             seq,
             from: "ünï".into(),
+            author: seq.is_multiple_of(2).then_some(1 << 52),
             text: text.into(),
             ts: 1_700_000_000_000,
         }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::domain::Nickname;
 use crate::hub::{self, Frame, Hub, Outgoing, Peer, Refusal, SendsInFlight};
+use crate::identity::Claim;
 use crate::limits::{AddressLimits, ConnLimits, LimitKind, RetryAfter};
 use crate::protocol::{
     self, ClientMsg, ErrorCode, PROTOCOL_VERSION, Ref, Request, ServerMsg, close, encode,
@@ -16,7 +17,8 @@ use crate::protocol::{
 pub struct Session {
     hub: Arc<Hub>,
     peer: Peer,
-    identity: Option<Identity>,
+    /// The name granted by `hello`, and the identity behind it.
+    identity: Option<Claim>,
     limits: ConnLimits,
     /// Set when the client ran out of strikes; it is closed after the reply.
     abusive: Cell<bool>,
@@ -25,11 +27,6 @@ pub struct Session {
     /// This connection's sends not yet answered (shared with the connection,
     /// which waits for them before closing).
     sends: Arc<SendsInFlight>,
-}
-
-struct Identity {
-    name: Nickname,
-    session: String,
 }
 
 fn rate_limited(what: &str, retry: RetryAfter) -> Refusal {
@@ -200,7 +197,7 @@ impl Session {
                     nonce: nonce.as_deref(),
                     r#ref: r#ref.cloned(),
                 };
-                hub.send(peer, &identity.name, outgoing, &self.sends)
+                hub.send(peer, &identity.name, identity.author, outgoing, &self.sends)
                     .await?;
                 Ok(None)
             }
@@ -232,8 +229,7 @@ impl Session {
     async fn hello(&mut self, name: &str, session: Option<&str>) -> Result<ServerMsg, Refusal> {
         match &self.identity {
             // Saying hello again with the same name is harmless: answer it again.
-            Some(identity)
-                if Nickname::parse(name).is_ok_and(|n| n.key() == identity.name.key()) => {}
+            Some(identity) if Nickname::parse(name).is_ok_and(|n| n.key() == identity.key()) => {}
             Some(identity) => {
                 return Err(Refusal::new(
                     ErrorCode::BadRequest,
@@ -248,14 +244,15 @@ impl Session {
         // The room list first: if storage fails, the hello has had no effect.
         let rooms = self.hub.rooms().await?;
         if self.identity.is_none() {
-            let (name, session) = self.hub.hello(name, session)?;
-            tracing::debug!(name = ?name.as_str(), "hello");
-            self.identity = Some(Identity { name, session });
+            let claim = self.hub.hello(name, session).await?;
+            tracing::debug!(name = ?claim.name.as_str(), "hello");
+            self.identity = Some(claim);
         }
         let identity = self.identity.as_ref().expect("set above");
         Ok(ServerMsg::Welcome {
             name: identity.name.as_str().to_owned(),
-            session: identity.session.clone(),
+            session: identity.token.clone(),
+            author: identity.author.get(),
             protocol: PROTOCOL_VERSION,
             rooms,
         })
@@ -289,7 +286,7 @@ impl Session {
 /// it — the connection leaves every room and its name is released.
 impl Drop for Session {
     fn drop(&mut self) {
-        let name = self.identity.take().map(|i| i.name);
-        self.hub.disconnect(&self.peer, name.as_ref());
+        let claim = self.identity.take();
+        self.hub.disconnect(&self.peer, claim.as_ref());
     }
 }

@@ -38,7 +38,7 @@ use crate::clock;
 use crate::domain::RoomName;
 use crate::protocol::ChatMessage;
 use crate::storage::{
-    Appended, CatchUp, MessageStore, NewMessage, RoomDeletion, StaleRooms, StorageError,
+    Appended, CatchUp, MessageStore, RoomCreation, NewMessage, RoomDeletion, StaleRooms, StorageError,
 };
 
 /// Rooms removed in one transaction; a pass repeats rounds while they come full.
@@ -250,7 +250,7 @@ impl MessageStore for Tally {
         stored
     }
 
-    async fn create_room(&self, room: &RoomName) -> Result<bool, StorageError> {
+    async fn create_room(&self, room: &RoomName) -> Result<RoomCreation, StorageError> {
         self.inner.create_room(room).await
     }
 

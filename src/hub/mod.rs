@@ -3,8 +3,9 @@
 //! answers through each connection's outbox ([`Peer`]).
 //!
 //! It never sees a WebSocket: a connection is a [`Peer`] (a bounded queue of
-//! [`Frame`]s plus a kill switch). Storage and cross-server fan-out are the
-//! [`MessageStore`] and [`Broker`] traits, chosen once in `app.rs`.
+//! [`Frame`]s plus a kill switch). Storage, names and cross-server fan-out
+//! are the [`MessageStore`], [`NameClaims`] and [`Broker`] traits, chosen
+//! once in `app.rs`.
 //!
 //! The order of events for a send: membership checked here → queued to the
 //! `writer` → stored (group commit) → recorded in `recent` → `sent` queued
@@ -43,13 +44,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::Broker;
 use crate::clock;
-use crate::domain::{InputError, MessageText, Nickname, Nonce, RoomName};
+use crate::domain::{AuthorId, InputError, MessageText, Nickname, Nonce, RoomName};
+use crate::identity::{Claim, ClaimError, NameClaims};
 use crate::metrics::Metrics;
 use crate::protocol::{
     ChatMessage, EncodedMessage, EncodedMessages, ErrorCode, HISTORY_LIMIT_DEFAULT,
     HISTORY_LIMIT_MAX, Ref, RoomInfo, SINCE_LIMIT, SINCE_MAX_BYTES,
 };
-use crate::storage::{MessageStore, SendKey, StorageError};
+use crate::storage::{MessageStore, RoomCreation, SendKey, StorageError};
 use recent::RecentMessages;
 use writer::{SendJob, Writer};
 
@@ -119,6 +121,7 @@ pub struct Hub {
     queued: AtomicU64,
     settled: watch::Receiver<u64>,
     store: Arc<dyn MessageStore>,
+    claims: Arc<dyn NameClaims>,
     jobs_tx: mpsc::Sender<SendJob>,
     config: HubConfig,
     metrics: Arc<Metrics>,
@@ -145,6 +148,7 @@ impl Hub {
         config: HubConfig,
         registry: Arc<Registry>,
         store: Arc<dyn MessageStore>,
+        claims: Arc<dyn NameClaims>,
         broker: Arc<dyn Broker>,
         metrics: Arc<Metrics>,
         writer_stop: CancellationToken,
@@ -173,6 +177,7 @@ impl Hub {
             queued: AtomicU64::new(0),
             settled,
             store,
+            claims,
             jobs_tx,
             config,
             metrics,
@@ -184,12 +189,16 @@ impl Hub {
         &self.metrics
     }
 
-    /// Claims a name for a connection; returns the session token that reclaims it.
-    pub fn hello(&self, name: &str, session: Option<&str>) -> Result<(Nickname, String), Refusal> {
+    /// Claims a name for a connection: who it is until it closes.
+    pub async fn hello(&self, name: &str, session: Option<&str>) -> Result<Claim, Refusal> {
         let name = Nickname::parse(name)
             .map_err(|e| Refusal::new(ErrorCode::InvalidName, format!("name {e}")))?;
-        let token = self.registry.claim_name(&name, session)?;
-        Ok((name, token))
+        self.claims.claim(name, session).await.map_err(|e| match e {
+            ClaimError::Online(_) | ClaimError::Held(_) => {
+                Refusal::new(ErrorCode::NameTaken, e.to_string())
+            }
+            ClaimError::Storage(e) => internal(e),
+        })
     }
 
     /// Joins `peer` to a room (creating it), replying `joined` through the peer.
@@ -203,6 +212,22 @@ impl Hub {
     ) -> Result<(), Refusal> {
         // Not while the room is being removed (see `lifecycle`).
         let _open = self.lifecycle.read().await;
+        // A known room needs no write. A new room must not look like an
+        // existing one.
+        if !self.known_rooms().contains(&room) {
+            match self.store.create_room(&room).await.map_err(internal)? {
+                RoomCreation::Created | RoomCreation::Existed => {}
+                RoomCreation::LooksLike(existing) => {
+                    return Err(Refusal::new(
+                        ErrorCode::InvalidRoom,
+                        format!(
+                            "the room name {:?} looks like the existing room {existing:?}; join that one",
+                            room.as_str()
+                        ),
+                    ));
+                }
+            }
+        }
         let was_member = self.registry.begin_join(&room, peer, name);
         let catch_up = async {
             let prepared = self.catch_up(&room, since).await?;
@@ -286,6 +311,7 @@ impl Hub {
         &self,
         peer: &Peer,
         name: &Nickname,
+        author: AuthorId,
         outgoing: Outgoing<'_>,
         in_flight: &Arc<SendsInFlight>,
     ) -> Result<(), Refusal> {
@@ -307,10 +333,12 @@ impl Hub {
             .map(|nonce| {
                 let nonce = Nonce::parse(nonce)
                     .map_err(|e| Refusal::new(ErrorCode::BadRequest, format!("nonce {e}")))?;
-                // "The same sender" is the name's key until accounts give
-                // people a stable id; the store takes it as an opaque value.
+                // "The same sender" is the identity, not the name: a guest
+                // keeps its author id across reconnects and restarts (with
+                // its token), and someone who takes a free name later does
+                // not inherit its holder's nonces. Opaque to the store.
                 Ok(SendKey {
-                    sender: name.key(),
+                    sender: author.get().to_string(),
                     nonce,
                 })
             })
@@ -318,6 +346,7 @@ impl Hub {
         let job = SendJob {
             room,
             from: name.clone(),
+            author,
             text,
             key,
             sender: peer.clone(),
@@ -474,9 +503,12 @@ impl Hub {
         }
     }
 
-    /// Forgets a closed connection.
-    pub fn disconnect(&self, peer: &Peer, name: Option<&Nickname>) {
-        self.registry.disconnect(peer.id(), name);
+    /// Forgets a closed connection, and releases its name if it had one.
+    pub fn disconnect(&self, peer: &Peer, claim: Option<&Claim>) {
+        self.registry.disconnect(peer.id());
+        if let Some(claim) = claim {
+            self.claims.release(claim);
+        }
     }
 
     /// Whether storage answers.

@@ -229,6 +229,7 @@ mod tests {
             id: format!("id{seq}"),
             seq,
             from: "a".into(),
+            author: None,
             text: format!("m{seq}"),
             ts: 0,
         }

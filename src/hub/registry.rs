@@ -1,5 +1,6 @@
-//! Who is online, under which name, in which room: this server's membership
-//! state, and local delivery of frames to room members.
+//! Who is in which room: this server's membership state, and local
+//! delivery of frames to room members. (Who holds which name is
+//! `identity`'s.)
 //!
 //! One `std::sync::Mutex` guards it all. Sections are short and never await,
 //! and one lock keeps the invariants simple: a room's people list always
@@ -30,8 +31,6 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
-
-use rand::RngCore;
 
 use super::Frame;
 use super::batch::{self, SocketWrites};
@@ -120,23 +119,18 @@ impl Pacing {
 
 #[derive(Default)]
 struct State {
-    /// Online people by case-folded name.
-    people: HashMap<String, Person>,
     /// Rooms each connection is in, to leave them all on disconnect.
     conns: HashMap<ConnId, HashSet<RoomName>>,
     /// Rooms with at least one member; empty rooms are dropped.
     rooms: HashMap<RoomName, Room>,
 }
 
-struct Person {
-    session: String,
-    conns: usize,
-}
-
 #[derive(Default)]
 struct Room {
     members: HashMap<ConnId, Member>,
-    /// Distinct people in the room (case-folded name -> display name, connection count).
+    /// Distinct people in the room (lower-cased name -> display name,
+    /// connection count): in the order `users` lists them. Lower-cased names
+    /// are unique among the people online, as their look-alike keys are.
     people: BTreeMap<String, (String, usize)>,
     /// Messages held back by pacing, oldest first; a flush is scheduled
     /// whenever this is not empty.
@@ -167,6 +161,12 @@ enum Gate {
     },
     /// Frames with `seq <= after_seq` were in `joined` already and are skipped.
     Live { after_seq: u64 },
+}
+
+/// A person's entry in a room's people list: `users` are sorted
+/// case-insensitively.
+fn person_key(name: &Nickname) -> String {
+    name.as_str().to_lowercase()
 }
 
 /// Frames buffered for one catching-up member before it counts as too slow.
@@ -275,21 +275,6 @@ impl Room {
     }
 }
 
-/// Compares session tokens in time independent of where they differ.
-fn same_token(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
-}
-
-fn new_session_token() -> String {
-    let mut bytes = [0u8; 24];
-    rand::rng().fill_bytes(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 impl Registry {
     pub fn new(metrics: Arc<Metrics>, pacing: Pacing, writes: SocketWrites) -> Arc<Self> {
         Arc::new_cyclic(|me| Self {
@@ -304,35 +289,6 @@ impl Registry {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock is a bug; the state is still the best we have.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Claims `name` for `conn`: free names are granted with a new session
-    /// token; a name in use only with the token issued for it. Returns the token.
-    pub fn claim_name(&self, name: &Nickname, session: Option<&str>) -> Result<String, Refusal> {
-        let mut state = self.lock();
-        match state.people.get_mut(&name.key()) {
-            Some(person) => match session {
-                Some(token) if same_token(token, &person.session) => {
-                    person.conns += 1;
-                    Ok(person.session.clone())
-                }
-                _ => Err(Refusal::new(
-                    ErrorCode::NameTaken,
-                    format!("the name {name} is taken by someone online"),
-                )),
-            },
-            None => {
-                let token = new_session_token();
-                state.people.insert(
-                    name.key(),
-                    Person {
-                        session: token.clone(),
-                        conns: 1,
-                    },
-                );
-                Ok(token)
-            }
-        }
     }
 
     pub fn is_member(&self, room: &RoomName, conn: ConnId) -> bool {
@@ -426,7 +382,7 @@ impl Registry {
         if first_join {
             let count = entry
                 .people
-                .entry(name.key())
+                .entry(person_key(&name))
                 .or_insert_with(|| (name.as_str().to_owned(), 0));
             count.1 += 1;
             is_new_person = count.1 == 1;
@@ -544,7 +500,7 @@ impl Registry {
             return false;
         };
         entry.presence.forget(conn);
-        let key = member.name.key();
+        let key = person_key(&member.name);
         // The name as the room lists it: a person's tabs may spell it in
         // other cases, and clients remove names as they were listed.
         let mut person_left = None;
@@ -568,24 +524,14 @@ impl Registry {
         true
     }
 
-    /// Forgets a closed connection: leaves its rooms and releases its name
-    /// when it was that person's last connection.
-    pub fn disconnect(&self, conn: ConnId, name: Option<&Nickname>) {
+    /// Forgets a closed connection: leaves its rooms.
+    pub fn disconnect(&self, conn: ConnId) {
         let mut state = self.lock();
         let rooms = state.conns.remove(&conn).unwrap_or_default();
         let mut out = Vec::new();
         let mut wakes = Vec::new();
         for room in &rooms {
             self.leave_locked(&mut state, room, conn, &mut out, &mut wakes);
-        }
-        if let Some(name) = name {
-            let key = name.key();
-            if let Some(person) = state.people.get_mut(&key) {
-                person.conns -= 1;
-                if person.conns == 0 {
-                    state.people.remove(&key);
-                }
-            }
         }
         drop(state);
         self.write_out(&out);

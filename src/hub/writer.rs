@@ -31,7 +31,7 @@ use super::recent::RecentMessages;
 use super::{Frame, Peer};
 use crate::broker::Broker;
 use crate::clock;
-use crate::domain::{MessageText, Nickname, RoomName};
+use crate::domain::{AuthorId, MessageText, Nickname, RoomName};
 use crate::metrics::Metrics;
 use crate::protocol::{self, EncodedMessage, ErrorCode, Ref, ServerMsg, encode};
 use crate::storage::{Appended, MessageStore, NewMessage, SendKey, StorageError};
@@ -40,6 +40,7 @@ use crate::storage::{Appended, MessageStore, NewMessage, SendKey, StorageError};
 pub struct SendJob {
     pub room: RoomName,
     pub from: Nickname,
+    pub author: AuthorId,
     pub text: MessageText,
     /// The sender's nonce for it, if the client gave one (taken by the commit).
     pub key: Option<SendKey>,
@@ -233,6 +234,7 @@ impl Writer {
                 room: job.room.clone(),
                 id: uuid::Uuid::now_v7().to_string(),
                 from: job.from.clone(),
+                author: job.author,
                 text: job.text.clone(),
                 ts,
                 key: job.key.take(),
@@ -364,7 +366,7 @@ mod tests {
 
     use crate::broker::BrokerError;
     use crate::hub::Outbox;
-    use crate::storage::{CatchUp, RoomDeletion, StaleRooms};
+    use crate::storage::{CatchUp, RoomCreation, RoomDeletion, StaleRooms};
 
     /// What the writer did, in order: `append` when a batch reached the
     /// store, `publish` when its messages went to the broker.
@@ -426,13 +428,14 @@ mod tests {
                         id: m.id,
                         seq: *seq,
                         from: m.from.into_string(),
+                        author: Some(m.author.get()),
                         text: m.text.into_string(),
                         ts: m.ts,
                     })
                 })
                 .collect())
         }
-        async fn create_room(&self, _: &RoomName) -> Result<bool, StorageError> {
+        async fn create_room(&self, _: &RoomName) -> Result<RoomCreation, StorageError> {
             unreachable!("the writer only appends")
         }
         async fn room_exists(&self, _: &RoomName) -> Result<bool, StorageError> {
@@ -558,6 +561,7 @@ mod tests {
         SendJob {
             room: RoomName::parse("r").unwrap(),
             from: Nickname::parse("alice").unwrap(),
+            author: AuthorId::from_stored(1),
             text: MessageText::parse(text).unwrap(),
             key: None,
             sender: sender.clone(),

@@ -3,7 +3,8 @@
 //! The trait is shaped by what the chat needs (append a batch, catch up a
 //! joiner, page back through history), not by tables, so a PostgreSQL
 //! implementation can sit beside [`SqliteStore`] without the hub changing.
-//! SQL lives only in this module.
+//! SQL lives only in this module. Guests' stored identities are behind a
+//! trait of their own, [`GuestStore`], used by `identity`.
 
 mod sqlite;
 
@@ -11,7 +12,7 @@ pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
 
-use crate::domain::{MessageText, Nickname, Nonce, RoomName};
+use crate::domain::{AuthorId, MessageText, Nickname, Nonce, RoomName};
 use crate::protocol::ChatMessage;
 
 /// A message accepted by the hub, not yet stored.
@@ -20,6 +21,8 @@ pub struct NewMessage {
     pub room: RoomName,
     pub id: String,
     pub from: Nickname,
+    /// Who sent it, stored with it.
+    pub author: AuthorId,
     pub text: MessageText,
     /// Unix milliseconds.
     pub ts: i64,
@@ -54,6 +57,17 @@ pub struct Receipt {
     pub id: String,
     pub seq: u64,
     pub ts: i64,
+}
+
+/// What [`MessageStore::create_room`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoomCreation {
+    Created,
+    /// A room of exactly this name exists.
+    Existed,
+    /// Another room's name looks like this one (same [`RoomName::key`]):
+    /// no room was created. Holds that room's name.
+    LooksLike(String),
 }
 
 /// What a joiner needs: recent messages and the room's sequence position,
@@ -98,14 +112,16 @@ pub enum StorageError {
     AppenderGone,
     #[error("migration failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("no free author id found")]
+    AuthorIdsExhausted,
     #[error("unsupported database URL {0:?}: expected sqlite://PATH (a file)")]
     UnsupportedUrl(String),
 }
 
 #[async_trait]
 pub trait MessageStore: Send + Sync + 'static {
-    /// Creates the room if it does not exist; returns whether it was created.
-    async fn create_room(&self, room: &RoomName) -> Result<bool, StorageError>;
+    /// Creates the room if it does not exist and no room looks like it.
+    async fn create_room(&self, room: &RoomName) -> Result<RoomCreation, StorageError>;
 
     async fn room_exists(&self, room: &RoomName) -> Result<bool, StorageError>;
 
@@ -189,4 +205,61 @@ pub trait MessageStore: Send + Sync + 'static {
 
     /// Answers when the database does (for health checks).
     async fn ping(&self) -> Result<(), StorageError>;
+}
+
+/// A guest identity as stored: who holds a name, by their token's digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredGuest {
+    /// SHA-256 of the session token.
+    pub token_hash: [u8; 32],
+    pub author: AuthorId,
+    pub name: String,
+    /// [`Nickname::key`] and [`Nickname::shape`] of `name`.
+    pub name_key: String,
+    pub name_shape: String,
+    /// Unix milliseconds: last use of the token, or its holder last leaving.
+    pub last_seen: i64,
+}
+
+/// When a stored guest still holds its name against newcomers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HoldRule {
+    /// Guests seen at or after this (Unix ms) hold their name.
+    pub seen_since: i64,
+    /// Guests whose token was used before this (Unix ms) have expired.
+    pub valid_since: i64,
+}
+
+/// Guests' identities, stored so that a name and its author id survive a
+/// restart of the server.
+#[async_trait]
+pub trait GuestStore: Send + Sync + 'static {
+    /// The guest whose token hashes to `token_hash`, if it has not expired
+    /// (used at or after `valid_since`); marks it used at `now` (an
+    /// implementation may skip the write while the stored time is recent:
+    /// expiry is counted in days).
+    async fn reclaim_guest(
+        &self,
+        token_hash: &[u8; 32],
+        valid_since: i64,
+        now: i64,
+    ) -> Result<Option<StoredGuest>, StorageError>;
+
+    /// Stores `guest` as the holder of its name, unless a guest whose name
+    /// looks like it (same key or shape) still holds it by `hold`: then
+    /// nothing changes and `false` is returned. Guests whose hold has lapsed
+    /// are replaced (their tokens no longer reclaim anything). Picks another
+    /// author id if `guest`'s is taken.
+    async fn register_guest(
+        &self,
+        guest: &mut StoredGuest,
+        hold: HoldRule,
+    ) -> Result<bool, StorageError>;
+
+    /// Notes that the guest was seen at `now` (its holder just left).
+    async fn touch_guest(&self, token_hash: &[u8; 32], now: i64) -> Result<(), StorageError>;
+
+    /// Forgets guests whose token was last used before `valid_since`, then
+    /// the least recently seen beyond `keep`; returns how many.
+    async fn prune_guests(&self, valid_since: i64, keep: u64) -> Result<u64, StorageError>;
 }

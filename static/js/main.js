@@ -155,6 +155,7 @@ function enterChat(s, joined) {
   for (const message of room.accept(messages)) {
     list.append(views.messageItem(message, s.name));
   }
+  views.markSharedNames(list);
   room.hasOlder = messages.length >= PAGE_SIZE;
   markReady(s);
   views.scrollToBottom(list);
@@ -193,6 +194,7 @@ function rejoin(s) {
     for (const message of fresh) {
       views.insertBySeq(list, views.messageItem(message, s.name), message.seq);
     }
+    views.markSharedNames(list);
     if (stick) views.scrollToBottom(list);
     s.conn.resetBackoff();
     markReady(s);
@@ -249,6 +251,7 @@ function onPush(s, message) {
       const [fresh] = room.accept([message]);
       if (!fresh) return;
       views.insertBySeq(list, views.messageItem(fresh, s.name), fresh.seq);
+      views.markSharedNames(list);
       if (stick || fresh.from === s.name) views.scrollToBottom(list);
       return;
     }
@@ -267,8 +270,8 @@ function onPush(s, message) {
       const now = Date.now();
       // People seen before a reconnect who are back within the grace period.
       const fresh = arrived.filter((user) => !(s.graceUsers.delete(user) && now < s.graceUntil));
-      if (fresh.length > 0) views.addPresenceNotice(list, views.presenceText(fresh, 'joined'));
-      if (gone.length > 0) views.addPresenceNotice(list, views.presenceText(gone, 'left'));
+      if (fresh.length > 0) views.addPresenceNotice(list, fresh, 'joined');
+      if (gone.length > 0) views.addPresenceNotice(list, gone, 'left');
       break;
     }
     case 'error': {
@@ -385,6 +388,7 @@ async function loadOlder(s) {
     const fresh = room.accept(messages);
     if (fresh.length > 0) {
       views.prependKeepingScroll($('messages'), fresh.map((m) => views.messageItem(m, s.name)));
+      views.markSharedNames($('messages'));
     }
   } catch (error) {
     if (error.code !== 'offline' && error.code !== 'closed') {

@@ -2,7 +2,10 @@
 //
 // Owns: every element the app creates. Text from the network only ever goes
 // through textContent or attribute setters, never through HTML parsing, so a
-// message like `<img onerror=…>` is shown as the characters it is.
+// message like `<img onerror=…>` is shown as the characters it is. Every
+// name and message text is bidi-isolated (<bdi>, or `unicode-bidi: isolate`
+// in app.css), so right-to-left text or a stray override such as U+202E
+// inside one cannot reorder what is drawn around it.
 
 /** The author name shown on notices the server sends (welcome and the like). */
 export const BOT_NAME = 'ChatterPro Bot';
@@ -64,17 +67,24 @@ export function renderRoomOptions(select, rooms) {
 export function renderUsers(list, users, me) {
   list.replaceChildren();
   for (const user of users) {
-    const item = el('li', user === me ? 'user me' : 'user', user);
+    const item = el('li', user === me ? 'user me' : 'user');
+    item.append(el('bdi', 'name', user));
     list.append(item);
   }
 }
 
-/** A chat message: <li class="message" data-seq> with .author, .time and .text. */
+/**
+ * A chat message: <li class="message" data-seq data-from [data-author]> with
+ * .author, .time and .text. `data-author` is the sender's identity, for
+ * telling apart two people who used one name (see markSharedNames).
+ */
 export function messageItem(message, me) {
   const item = el('li', message.from === me ? 'message own' : 'message');
   item.dataset.seq = String(message.seq);
+  item.dataset.from = String(message.from ?? '');
+  if (Number.isSafeInteger(message.author)) item.dataset.author = String(message.author);
   const meta = el('div', 'meta');
-  meta.append(el('span', 'author', message.from), timeElement(message.ts));
+  meta.append(el('bdi', 'author', message.from), timeElement(message.ts));
   item.append(meta, el('p', 'text', message.text));
   return item;
 }
@@ -87,16 +97,51 @@ export function messageItem(message, me) {
 export function pendingMessageItem(text, me) {
   const item = el('li', 'pending own');
   const meta = el('div', 'meta');
-  meta.append(el('span', 'author', me), el('span', 'sending', 'sending…'));
+  meta.append(el('bdi', 'author', me), el('span', 'sending', 'sending…'));
   item.append(meta, el('p', 'text', text));
   return item;
+}
+
+/** A short tag for an author id: enough to tell a handful of people apart. */
+export function authorTag(author) {
+  return `#${Number(author).toString(36).slice(-4)}`;
+}
+
+/**
+ * Marks the messages whose author name is shared, among the messages shown,
+ * by two or more identities: each gets a tag of its author id beside the
+ * name (.author-tag), so an impostor who took a name after its holder left
+ * does not pass for them. Messages without an author id (stored before ids
+ * existed) are never marked: nothing is known about them.
+ */
+export function markSharedNames(list) {
+  const items = [...list.querySelectorAll('li.message')];
+  const authorsByName = new Map();
+  for (const item of items) {
+    if (item.dataset.author === undefined) continue;
+    const authors = authorsByName.get(item.dataset.from) ?? new Set();
+    authors.add(item.dataset.author);
+    authorsByName.set(item.dataset.from, authors);
+  }
+  for (const item of items) {
+    const shared = item.dataset.author !== undefined
+      && authorsByName.get(item.dataset.from).size > 1;
+    const tag = item.querySelector('.author-tag');
+    if (shared && !tag) {
+      const added = el('span', 'author-tag', authorTag(item.dataset.author));
+      added.title = 'Several people have used this name here: the tag tells them apart.';
+      item.querySelector('.author').after(added);
+    } else if (!shared && tag) {
+      tag.remove();
+    }
+  }
 }
 
 /** A line from the server's bot, e.g. the welcome greeting. */
 export function botNoticeItem(text, ts) {
   const item = el('li', 'notice bot');
   const meta = el('div', 'meta');
-  meta.append(el('span', 'author', BOT_NAME), timeElement(ts ?? Date.now()));
+  meta.append(el('bdi', 'author', BOT_NAME), timeElement(ts ?? Date.now()));
   item.append(meta, el('p', 'text', text));
   return item;
 }
@@ -117,11 +162,21 @@ export const PRESENCE_NOTICES_KEPT = 50;
  * however many people it names.
  */
 export function presenceText(names, verb) {
+  return presenceWords(names, verb).join('');
+}
+
+/** presenceText's line in pieces: names at the odd places, words between. */
+function presenceWords(names, verb) {
   const [first, second] = names;
-  if (names.length === 1) return `${first} has ${verb} the chat`;
-  if (names.length === 2) return `${first} and ${second} have ${verb} the chat`;
+  if (names.length === 1) return ['', first, ` has ${verb} the chat`];
+  if (names.length === 2) return ['', first, ' and ', second, ` have ${verb} the chat`];
   const others = names.length - 2;
-  return `${first}, ${second} and ${others} other${others === 1 ? '' : 's'} have ${verb} the chat`;
+  return ['', first, ', ', second, ` and ${others} other${others === 1 ? '' : 's'} have ${verb} the chat`];
+}
+
+/** presenceText's line as DOM nodes: each name a <bdi>, so a right-to-left name cannot reorder the words. */
+function presenceParts(names, verb) {
+  return presenceWords(names, verb).map((piece, i) => (i % 2 === 1 ? el('bdi', 'name', piece) : piece));
 }
 
 /**
@@ -131,8 +186,12 @@ export function presenceText(names, verb) {
  * never removed; a flood of comings and goings costs the page a bounded
  * number of elements.
  */
-export function addPresenceNotice(list, text) {
-  list.append(eventNoticeItem(text, 'presence'));
+export function addPresenceNotice(list, names, verb) {
+  const item = el('li', 'notice presence');
+  const text = el('p', 'text');
+  text.append(...presenceParts(names, verb));
+  item.append(text);
+  list.append(item);
   const notices = list.getElementsByClassName('presence'); // live, no query
   if (notices.length <= PRESENCE_NOTICES_KEPT) return;
   let summary = list.querySelector('li.presence-summary');

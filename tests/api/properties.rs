@@ -375,30 +375,39 @@ fn label_input(limit: usize) -> impl Strategy<Value = String> {
 }
 
 /// Checks one label parse (nickname or room name) against the documented
-/// rules: 1..=`max` characters after trimming, no control characters, no
-/// invisible or direction-changing characters, and for nicknames not the
-/// bot's name in any case. What is accepted is the trimmed input and breaks
-/// no rule; a name of plainly visible characters within the limits is
-/// accepted; a refusal names a rule the input breaks. (Which other unusual
-/// characters count as invisible is the server's call.)
+/// rules: 1..=`max` characters after trimming, in NFC, with runs of spaces
+/// made one; no control characters, no invisible, blank-looking or
+/// direction-changing characters, and for nicknames not the bot's name in
+/// any case. What is accepted is that normal form and breaks no rule; a
+/// name of plainly visible characters within the limits is accepted; a
+/// refusal names a rule the input breaks. (Which other unusual characters
+/// count as invisible, and which names look like the bot's, is the server's
+/// call.)
 fn check_label(
     raw: &str,
     parsed: Result<&str, InputError>,
     max: usize,
     reserved: Option<&str>,
 ) -> Result<(), TestCaseError> {
+    use unicode_normalization::UnicodeNormalization;
     let trimmed = raw.trim();
-    let chars = trimmed.chars().count();
+    let mut normal = String::new();
+    for c in trimmed.nfc() {
+        if !(c == ' ' && normal.ends_with(' ')) {
+            normal.push(c);
+        }
+    }
+    let chars = normal.chars().count();
     let in_bounds = (1..=max).contains(&chars);
     let forbidden = trimmed
         .chars()
         .any(|c| c.is_control() || documented_invisible(c));
     let visible = trimmed.chars().all(plainly_visible);
-    let is_reserved = reserved.is_some_and(|r| trimmed.to_lowercase() == r.to_lowercase());
+    let is_reserved = reserved.is_some_and(|r| normal.to_lowercase() == r.to_lowercase());
     match parsed {
         Ok(value) => {
             prop_assert!(in_bounds && !forbidden && !is_reserved, "accepted {raw:?}");
-            prop_assert_eq!(value, trimmed);
+            prop_assert_eq!(value, normal.as_str());
             prop_assert!(!value.starts_with(char::is_whitespace));
             prop_assert!(!value.ends_with(char::is_whitespace));
         }
@@ -410,8 +419,8 @@ fn check_label(
             let broken = match e {
                 InputError::Empty => chars == 0,
                 InputError::TooLong(n) => n == max && chars > max,
-                InputError::ControlCharacter => !visible,
-                InputError::Reserved => is_reserved,
+                InputError::ControlCharacter | InputError::Invisible => !visible,
+                InputError::Reserved => reserved.is_some(),
             };
             prop_assert!(broken, "{raw:?} refused with {e:?}, a rule it keeps");
         }
@@ -432,7 +441,10 @@ proptest! {
             Some(chatterpro::domain::BOT_NAME),
         )?;
         if let Ok(name) = parsed {
-            prop_assert_eq!(name.key(), name.as_str().to_lowercase());
+            // Letter case never tells two names apart.
+            if let Ok(upper) = Nickname::parse(&name.as_str().to_ascii_uppercase()) {
+                prop_assert_eq!(name.key(), upper.key());
+            }
         }
     }
 
@@ -466,7 +478,7 @@ proptest! {
                     InputError::Empty => chars == 0,
                     InputError::TooLong(n) => n == 4000 && chars > 4000,
                     InputError::ControlCharacter => forbidden,
-                    InputError::Reserved => false,
+                    InputError::Invisible | InputError::Reserved => false,
                 };
                 prop_assert!(broken, "{:?} refused with {:?}, a rule it keeps", raw, e);
             }
@@ -762,6 +774,8 @@ struct Model {
     people: HashMap<String, (String, usize)>,
     /// The last token the server gave for each name, even once released.
     tokens: HashMap<String, String>,
+    /// The author id of each name's last identity (from `welcome`).
+    authors: HashMap<String, Value>,
     /// Every room, oldest first.
     rooms: Vec<String>,
     /// People in each room: case-folded name -> (display name, connections).
@@ -776,6 +790,8 @@ struct Model {
 struct ModelConn {
     /// Display name and case-folded key, after a successful hello.
     name: Option<(String, String)>,
+    /// The identity's author id, from `welcome`.
+    author: Value,
     rooms: BTreeSet<String>,
 }
 
@@ -1063,6 +1079,8 @@ impl Run {
             config.presence_interval = std::time::Duration::ZERO;
             config.max_conns_per_ip = 1000;
             config.conns_per_ip_per_minute = NonZeroU32::new(1_000_000).unwrap();
+            // The model frees a name when its last connection closes.
+            config.name_hold = Duration::ZERO;
         })
         .await;
         Self {
@@ -1398,6 +1416,13 @@ impl Run {
                     (display, key, true)
                 }
                 Some(_) => return self.settle(vec![(c, expect_error("name_taken"))]).await,
+                // Offline (no --name-hold here): the token last issued for
+                // the name reclaims it, and the same token comes back.
+                None if token.is_some() && token == known => {
+                    let token = token.clone().expect("checked");
+                    self.model.people.insert(key.clone(), (token, 1));
+                    (display, key, true)
+                }
                 None => {
                     self.model.people.insert(key.clone(), (String::new(), 1));
                     (display, key, false)
@@ -1417,13 +1442,22 @@ impl Run {
             .filter(|t| !t.is_empty())
             .ok_or_else(|| format!("welcome without a session: {welcome}"))?
             .to_owned();
+        let author = welcome["author"].clone();
+        if !author.is_u64() {
+            return Err(format!("welcome without an author id: {welcome}"));
+        }
+        self.model.conns[c].as_mut().expect("connected").author = author.clone();
         if same_token {
             let person_token = &self.model.people[&key].0;
             if &got != person_token {
                 return Err(format!("welcome for {display} changed the session token"));
             }
+            if self.model.authors.get(&key) != Some(&author) {
+                return Err(format!("the same token gave {display} another author id"));
+            }
         } else {
-            // A released name gets a fresh token.
+            self.model.authors.insert(key.clone(), author);
+            // A released name claimed without its token gets a fresh one.
             if known.as_ref() == Some(&got) {
                 return Err(format!("{display} was given its old token again"));
             }
@@ -1528,16 +1562,12 @@ impl Run {
         let (Some(id), Some(ts)) = (sent["id"].as_str(), sent["ts"].as_i64()) else {
             return Err(format!("sent without id or ts: {sent}"));
         };
-        let from = self.model.conns[c]
-            .as_ref()
-            .unwrap()
-            .name
-            .clone()
-            .unwrap()
-            .0;
+        let conn = self.model.conns[c].as_ref().unwrap();
+        let from = conn.name.clone().unwrap().0;
+        let author = conn.author.clone();
         let message = json!({
             "type": "message", "room": room, "id": id, "seq": seq,
-            "from": from, "text": text, "ts": ts,
+            "from": from, "author": author, "text": text, "ts": ts,
         });
         let mut stored = message.clone();
         stored.as_object_mut().unwrap().remove("type");

@@ -98,9 +98,30 @@ async fn names_are_unique_online_ignoring_case_unless_the_session_is_presented()
     let w = tab.recv_type("welcome").await;
     assert_eq!(w["session"], session.as_str());
 
-    // Once every connection of Alice is gone, the name is free again.
+    // Once every connection of Alice is gone, the name stays hers for a
+    // while (--name-hold): only her token claims it.
     alice.close().await;
     tab.close().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut later = app.client().await;
+    later
+        .send_json(json!({"type":"hello","name":"alice"}))
+        .await;
+    later.recv_error("name_taken").await;
+    later
+        .send_json(json!({"type":"hello","name":"alice","session":session}))
+        .await;
+    assert_eq!(
+        later.recv_type("welcome").await["session"],
+        session.as_str()
+    );
+}
+
+#[tokio::test]
+async fn without_a_hold_a_name_is_free_once_its_connections_close() {
+    let app = spawn_app_with(|config| config.name_hold = Duration::ZERO).await;
+    let alice = app.user("alice").await;
+    alice.close().await;
     let mut later = app.client().await;
     for _ in 0..50 {
         later
@@ -205,8 +226,15 @@ async fn send_is_acknowledged_then_delivered_to_every_member() {
     let id = sent["id"].as_str().unwrap().to_owned();
     let ts = sent["ts"].as_i64().unwrap();
 
-    let expected = json!({"type":"message","room":"Chat Room","id":id,"seq":1,"from":"bob","text":"hi all","ts":ts});
-    assert_eq!(bob.recv_type("message").await, expected);
+    let mut expected = json!({"type":"message","room":"Chat Room","id":id,"seq":1,"from":"bob","text":"hi all","ts":ts});
+    let echo = bob.recv_type("message").await;
+    // Bob's author id: opaque, an integer JavaScript reads exactly.
+    assert!(
+        echo["author"].as_u64().is_some_and(|a| a < 1 << 53),
+        "{echo}"
+    );
+    expected["author"] = echo["author"].clone();
+    assert_eq!(echo, expected);
     assert_eq!(alice.recv_type("message").await, expected);
 
     let second = alice.say("Chat Room", "second").await;

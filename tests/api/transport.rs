@@ -72,7 +72,7 @@ async fn a_client_that_stops_reading_is_closed_with_1013_and_others_are_unaffect
     let mut reader = app.member("reader", "Chat Room").await;
     let mut sender = app.member("sender", "Chat Room").await;
     let mut stalled = app.stalled_client().await;
-    stalled.hello("stalled").await;
+    let session = stalled.hello("stalled").await["session"].clone();
     stalled.join("Chat Room").await;
     reader.recv_presence_of(&["sender", "stalled"], &[]).await;
     sender.recv_presence_of(&["stalled"], &[]).await;
@@ -145,8 +145,11 @@ async fn a_client_that_stops_reading_is_closed_with_1013_and_others_are_unaffect
     assert_eq!(left, ["stalled"]);
     assert_eq!(close, Some(1013));
 
-    // And it can come back and resume without loss.
-    let mut back = app.user("stalled").await;
+    // And it can come back (its name is held for its token) and resume without loss.
+    let mut back = app.client().await;
+    back.send_json(json!({"type":"hello","name":"stalled","session":session}))
+        .await;
+    back.recv_type("welcome").await;
     back.send_json(json!({"type":"join","room":"Chat Room","since":total - 10}))
         .await;
     let joined = back.recv_type("joined").await;

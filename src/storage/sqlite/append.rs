@@ -178,7 +178,9 @@ fn append(
             *shares.entry(message.room.as_str()).or_default() += 1;
         }
     }
-    // name -> (room id, last seq before this batch)
+    // name -> (room id, last seq before this batch). Rooms reach here made
+    // by `create_room` (a send needs a join), with their look-alike key; a
+    // room first made here would get its key at the next start.
     let mut counters: HashMap<&str, (i64, i64)> = HashMap::with_capacity(shares.len());
     {
         let mut advance = tx.prepare_cached(
@@ -199,8 +201,8 @@ fn append(
     let mut seqs = Vec::with_capacity(batch.len());
     {
         let mut insert = tx.prepare_cached(
-            "INSERT INTO messages (room_id, seq, id, author, body, ts) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO messages (room_id, seq, id, author, author_id, body, ts) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?;
         // A row past the window may still be there (pruning lags): it is replaced.
         let mut remember = tx.prepare_cached(
@@ -224,6 +226,7 @@ fn append(
                 seq,
                 message.id,
                 message.from.as_str(),
+                message.author.to_stored(),
                 message.text.as_str(),
                 message.ts
             ])?;
@@ -254,6 +257,7 @@ fn append(
                 id: message.id,
                 seq,
                 from: message.from.into_string(),
+                author: Some(message.author.get()),
                 text: message.text.into_string(),
                 ts: message.ts,
             }),
@@ -395,6 +399,7 @@ mod tests {
             room: RoomName::parse("r").unwrap(),
             id: "1".into(),
             from: Nickname::parse("alice").unwrap(),
+            author: crate::domain::AuthorId::random(),
             text: MessageText::parse("hi").unwrap(),
             ts: 1,
             key: None,
@@ -513,6 +518,7 @@ mod tests {
                         room: rooms[i].clone(),
                         id: uuid::Uuid::now_v7().to_string(),
                         from: from.clone(),
+                        author: crate::domain::AuthorId::from_stored(1),
                         text: text.clone(),
                         ts: crate::clock::now_ms(),
                         key: keyed.then(|| SendKey {

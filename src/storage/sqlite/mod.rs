@@ -21,20 +21,32 @@ use sqlx::{FromRow, SqlitePool};
 
 mod append;
 mod checkpoint;
+mod guests;
 
 use append::Appender;
 
-use super::{Appended, CatchUp, MessageStore, NewMessage, RoomDeletion, StaleRooms, StorageError};
-use crate::domain::RoomName;
+use super::{
+    Appended, CatchUp, MessageStore, NewMessage, RoomCreation, RoomDeletion, StaleRooms, StorageError,
+};
+use crate::domain::{AuthorId, RoomName};
 use crate::protocol::ChatMessage;
 
 /// Reads run concurrently in WAL mode; writes are serialised by SQLite (and
 /// in practice come from the one writer task), so a few connections suffice.
 const POOL_SIZE: u32 = 4;
+/// Guests' writes are serialised by SQLite anyway; reads are one row each.
+const GUESTS_POOL_SIZE: u32 = 2;
 
 pub struct SqliteStore {
     /// Reads, room creation and migrations.
     pool: SqlitePool,
+    /// Guests' identities ([`guests`]), with `synchronous = NORMAL`: a
+    /// commit there costs no fsync (WAL mode keeps it safe from a process
+    /// crash, and the next fsync of a message commit makes it durable), so
+    /// a burst of new names is not a burst of fsyncs. What a power cut
+    /// could lose is the newest claims: their pages get new identities.
+    /// Its commits checkpoint the WAL themselves past 1,000 pages.
+    guests_pool: SqlitePool,
     /// Appends: the hot path, on a thread of its own (see [`append`]).
     appender: Appender,
 }
@@ -44,6 +56,7 @@ struct MessageRow {
     seq: i64,
     id: String,
     author: String,
+    author_id: Option<i64>,
     body: String,
     ts: i64,
 }
@@ -55,6 +68,7 @@ impl MessageRow {
             id: self.id,
             seq: self.seq as u64,
             from: self.author,
+            author: self.author_id.map(|id| AuthorId::from_stored(id).get()),
             text: self.body,
             ts: self.ts,
         }
@@ -84,13 +98,31 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
+        fill_room_keys(&pool).await?;
+        let guests_pool = SqlitePoolOptions::new()
+            .max_connections(GUESTS_POOL_SIZE)
+            .connect_with(
+                options
+                    .clone()
+                    .synchronous(SqliteSynchronous::Normal)
+                    // SQLite's own checkpoint after its commits (its
+                    // default, 1,000 pages): a flood of new names writes
+                    // the WAL without any message commit nudging the
+                    // checkpoint thread, and must not grow it unbounded.
+                    .pragma("wal_autocheckpoint", "1000"),
+            )
+            .await?;
         let path = options.get_filename();
         // An in-memory database would be a different one on each connection.
         if path.as_os_str() == ":memory:" || path.starts_with("file:") {
             return Err(StorageError::UnsupportedUrl(url.to_owned()));
         }
         let appender = Appender::open(path).await?;
-        Ok(Self { pool, appender })
+        Ok(Self {
+            pool,
+            guests_pool,
+            appender,
+        })
     }
 }
 
@@ -134,18 +166,66 @@ async fn delete_room_rows(
     Ok(())
 }
 
+/// Gives every room without a look-alike key its key (rooms stored before
+/// keys existed; SQL cannot compute a skeleton). A room that looks like one
+/// keyed already keeps no key: both stay as they are, and new rooms cannot
+/// look like them.
+async fn fill_room_keys(pool: &SqlitePool) -> Result<(), StorageError> {
+    let unkeyed: Vec<(i64, String)> =
+        sqlx::query_as("SELECT id, name FROM rooms WHERE name_key IS NULL ORDER BY id")
+            .fetch_all(pool)
+            .await?;
+    let mut look_alikes = 0;
+    for (id, name) in unkeyed {
+        let keyed = sqlx::query("UPDATE OR IGNORE rooms SET name_key = ?2 WHERE id = ?1")
+            .bind(id)
+            .bind(RoomName::key_of_stored(&name))
+            .execute(pool)
+            .await?;
+        if keyed.rows_affected() == 0 {
+            look_alikes += 1;
+            tracing::warn!(room = ?name, "a stored room looks like another; it keeps its name");
+        }
+    }
+    if look_alikes > 0 {
+        tracing::warn!(
+            look_alikes,
+            "rooms stored before look-alike keys that look like others"
+        );
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl MessageStore for SqliteStore {
-    async fn create_room(&self, room: &RoomName) -> Result<bool, StorageError> {
+    async fn create_room(&self, room: &RoomName) -> Result<RoomCreation, StorageError> {
+        let key = room.key();
+        // Without a conflict target: neither the same name nor a look-alike
+        // (the unique key) makes a new row.
         let result = sqlx::query(
-            "INSERT INTO rooms (name, created_at, last_active) VALUES (?1, ?2, ?2) \
-             ON CONFLICT (name) DO NOTHING",
+            "INSERT INTO rooms (name, name_key, created_at, last_active) VALUES (?1, ?2, ?3, ?3) \
+             ON CONFLICT DO NOTHING",
         )
         .bind(room.as_str())
+        .bind(&key)
         .bind(now_ms())
         .execute(&self.pool)
         .await?;
-        Ok(result.rows_affected() == 1)
+        if result.rows_affected() == 1 {
+            return Ok(RoomCreation::Created);
+        }
+        let same: Option<String> = sqlx::query_scalar(
+            "SELECT name FROM rooms WHERE name = ?1 UNION ALL \
+             SELECT name FROM rooms WHERE name_key = ?2 LIMIT 1",
+        )
+        .bind(room.as_str())
+        .bind(&key)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match same {
+            Some(name) if name != room.as_str() => RoomCreation::LooksLike(name),
+            _ => RoomCreation::Existed,
+        })
     }
 
     async fn room_exists(&self, room: &RoomName) -> Result<bool, StorageError> {
@@ -379,7 +459,7 @@ impl MessageStore for SqliteStore {
         };
         // Newest first, one extra row to learn whether anything was left out.
         let mut rows: Vec<MessageRow> = sqlx::query_as(
-            "SELECT m.seq, m.id, m.author, m.body, m.ts FROM messages m \
+            "SELECT m.seq, m.id, m.author, m.author_id, m.body, m.ts FROM messages m \
              JOIN rooms r ON r.id = m.room_id \
              WHERE r.name = ?1 AND m.seq > ?2 ORDER BY m.seq DESC LIMIT ?3",
         )
@@ -406,7 +486,7 @@ impl MessageStore for SqliteStore {
         limit: u32,
     ) -> Result<Vec<ChatMessage>, StorageError> {
         let mut rows: Vec<MessageRow> = sqlx::query_as(
-            "SELECT m.seq, m.id, m.author, m.body, m.ts FROM messages m \
+            "SELECT m.seq, m.id, m.author, m.author_id, m.body, m.ts FROM messages m \
              JOIN rooms r ON r.id = m.room_id \
              WHERE r.name = ?1 AND m.seq < ?2 ORDER BY m.seq DESC LIMIT ?3",
         )
@@ -447,6 +527,7 @@ mod tests {
             room: RoomName::parse(room).unwrap(),
             id: id.to_owned(),
             from: Nickname::parse("alice").unwrap(),
+            author: AuthorId::from_stored(7),
             text: MessageText::parse(&format!("text of {id}")).unwrap(),
             ts: now(),
             key: None,
