@@ -38,7 +38,8 @@ use crate::clock;
 use crate::domain::RoomName;
 use crate::protocol::ChatMessage;
 use crate::storage::{
-    Appended, CatchUp, MessageStore, RoomCreation, NewMessage, RoomDeletion, StaleRooms, StorageError,
+    Appended, CatchUp, MessageStore, NewMessage, RoomCreation, RoomDeletion, StaleRooms,
+    StorageError,
 };
 
 /// Rooms removed in one transaction; a pass repeats rounds while they come full.

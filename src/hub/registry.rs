@@ -388,7 +388,7 @@ impl Registry {
             is_new_person = count.1 == 1;
         }
         if is_new_person {
-            entry.presence.joined(&name.key(), name.as_str());
+            entry.presence.joined(&person_key(&name), name.as_str());
         }
         // The list below is the room as it is now: later announcements
         // tell this member only what changes after it.

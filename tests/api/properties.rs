@@ -874,14 +874,15 @@ impl Model {
     fn leave(&mut self, c: usize, room: &str) -> Vec<(usize, Expect)> {
         let conn = self.conns[c].as_mut().expect("connected");
         conn.rooms.remove(room);
-        let (display, key) = conn.name.clone().expect("members have names");
+        let (_, key) = conn.name.clone().expect("members have names");
         let people = self.room_people.get_mut(room).expect("room has people");
         let count = &mut people.get_mut(&key).expect("member counted").1;
         *count -= 1;
         if *count > 0 {
             return Vec::new();
         }
-        people.remove(&key);
+        // Under the name the room listed, whatever this tab's spelling.
+        let (display, _) = people.remove(&key).expect("member counted");
         let users = self.users(room);
         if users.is_empty() {
             self.room_people.remove(room);

@@ -26,7 +26,8 @@ mod guests;
 use append::Appender;
 
 use super::{
-    Appended, CatchUp, MessageStore, NewMessage, RoomCreation, RoomDeletion, StaleRooms, StorageError,
+    Appended, CatchUp, MessageStore, NewMessage, RoomCreation, RoomDeletion, StaleRooms,
+    StorageError,
 };
 use crate::domain::{AuthorId, RoomName};
 use crate::protocol::ChatMessage;
