@@ -206,8 +206,11 @@ async fn flood(app: &TestApp) -> Flood {
 
 fn assert_contained(flood: &Flood) {
     let intervals = (flood.counted.as_millis() / INTERVAL.as_millis()) as usize;
+    // One frame per interval, plus the first (sent at once), plus one for
+    // delivery jitter: frames are counted as they arrive, and on a loaded
+    // machine two frames sent an interval apart can arrive closer together.
     assert!(
-        flood.most_frames <= intervals + 1,
+        flood.most_frames <= intervals + 2,
         "{} presence frames in {:?}",
         flood.most_frames,
         flood.counted
