@@ -1093,14 +1093,21 @@ mod tests {
         }
 
         /// A well-formed request (the fields its type needs, as strings)
-        /// with more fields mixed in: any key, any value, maybe a second
-        /// time.
+        /// with more fields mixed in: any key, any value, often one of them
+        /// a second time.
         fn request() -> impl Strategy<Value = Doc> {
             (
                 prop::sample::select(CLIENT_TYPES.to_vec()),
                 prop::collection::vec((any::<Index>(), key(), doc()), 0..4),
+                prop::option::of((any::<Index>(), any::<Index>(), doc())),
             )
-                .prop_map(|(kind, extra)| {
+                .prop_map(|(kind, mut extra, again)| {
+                    if let Some((which, at, value)) = again
+                        && !extra.is_empty()
+                    {
+                        let (_, key, _) = extra[which.index(extra.len())].clone();
+                        extra.push((at, key, value));
+                    }
                     let field = |k: &str, v: &str| (json(k), k.to_owned(), Doc::Scalar(json(v)));
                     let mut fields = vec![field("type", kind)];
                     match kind {
