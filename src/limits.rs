@@ -12,7 +12,7 @@
 //! cannot charge. They are a [`ByteBucket`] that may go into debt: a reply
 //! is served while the bucket is not in debt, then charged in full.
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -115,8 +115,12 @@ pub struct ConnLimits {
     /// Bytes of costly replies (history, room lists) served.
     served: Cell<ByteBucket>,
     served_rate: ByteRate,
-    /// Rejoining a room this connection left (see [`ConnLimits::rejoin`]).
-    churn: RejoinLimits,
+    /// Rejoining a room this connection left (see [`ConnLimits::rejoin`]),
+    /// made on its first leave: most connections never leave a room, and
+    /// every byte here is paid by each idle connection (its task's size
+    /// decides the allocator bin it lands in).
+    churn: OnceCell<Box<RejoinLimits>>,
+    rejoins_per_minute: NonZeroU32,
 }
 
 impl ConnLimits {
@@ -148,7 +152,8 @@ impl ConnLimits {
                 Instant::now(),
             )),
             served_rate: config.served_bytes_per_conn,
-            churn: RejoinLimits::new(config.rejoins_per_minute, clock),
+            churn: OnceCell::new(),
+            rejoins_per_minute: config.rejoins_per_minute,
         }
     }
 
@@ -187,12 +192,17 @@ impl ConnLimits {
     /// A join of `room` that is not a re-sync: free if this connection
     /// never left it, else it takes a rejoin token too.
     pub fn rejoin(&self, room: &RoomName) -> Result<(), RetryAfter> {
-        self.churn.check(room, &self.clock)
+        match self.churn.get() {
+            Some(churn) => churn.check(room, &self.clock),
+            None => Ok(()),
+        }
     }
 
     /// This connection left `room`.
     pub fn left_room(&self, room: &RoomName) {
-        self.churn.left(room);
+        self.churn
+            .get_or_init(|| Box::new(RejoinLimits::new(self.rejoins_per_minute, &self.clock)))
+            .left(room);
     }
 
     /// Records a refusal by the `kind` limit that told the client to wait

@@ -47,25 +47,48 @@ pub struct GuestClaims {
 struct Online {
     /// By [`Nickname::key`].
     by_key: HashMap<String, OnlineGuest>,
-    /// [`Nickname::shape`] -> key, for look-alikes that differ in key.
+    /// [`Nickname::shape`] -> key, for look-alikes that differ in key;
+    /// only for names whose shape is not their key (most lower-case names'
+    /// are): every online person's entries are memory each one holds.
     keys_by_shape: HashMap<String, String>,
 }
 
 struct OnlineGuest {
-    shape: String,
+    /// The name's shape, when it is not its key.
+    shape: Option<String>,
     token_hash: [u8; 32],
     author: AuthorId,
     conns: usize,
 }
 
 impl Online {
-    /// Whoever is online under a look-alike of the name (same key, or same shape).
-    fn holder(&mut self, key: &str, shape: &str) -> Option<&mut OnlineGuest> {
+    /// The key under which someone is online with a look-alike of the name
+    /// (same key, or same shape): the key their claims release.
+    fn holder_key(&self, key: &str, shape: &str) -> Option<String> {
         if self.by_key.contains_key(key) {
-            return self.by_key.get_mut(key);
+            return Some(key.to_owned());
         }
-        let key = self.keys_by_shape.get(shape)?;
-        self.by_key.get_mut(key)
+        if let Some(key) = self.keys_by_shape.get(shape) {
+            return Some(key.clone());
+        }
+        // A holder whose shape is its key has no `keys_by_shape` entry.
+        self.by_key
+            .get(shape)
+            .filter(|holder| holder.shape.is_none())
+            .map(|_| shape.to_owned())
+    }
+
+    fn add(
+        &mut self,
+        key: String,
+        shape: String,
+        guest: impl FnOnce(Option<String>) -> OnlineGuest,
+    ) {
+        let shape = (shape != key).then_some(shape);
+        if let Some(shape) = &shape {
+            self.keys_by_shape.insert(shape.clone(), key.clone());
+        }
+        self.by_key.insert(key, guest(shape));
     }
 }
 
@@ -138,7 +161,8 @@ impl GuestClaims {
         author: AuthorId,
     ) -> Result<Claim, ClaimError> {
         let mut online = self.lock();
-        if let Some(holder) = online.holder(&key, &shape) {
+        if let Some(held) = online.holder_key(&key, &shape) {
+            let holder = online.by_key.get_mut(&held).expect("found above");
             if holder.token_hash != token_hash {
                 return Err(ClaimError::Online(name.into_string()));
             }
@@ -147,19 +171,15 @@ impl GuestClaims {
                 name,
                 token,
                 author: holder.author,
-                key,
+                key: held,
             });
         }
-        online.keys_by_shape.insert(shape.clone(), key.clone());
-        online.by_key.insert(
-            key.clone(),
-            OnlineGuest {
-                shape,
-                token_hash,
-                author,
-                conns: 1,
-            },
-        );
+        online.add(key.clone(), shape, |shape| OnlineGuest {
+            shape,
+            token_hash,
+            author,
+            conns: 1,
+        });
         Ok(Claim {
             name,
             token,
@@ -197,7 +217,8 @@ impl NameClaims for GuestClaims {
         // Online already: another tab of the holder, or someone else.
         {
             let mut online = self.lock();
-            if let Some(holder) = online.holder(&key, &shape) {
+            if let Some(held) = online.holder_key(&key, &shape) {
+                let holder = online.by_key.get_mut(&held).expect("found above");
                 return match (token, token_hash) {
                     (Some(token), Some(hash)) if hash == holder.token_hash => {
                         holder.conns += 1;
@@ -205,7 +226,7 @@ impl NameClaims for GuestClaims {
                             author: holder.author,
                             name,
                             token: token.to_owned(),
-                            key,
+                            key: held,
                         })
                     }
                     _ => Err(ClaimError::Online(name.into_string())),
@@ -253,7 +274,9 @@ impl NameClaims for GuestClaims {
             return;
         }
         let holder = online.by_key.remove(claim.key()).expect("looked up above");
-        online.keys_by_shape.remove(&holder.shape);
+        if let Some(shape) = &holder.shape {
+            online.keys_by_shape.remove(shape);
+        }
         drop(online);
         // The hold counts from now. Without a runtime (shutting down) the
         // next start holds every stored name anyway.
@@ -313,6 +336,26 @@ mod tests {
             .unwrap();
         assert_eq!(tab.author, alice.author);
         assert_eq!(tab.token, alice.token);
+    }
+
+    /// A tab that claimed the name under a look-alike spelling (found by
+    /// its shape, not its key) releases the holder's entry: once every tab
+    /// is closed the person is offline, not stuck online.
+    #[tokio::test]
+    async fn a_look_alike_tab_releases_the_name_it_shares() {
+        let dir = tempfile::tempdir().unwrap();
+        let claims = claims_on(&dir, config(Duration::ZERO)).await;
+        let alice = claims.claim(name("alice"), None).await.unwrap();
+        // Capital I: a different key, the same shape.
+        let tab = claims
+            .claim(name("aIice"), Some(&alice.token))
+            .await
+            .unwrap();
+        assert_eq!(tab.author, alice.author);
+        claims.release(&tab);
+        claims.release(&alice);
+        let newcomer = claims.claim(name("alice"), None).await.unwrap();
+        assert_ne!(newcomer.author, alice.author, "the name was free again");
     }
 
     #[tokio::test]
