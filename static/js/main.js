@@ -96,6 +96,9 @@ async function handshake(s) {
   if (stored && stored.name === s.name) hello.session = stored.session;
   const welcome = await s.conn.request(hello);
   s.name = typeof welcome.name === 'string' ? welcome.name : s.name;
+  // Our identity, given to our own messages as `sent` confirms them (the
+  // server's `message` copies carry it too): names two people used are tagged.
+  s.author = Number.isSafeInteger(welcome.author) ? welcome.author : undefined;
   saveIdentity(s.name, welcome.session);
 
   const join = { type: 'join', room: s.room ? s.room.name : s.requestedRoom };
@@ -355,12 +358,13 @@ function confirmSent(s, entry, sent) {
   entry.item.remove();
   if (!room || sent.room !== room.name || !Number.isInteger(sent.seq)) return;
   const [fresh] = room.accept([{
-    room: sent.room, id: sent.id, seq: sent.seq, ts: sent.ts, from: s.name, text: entry.text.trim(),
+    room: sent.room, id: sent.id, seq: sent.seq, ts: sent.ts, from: s.name, author: s.author, text: entry.text.trim(),
   }]);
   if (!fresh) return;
   const list = $('messages');
   const stick = views.isNearBottom(list);
   views.insertBySeq(list, views.messageItem(fresh, s.name), fresh.seq);
+  views.markSharedNames(list);
   if (stick) views.scrollToBottom(list);
 }
 
@@ -422,11 +426,28 @@ async function refreshRooms() {
   }
 }
 
+/**
+ * How often the join page asks for the room list again while it is shown:
+ * counts change and rooms come and go (the server builds its list at most
+ * once a second, so a page opened just before a room got its first message
+ * would otherwise never offer it).
+ */
+const ROOM_LIST_POLL_MS = 5000;
+let roomListPoll = null;
+
 function showJoinPage() {
   views.showView('join');
   document.title = 'ChatterPro';
   $('join-button').disabled = false;
   refreshRooms();
+  clearInterval(roomListPoll);
+  roomListPoll = setInterval(() => {
+    if ($('join-view').hidden) {
+      clearInterval(roomListPoll);
+    } else if (!document.hidden) {
+      refreshRooms();
+    }
+  }, ROOM_LIST_POLL_MS);
   $('nickname').focus();
 }
 

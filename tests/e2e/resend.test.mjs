@@ -20,13 +20,15 @@ const TEST_TIMEOUT = { timeout: 45_000 };
 const TEXT = 'typed just before the drop';
 
 /**
- * A TCP proxy to `port`. HTTP passes through; on a WebSocket it reads the
+ * A TCP proxy to the port `portOf()` names when a connection comes (the
+ * proxy starts first: the server must be told the proxy's origin, which is
+ * the page's). HTTP passes through; on a WebSocket it reads the
  * browser's (masked) frames, and once armed cuts the connection at the next
  * text frame holding a `send`: `mode` 'after' forwards that frame first and
  * shows the browser nothing the server sends afterwards; 'before' drops it.
  * While `holding`, new connections are refused (closed at once).
  */
-function startProxy(port) {
+function startProxy(portOf) {
   const proxy = {
     armed: null, // 'after' | 'before' | null
     holding: false,
@@ -38,7 +40,7 @@ function startProxy(port) {
       client.destroy();
       return;
     }
-    const upstream = net.connect(port, '127.0.0.1');
+    const upstream = net.connect(portOf(), '127.0.0.1');
     proxy.sockets.add(client);
     proxy.sockets.add(upstream);
     const cleanup = () => {
@@ -181,9 +183,13 @@ describe('a message typed just before the connection drops', () => {
       ? 'stored, its confirmation lost'
       : 'lost on its way to the server';
     test(`arrives exactly once when the connection drops with it ${what}`, TEST_TIMEOUT, async (t) => {
+      let serverPort;
+      const proxy = await startProxy(() => serverPort);
+      t.after(() => proxy.close());
+      // The page's origin is the proxy's: the server allows it, as it would
+      // a reverse proxy's public address.
       await withChat(browser, t.name, async (h) => {
-        const proxy = await startProxy(h.server.port);
-        t.after(() => proxy.close());
+        serverPort = h.server.port;
         const bob = await h.join('bob', 'Chat Room');
         const alice = await h.newPage();
         await alice.goto(proxy.url);
@@ -225,7 +231,7 @@ describe('a message typed just before the connection drops', () => {
         const errorHidden = await alice.$eval('#chat-error', (e) => e.hidden);
         assert.ok(errorHidden, 'no "may not have been sent" error');
         assert.equal(await alice.inputValue('#message-input'), '', 'nothing put back in the message box');
-      });
+      }, { serverArgs: ['--allowed-origins', proxy.url] });
     });
   }
 });
