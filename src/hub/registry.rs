@@ -683,6 +683,23 @@ impl Registry {
     /// Flushes `room` at `at`. Without a runtime (a benchmark driving the
     /// registry by hand) the flush happens now.
     fn schedule_flush(&self, room: &RoomName, at: Instant) {
+        self.at(
+            room,
+            at,
+            |me, room| me.flush(room),
+            |me, room| me.flush(room),
+        );
+    }
+
+    /// Runs `due` on `room` at `at` on the runtime, or `now` at once where
+    /// there is no runtime (a benchmark driving the registry by hand).
+    fn at(
+        &self,
+        room: &RoomName,
+        at: Instant,
+        due: fn(&Registry, &RoomName),
+        now: fn(&Registry, &RoomName),
+    ) {
         let Some(me) = self.me.upgrade() else {
             return;
         };
@@ -691,10 +708,10 @@ impl Registry {
                 let room = room.clone();
                 runtime.spawn(async move {
                     tokio::time::sleep_until(at.into()).await;
-                    me.flush(&room);
+                    due(&me, &room);
                 });
             }
-            Err(_) => me.flush(room),
+            Err(_) => now(&me, room),
         }
     }
 }
@@ -735,19 +752,12 @@ impl Registry {
     /// Announces `room`'s presence at `at`. Without a runtime (a benchmark
     /// driving the registry by hand) it is announced now.
     fn schedule_presence(&self, room: &RoomName, at: Instant) {
-        let Some(me) = self.me.upgrade() else {
-            return;
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                let room = room.clone();
-                runtime.spawn(async move {
-                    tokio::time::sleep_until(at.into()).await;
-                    me.announce_due(&room, false);
-                });
-            }
-            Err(_) => me.announce_due(room, true),
-        }
+        self.at(
+            room,
+            at,
+            |me, room| me.announce_due(room, false),
+            |me, room| me.announce_due(room, true),
+        );
     }
 }
 
