@@ -201,6 +201,27 @@ impl AuthorId {
     }
 }
 
+/// A chat message as stored: what storage returns, what the commit task
+/// hands to the broker, and what each server encodes (as the wire's
+/// `protocol::ChatMessage`) for its own members. Fields read back from
+/// storage are kept as written then, so `from` is a plain string: a name
+/// stored under older rules need not parse as a [`Nickname`] today.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub room: RoomName,
+    /// Globally unique, time-ordered (UUID v7, text form).
+    pub id: String,
+    /// Position in its room: 1, 2, 3… without gaps.
+    pub seq: u64,
+    /// The sender's display name.
+    pub from: String,
+    /// The sender's identity; absent on messages stored before identities were.
+    pub author: Option<AuthorId>,
+    pub text: String,
+    /// Server time of acceptance, Unix milliseconds.
+    pub at: i64,
+}
+
 /// A person's display name: 1–32 characters in NFC, nothing invisible in
 /// it, not the bot's nor a look-alike of it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
