@@ -22,6 +22,7 @@
 //!   [`metrics`], [`telemetry`].
 
 pub mod admin;
+pub mod allocator;
 pub mod app;
 pub mod bench;
 pub mod broker;

@@ -2,7 +2,7 @@ use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 
 use chatterpro::config::{Cli, Command};
-use chatterpro::{App, admin, bench, telemetry};
+use chatterpro::{App, admin, allocator, bench, telemetry};
 
 /// mimalloc instead of glibc's malloc: with thousands of connections,
 /// glibc's `_int_malloc`/`malloc_consolidate` were ~6 % of a busy server's
@@ -11,8 +11,15 @@ use chatterpro::{App, admin, bench, telemetry};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_park(allocator::on_thread_park)
+        .build()?
+        .block_on(serve())
+}
+
+async fn serve() -> anyhow::Result<()> {
     let cli = Cli::parse();
     telemetry::init();
     match cli.command {
