@@ -3,7 +3,6 @@
 //! Module map (dependencies point down this list, never up):
 //! - [`app`]: builds everything from [`config`], binds, runs until shutdown.
 //! - [`admin`]: `chatterpro admin …`, an operator's tasks on the server's database.
-//! - [`bench`]: the `chatterpro bench` load generator (a client; uses nothing of the server).
 //! - [`http`]: the accept loop (hyper, HTTP/1.1) and the router — WebSocket
 //!   handshake, embedded assets, health, metrics.
 //! - [`conn`]: one WebSocket session on its TCP socket, one task: a reader
@@ -23,7 +22,6 @@
 
 pub mod admin;
 pub mod app;
-pub mod bench;
 pub mod broker;
 pub mod clock;
 pub mod config;

@@ -2,7 +2,7 @@ use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 
 use chatterpro::config::{Cli, Command};
-use chatterpro::{App, admin, bench, telemetry};
+use chatterpro::{App, admin, telemetry};
 
 /// mimalloc instead of glibc's malloc: with thousands of connections,
 /// glibc's `_int_malloc`/`malloc_consolidate` were ~6 % of a busy server's
@@ -16,7 +16,6 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     telemetry::init();
     match cli.command {
-        Some(Command::Bench(args)) => return bench::run(args).await,
         Some(Command::Admin(args)) => return admin::run(args).await,
         None => {}
     }

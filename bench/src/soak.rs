@@ -1,4 +1,4 @@
-//! `bench soak`: moderate, mixed, long-running traffic that checks the
+//! `chatterpro-bench soak`: moderate, mixed, long-running traffic that checks the
 //! protocol's promises while it watches the server's memory.
 //!
 //! Each virtual user owns one connection (one task, no shared state) and
@@ -88,6 +88,12 @@ pub struct SoakArgs {
     /// Seed for the users' random choices (default: from the clock).
     #[arg(long)]
     pub seed: Option<u64>,
+
+    /// Fail when the server's RSS (sampled through --server-pid) grew more
+    /// than this many KiB from the end of warm-up to the end of the run: a
+    /// leak shows as steady growth under steady traffic.
+    #[arg(long)]
+    pub max_rss_growth_kib: Option<u64>,
 }
 
 impl SoakArgs {
@@ -108,6 +114,7 @@ impl SoakArgs {
             reconnect_every: duration / 3,
             warmup: 0.1,
             seed: None,
+            max_rss_growth_kib: None,
         }
     }
 }
@@ -213,6 +220,8 @@ pub struct SoakReport {
     pub stuck_users: u64,
     pub rss: Option<RssFigures>,
     pub rss_growth_kib: Option<i64>,
+    /// The growth allowed (`--max-rss-growth-kib`), if any.
+    pub max_rss_growth_kib: Option<u64>,
     pub ok: bool,
 }
 
@@ -237,6 +246,19 @@ impl SoakReport {
         }
         if self.counts.messages_acked == 0 {
             out.push("no message was acknowledged".to_owned());
+        }
+        if let Some(limit) = self.max_rss_growth_kib {
+            match self.rss_growth_kib {
+                None => out.push(
+                    "server memory growth unknown (--max-rss-growth-kib needs --server-pid \
+                     and a run longer than its warm-up)"
+                        .to_owned(),
+                ),
+                Some(growth) if growth > i64::try_from(limit).unwrap_or(i64::MAX) => out.push(
+                    format!("server memory grew {growth} KiB after warm-up (allowed {limit})"),
+                ),
+                Some(_) => {}
+            }
         }
         out
     }
@@ -289,8 +311,11 @@ impl fmt::Display for SoakReport {
             writeln!(f, "    ! {a}")?;
         }
         if let Some(rss) = &self.rss {
+            let allowed = self.max_rss_growth_kib.map_or(String::new(), |k| {
+                format!(" (allowed {:.1} MiB)", k as f64 / 1024.0)
+            });
             let growth = self.rss_growth_kib.map_or(String::new(), |g| {
-                format!(", growth {:+.1} MiB", g as f64 / 1024.0)
+                format!(", growth {:+.1} MiB{allowed}", g as f64 / 1024.0)
             });
             writeln!(f, "  server RSS: {rss}{growth}")?;
         }
@@ -377,6 +402,7 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<SoakReport> {
         counts,
         stuck_users,
         rss_growth_kib: rss.as_ref().and_then(RssFigures::growth_kib),
+        max_rss_growth_kib: plan.args.max_rss_growth_kib,
         rss,
         ok: false,
     };
