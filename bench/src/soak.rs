@@ -1333,3 +1333,45 @@ fn note(c: &mut SoakCounts, detail: impl FnOnce() -> String) {
         c.anomalies.push(detail());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A clean run's report whose server grew `growth` KiB after warm-up,
+    /// checked against `limit`.
+    fn report(growth: Option<i64>, limit: Option<u64>) -> SoakReport {
+        SoakReport {
+            scenario: "soak",
+            url: "ws://127.0.0.1:1/ws".into(),
+            seed: 1,
+            clients: 1,
+            rooms: 1,
+            duration_s: 1.0,
+            elapsed_s: 1.0,
+            counts: SoakCounts {
+                messages_acked: 1,
+                ..SoakCounts::default()
+            },
+            stuck_users: 0,
+            rss: None,
+            rss_growth_kib: growth,
+            max_rss_growth_kib: limit,
+            ok: true,
+        }
+    }
+
+    #[test]
+    fn memory_growth_beyond_the_allowed_fails_the_run() {
+        assert!(report(Some(20_000), None).failures().is_empty());
+        assert!(report(Some(16_384), Some(16_384)).failures().is_empty());
+        assert!(report(Some(-500), Some(0)).failures().is_empty());
+        let failures = report(Some(16_385), Some(16_384)).failures();
+        assert_eq!(
+            failures,
+            ["server memory grew 16385 KiB after warm-up (allowed 16384)"]
+        );
+        // Asked to check, without a figure to check: a failure, not a pass.
+        assert_eq!(report(None, Some(16_384)).failures().len(), 1);
+    }
+}
