@@ -32,8 +32,6 @@ pub struct Cli {
 
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum Command {
-    /// Load generator: drives any ChatterPro server with protocol v1 traffic.
-    Bench(crate::bench::BenchArgs),
     /// Operator's tasks on the server's database (also while it runs).
     Admin(AdminArgs),
 }

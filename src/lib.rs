@@ -3,7 +3,7 @@
 //! Module map (dependencies point down this list, never up):
 //! - [`app`]: builds everything from [`config`], binds, runs until shutdown.
 //! - [`admin`]: `chatterpro admin …`, an operator's tasks on the server's database.
-//! - [`bench`]: the `chatterpro bench` load generator (a client; uses nothing of the server).
+//! - [`allocator`]: gives a burst's freed memory back to the system when idle.
 //! - [`http`]: the accept loop (hyper, HTTP/1.1) and the router — WebSocket
 //!   handshake, embedded assets, health, metrics.
 //! - [`conn`]: one WebSocket session on its TCP socket, one task: a reader
@@ -24,7 +24,6 @@
 pub mod admin;
 pub mod allocator;
 pub mod app;
-pub mod bench;
 pub mod broker;
 pub mod clock;
 pub mod config;

@@ -2,7 +2,7 @@ use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 
 use chatterpro::config::{Cli, Command};
-use chatterpro::{App, admin, allocator, bench, telemetry};
+use chatterpro::{App, admin, allocator, telemetry};
 
 /// mimalloc instead of glibc's malloc: with thousands of connections,
 /// glibc's `_int_malloc`/`malloc_consolidate` were ~6 % of a busy server's
@@ -22,10 +22,8 @@ fn main() -> anyhow::Result<()> {
 async fn serve() -> anyhow::Result<()> {
     let cli = Cli::parse();
     telemetry::init();
-    match cli.command {
-        Some(Command::Bench(args)) => return bench::run(args).await,
-        Some(Command::Admin(args)) => return admin::run(args).await,
-        None => {}
+    if let Some(Command::Admin(args)) = cli.command {
+        return admin::run(args).await;
     }
     let app = App::build(cli.serve).await?;
     // Tests and scripts read this line to learn the port.

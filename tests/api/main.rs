@@ -1,6 +1,5 @@
 //! Integration tests: the real server on port 0, driven by real WebSocket clients.
 
-mod bench_smoke;
 mod helpers;
 mod http;
 mod idempotency;

@@ -1,7 +1,7 @@
 // Shared pieces of the end-to-end suite: the real server as a child process,
 // headless Chromium, and waits that fail with a readable message.
 
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -11,12 +11,24 @@ import { chromium } from 'playwright-core';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 
-export const SERVER_BIN = process.env.CHATTERPRO_BIN
-  || path.resolve(here, '../../target/debug/chatterpro');
+export const SERVER_BIN = process.env.CHATTERPRO_BIN || debugServerBin();
 export const CHROMIUM_PATH = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 export const WAIT_MS = 10_000;
 export const TIME_PATTERN = /^\d{1,2}:\d{2} (am|pm)$/;
 export const LOST_TEXT = 'Connection lost — reconnecting…';
+
+/**
+ * The debug server in cargo's target directory, asked of cargo itself, so
+ * that CARGO_TARGET_DIR and a configured build.target-dir are honoured.
+ */
+function debugServerBin() {
+  const metadata = execFileSync('cargo', ['metadata', '--format-version', '1', '--no-deps'], {
+    cwd: path.resolve(here, '../..'),
+    encoding: 'utf8',
+    maxBuffer: 64 * 1024 * 1024,
+  });
+  return path.join(JSON.parse(metadata).target_directory, 'debug', 'chatterpro');
+}
 
 const LISTENING = /listening on (http:\/\/127\.0\.0\.1:(\d+))/;
 const ANSI = /\x1b\[[0-9;]*m/g;

@@ -1,4 +1,4 @@
-//! `bench churn`: people coming and going as fast as they can.
+//! `chatterpro-bench churn`: people coming and going as fast as they can.
 //!
 //! C clients loop for `--duration`: connect, `hello` under a fresh name,
 //! then one to three rounds of `join` → `send` → `leave` (the last round

@@ -1,4 +1,4 @@
-//! `bench rate-search`: the highest offered rate at which a fan-out run stays
+//! `chatterpro-bench rate-search`: the highest offered rate at which a fan-out run stays
 //! correct and its p99 delivery latency stays under a bound. Each step is a
 //! full `fanout` run on fresh rooms; the rate doubles until a step fails,
 //! then the search bisects between the best passing and the first failing rate.
@@ -101,11 +101,11 @@ pub async fn run(args: RateSearchArgs) -> anyhow::Result<RateSearchReport> {
         run_args.room_prefix = format!("{}s{step}-", args.fanout.room_prefix);
         let report = fanout::run(run_args).await?;
         let passed = report.ok && report.latency.p99_ms <= bound_ms;
-        tracing::info!(
-            rate,
-            passed,
-            p99_ms = report.latency.p99_ms,
-            "rate-search step"
+        // Progress on stderr: stdout ends with the report's JSON line.
+        eprintln!(
+            "rate-search step {step}: rate {rate}/s, p99 {:.2} ms, {}",
+            report.latency.p99_ms,
+            if passed { "passed" } else { "failed" }
         );
         steps.push(Step {
             rate,

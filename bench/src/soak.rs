@@ -1,4 +1,4 @@
-//! `bench soak`: moderate, mixed, long-running traffic that checks the
+//! `chatterpro-bench soak`: moderate, mixed, long-running traffic that checks the
 //! protocol's promises while it watches the server's memory.
 //!
 //! Each virtual user owns one connection (one task, no shared state) and
@@ -88,6 +88,12 @@ pub struct SoakArgs {
     /// Seed for the users' random choices (default: from the clock).
     #[arg(long)]
     pub seed: Option<u64>,
+
+    /// Fail when the server's RSS (sampled through --server-pid) grew more
+    /// than this many KiB from the end of warm-up to the end of the run: a
+    /// leak shows as steady growth under steady traffic.
+    #[arg(long)]
+    pub max_rss_growth_kib: Option<u64>,
 }
 
 impl SoakArgs {
@@ -108,6 +114,7 @@ impl SoakArgs {
             reconnect_every: duration / 3,
             warmup: 0.1,
             seed: None,
+            max_rss_growth_kib: None,
         }
     }
 }
@@ -213,6 +220,8 @@ pub struct SoakReport {
     pub stuck_users: u64,
     pub rss: Option<RssFigures>,
     pub rss_growth_kib: Option<i64>,
+    /// The growth allowed (`--max-rss-growth-kib`), if any.
+    pub max_rss_growth_kib: Option<u64>,
     pub ok: bool,
 }
 
@@ -237,6 +246,19 @@ impl SoakReport {
         }
         if self.counts.messages_acked == 0 {
             out.push("no message was acknowledged".to_owned());
+        }
+        if let Some(limit) = self.max_rss_growth_kib {
+            match self.rss_growth_kib {
+                None => out.push(
+                    "server memory growth unknown (--max-rss-growth-kib needs --server-pid \
+                     and a run longer than its warm-up)"
+                        .to_owned(),
+                ),
+                Some(growth) if growth > i64::try_from(limit).unwrap_or(i64::MAX) => out.push(
+                    format!("server memory grew {growth} KiB after warm-up (allowed {limit})"),
+                ),
+                Some(_) => {}
+            }
         }
         out
     }
@@ -289,8 +311,11 @@ impl fmt::Display for SoakReport {
             writeln!(f, "    ! {a}")?;
         }
         if let Some(rss) = &self.rss {
+            let allowed = self.max_rss_growth_kib.map_or(String::new(), |k| {
+                format!(" (allowed {:.1} MiB)", k as f64 / 1024.0)
+            });
             let growth = self.rss_growth_kib.map_or(String::new(), |g| {
-                format!(", growth {:+.1} MiB", g as f64 / 1024.0)
+                format!(", growth {:+.1} MiB{allowed}", g as f64 / 1024.0)
             });
             writeln!(f, "  server RSS: {rss}{growth}")?;
         }
@@ -377,6 +402,7 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<SoakReport> {
         counts,
         stuck_users,
         rss_growth_kib: rss.as_ref().and_then(RssFigures::growth_kib),
+        max_rss_growth_kib: plan.args.max_rss_growth_kib,
         rss,
         ok: false,
     };
@@ -1305,5 +1331,47 @@ impl User {
 fn note(c: &mut SoakCounts, detail: impl FnOnce() -> String) {
     if c.anomalies.len() < ANOMALIES_KEPT {
         c.anomalies.push(detail());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A clean run's report whose server grew `growth` KiB after warm-up,
+    /// checked against `limit`.
+    fn report(growth: Option<i64>, limit: Option<u64>) -> SoakReport {
+        SoakReport {
+            scenario: "soak",
+            url: "ws://127.0.0.1:1/ws".into(),
+            seed: 1,
+            clients: 1,
+            rooms: 1,
+            duration_s: 1.0,
+            elapsed_s: 1.0,
+            counts: SoakCounts {
+                messages_acked: 1,
+                ..SoakCounts::default()
+            },
+            stuck_users: 0,
+            rss: None,
+            rss_growth_kib: growth,
+            max_rss_growth_kib: limit,
+            ok: true,
+        }
+    }
+
+    #[test]
+    fn memory_growth_beyond_the_allowed_fails_the_run() {
+        assert!(report(Some(20_000), None).failures().is_empty());
+        assert!(report(Some(16_384), Some(16_384)).failures().is_empty());
+        assert!(report(Some(-500), Some(0)).failures().is_empty());
+        let failures = report(Some(16_385), Some(16_384)).failures();
+        assert_eq!(
+            failures,
+            ["server memory grew 16385 KiB after warm-up (allowed 16384)"]
+        );
+        // Asked to check, without a figure to check: a failure, not a pass.
+        assert_eq!(report(None, Some(16_384)).failures().len(), 1);
     }
 }

@@ -1,6 +1,7 @@
-//! `chatterpro bench`: a load generator that speaks protocol v1
+//! `chatterpro-bench`: a load generator that speaks protocol v1
 //! (`docs/protocol.md`) to any ChatterPro server. It is a client only: it
-//! shares nothing with the server but the wire format.
+//! depends on nothing of the server crate and shares with it only the wire
+//! format, which it speaks as JSON values.
 //!
 //! Module map:
 //! - [`client`]: dialing (optionally from many loopback source addresses),
@@ -26,21 +27,23 @@ use std::collections::BTreeMap;
 use std::fmt::Display;
 use std::time::Duration;
 
-use clap::{Args, Subcommand};
+use clap::{Parser, Subcommand};
 use rand::Rng;
 use serde::Serialize;
 
+/// Load generator: drives any ChatterPro server with protocol v1 traffic.
+///
 /// Every scenario stops by itself, prints a short summary and then one JSON
 /// line, and exits non-zero when the server broke a promise.
-#[derive(Debug, Clone, Args)]
-#[command(after_help = LIMITS_HELP)]
+#[derive(Debug, Clone, Parser)]
+#[command(name = "chatterpro-bench", version, about, after_help = LIMITS_HELP)]
 pub struct BenchArgs {
     #[command(subcommand)]
     pub scenario: Scenario,
 }
 
-/// Shown under `chatterpro bench --help`: which server limits bite, and how
-/// to raise them (the `Bench` subcommand's own doc lives in `config.rs`).
+/// Shown under `chatterpro-bench --help`: which server limits bite, and how
+/// to raise them.
 const LIMITS_HELP: &str = "\
 Every scenario stops by itself (its duration plus a drain: fan-out waits for
 what is still arriving, at most a minute, and ends after 5 s without progress),

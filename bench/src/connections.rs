@@ -1,4 +1,4 @@
-//! `bench connections`: how many idle members the server holds, how fast
+//! `chatterpro-bench connections`: how many idle members the server holds, how fast
 //! they arrive, and what each costs in server memory.
 //!
 //! Opens N connections (at most `--concurrency` being set up at a time),

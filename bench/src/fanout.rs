@@ -1,4 +1,4 @@
-//! `bench fanout`: end-to-end delivery latency and exactness under a steady
+//! `chatterpro-bench fanout`: end-to-end delivery latency and exactness under a steady
 //! message rate.
 //!
 //! R rooms × M members (one connection each), S of whom per room also send,

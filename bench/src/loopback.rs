@@ -1,4 +1,4 @@
-//! `bench loopback`: what this machine charges for one small socket write
+//! `chatterpro-bench loopback`: what this machine charges for one small socket write
 //! on loopback, with no chat server involved — the floor under every
 //! server figure in docs/performance.md. One thread writes to `--conns`
 //! loopback sockets, one write of `--frames` × `--frame-bytes` bytes to each
