@@ -129,8 +129,8 @@ pub struct Hub {
     metrics: Arc<Metrics>,
 }
 
-/// [`ServerInfo`], and its JSON serialized once: it never changes while
-/// the server runs.
+/// [`crate::protocol::ServerInfo`], and its JSON serialized once: it never
+/// changes while the server runs.
 struct ServerFacts {
     info: crate::protocol::ServerInfo,
     json: Bytes,

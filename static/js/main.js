@@ -450,27 +450,24 @@ let factsLoaded = Promise.resolve(serverFacts());
 
 /**
  * Fills the room picker from `GET /api/rooms`. Without an answer (the
- * server cannot build its list, say while storage is down), or with an
- * empty list, it offers the server's default rooms, from `GET /api/info`;
- * a list shown before stays until the next answer.
+ * server cannot build its list, say while storage is down) a list shown
+ * before stays; with none shown yet, it offers the server's default rooms,
+ * from `GET /api/info`.
  */
 async function refreshRooms() {
   const select = $('room-select');
+  const listed = () => [...select.options].some((option) => option.value !== '');
   try {
     const response = await fetch('/api/rooms', { headers: { Accept: 'application/json' } });
     if (!response.ok) throw new Error(`HTTP ${response.status}`);
     const body = await response.json();
     if (!Array.isArray(body.rooms)) throw new Error('no rooms');
-    const rooms = body.rooms.filter((r) => r && typeof r.name === 'string');
-    if (rooms.length > 0) {
-      views.renderRoomOptions(select, rooms);
-      return;
-    }
+    views.renderRoomOptions(select, body.rooms.filter((r) => r && typeof r.name === 'string'));
   } catch {
-    if ([...select.options].some((option) => option.value !== '')) return;
+    if (listed()) return;
+    const { defaultRooms = [] } = await factsLoaded;
+    if (!listed()) views.renderRoomOptions(select, defaultRooms.map((name) => ({ name })));
   }
-  const { defaultRooms = [] } = await factsLoaded;
-  views.renderRoomOptions(select, defaultRooms.map((name) => ({ name })));
 }
 
 /**
