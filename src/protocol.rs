@@ -526,6 +526,39 @@ pub struct RoomInfo {
     pub online: usize,
 }
 
+/// What a client needs to know about this server to follow its rules and
+/// show what it sends: in every `welcome` (`server`) and as the body of
+/// `GET /api/info`, so that an app keeps no copy of its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerInfo {
+    /// The name the server's own notices come from (no person may take it).
+    pub bot: String,
+    /// The rooms that always exist, in the order the server lists them.
+    pub default_rooms: Vec<String>,
+    /// Longest nickname, in characters (Unicode scalar values, after trimming).
+    pub max_name_chars: usize,
+    /// Longest room name, in characters.
+    pub max_room_chars: usize,
+    /// Longest message text, in characters.
+    pub max_text_chars: usize,
+    /// Messages a `joined` without `since` carries at most: fewer means
+    /// the room has no older ones.
+    pub history_on_join: u32,
+    /// Largest `limit` a `history` request is answered with.
+    pub history_max: u32,
+}
+
+/// What a `notice` is about, for clients that treat one kind apart (the
+/// browser app shows a room's welcome once however often it rejoins).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoticeKind {
+    /// The bot's greeting to someone who joined a room.
+    Welcome,
+    /// The room was removed; a `left` for it follows.
+    RoomRemoved,
+}
+
 /// The single change a presence frame carries, when it carries one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -545,6 +578,8 @@ pub enum ServerMsg {
         author: u64,
         protocol: u32,
         rooms: Vec<RoomInfo>,
+        /// The server's names and limits.
+        server: ServerInfo,
     },
     Joined {
         room: String,
@@ -558,6 +593,9 @@ pub enum ServerMsg {
         room: String,
         text: String,
         ts: i64,
+        /// What the notice is about: recognise a notice by this, never by
+        /// its text (which operators configure).
+        kind: NoticeKind,
     },
     /// Who arrived in and who left a room since its previous presence frame
     /// (the net change; `joined` carried the full list). Clients apply
@@ -865,6 +903,43 @@ mod tests {
         );
         let v: Value = serde_json::from_str(&encode(&msg, None)).unwrap();
         assert!(v.get("ref").is_none());
+    }
+
+    #[test]
+    fn notices_say_what_they_are_about_and_welcome_carries_the_server_facts() {
+        let notice = ServerMsg::Notice {
+            room: "r".into(),
+            text: "Hi!".into(),
+            ts: 10,
+            kind: NoticeKind::Welcome,
+        };
+        let v: Value = serde_json::from_str(&encode(&notice, None)).unwrap();
+        assert_eq!(
+            v,
+            json!({"type":"notice","room":"r","text":"Hi!","ts":10,"kind":"welcome"})
+        );
+        let welcome = ServerMsg::Welcome {
+            name: "alice".into(),
+            session: "t".into(),
+            author: 7,
+            protocol: PROTOCOL_VERSION,
+            rooms: vec![],
+            server: ServerInfo {
+                bot: "Bot".into(),
+                default_rooms: vec!["Lobby".into()],
+                max_name_chars: 1,
+                max_room_chars: 2,
+                max_text_chars: 3,
+                history_on_join: 4,
+                history_max: 5,
+            },
+        };
+        let v: Value = serde_json::from_str(&encode(&welcome, Some(&Ref::Int(1)))).unwrap();
+        assert_eq!(
+            v["server"],
+            json!({"bot":"Bot","default_rooms":["Lobby"],"max_name_chars":1,"max_room_chars":2,
+                   "max_text_chars":3,"history_on_join":4,"history_max":5})
+        );
     }
 
     #[test]

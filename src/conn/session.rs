@@ -255,6 +255,7 @@ impl Session {
             author: identity.author.get(),
             protocol: PROTOCOL_VERSION,
             rooms,
+            server: self.hub.server_info().clone(),
         })
     }
 

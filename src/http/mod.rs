@@ -1,7 +1,7 @@
 //! The HTTP surface: `router()` assembles the WebSocket endpoint, the JSON
-//! room list, health and the embedded browser app, all behind the security
-//! headers every response carries, the plain routes behind a per-address
-//! request rate; `metrics_router()` serves `/metrics` on its own listener
+//! room list and server facts, health and the embedded browser app, all
+//! behind the security headers every response carries, the plain routes
+//! behind a per-address request rate; `metrics_router()` serves `/metrics` on its own listener
 //! (`--metrics-addr`, loopback by default), never on the public one.
 
 mod api;
@@ -63,6 +63,7 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; st
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/rooms", get(api::rooms))
+        .route("/api/info", get(api::info))
         .route("/healthz", get(health::healthz))
         .fallback(get(assets::serve))
         .layer(middleware::from_fn_with_state(

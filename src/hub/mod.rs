@@ -124,7 +124,37 @@ pub struct Hub {
     claims: Arc<dyn NameClaims>,
     jobs_tx: mpsc::Sender<SendJob>,
     config: HubConfig,
+    /// The server's names and limits, for `welcome` and `GET /api/info`.
+    info: ServerFacts,
     metrics: Arc<Metrics>,
+}
+
+/// [`crate::protocol::ServerInfo`], and its JSON serialized once: it never
+/// changes while the server runs.
+struct ServerFacts {
+    info: crate::protocol::ServerInfo,
+    json: Bytes,
+}
+
+impl ServerFacts {
+    fn new(config: &HubConfig) -> Self {
+        use crate::domain::{BOT_NAME, MESSAGE_MAX_CHARS, NICKNAME_MAX_CHARS, ROOM_NAME_MAX_CHARS};
+        let info = crate::protocol::ServerInfo {
+            bot: BOT_NAME.to_owned(),
+            default_rooms: config
+                .default_rooms
+                .iter()
+                .map(|room| room.as_str().to_owned())
+                .collect(),
+            max_name_chars: NICKNAME_MAX_CHARS,
+            max_room_chars: ROOM_NAME_MAX_CHARS,
+            max_text_chars: MESSAGE_MAX_CHARS,
+            history_on_join: config.history_on_join,
+            history_max: HISTORY_LIMIT_MAX,
+        };
+        let json = Bytes::from(serde_json::to_vec(&info).expect("plain data serializes"));
+        Self { info, json }
+    }
 }
 
 fn internal(e: StorageError) -> Refusal {
@@ -167,6 +197,7 @@ impl Hub {
             commit_interval: config.commit_interval,
         };
         let writer = tokio::spawn(writer.run(jobs_rx, writer_stop));
+        let info = ServerFacts::new(&config);
         let hub = Self {
             recent,
             registry,
@@ -180,6 +211,7 @@ impl Hub {
             claims,
             jobs_tx,
             config,
+            info,
             metrics,
         };
         (hub, writer)
@@ -187,6 +219,16 @@ impl Hub {
 
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// The server's names and limits, as `welcome` carries them.
+    pub fn server_info(&self) -> &crate::protocol::ServerInfo {
+        &self.info.info
+    }
+
+    /// [`Hub::server_info`] as JSON: the body of `GET /api/info`.
+    pub fn server_info_json(&self) -> Bytes {
+        self.info.json.clone()
     }
 
     /// Claims a name for a connection: who it is until it closes.

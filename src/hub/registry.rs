@@ -408,6 +408,7 @@ impl Registry {
                     room: room.as_str().to_owned(),
                     text: welcome.to_owned(),
                     ts: clock::now_ms(),
+                    kind: protocol::NoticeKind::Welcome,
                 },
                 None,
             )));
@@ -592,6 +593,7 @@ impl Registry {
                     room: room.as_str().to_owned(),
                     text: notice.to_owned(),
                     ts: clock::now_ms(),
+                    kind: protocol::NoticeKind::RoomRemoved,
                 },
                 None,
             )),

@@ -7,12 +7,12 @@
 // server only through connection.js and to the page only through views.js.
 
 import { Connection, RequestError, defaultSocketUrl } from './connection.js';
+import { learnFacts, loadFacts, serverFacts } from './facts.js';
 import { PAGE_SIZE, PendingMessages, RoomState } from './state.js';
 import * as views from './views.js';
 
 const { $ } = views;
 const IDENTITY_KEY = 'chatterpro.identity';
-const DEFAULT_ROOMS = [{ name: 'Chat Room' }, { name: 'Business Room' }, { name: 'Gaming Room' }];
 /** Handshake errors worth another try after a reconnect (a server restarting, a stale login). */
 const RETRYABLE_CODES = new Set(['offline', 'timeout', 'closed', 'internal', 'rate_limited', 'name_taken']);
 const MAX_HANDSHAKE_RETRIES = 8;
@@ -23,7 +23,10 @@ const ERROR_TEXT = {
   invalid_name: 'That nickname is not allowed.',
   name_taken: 'That nickname is already in use. Please pick another one.',
   invalid_room: 'That room name is not allowed.',
-  too_large: 'That message is too long (4000 characters at most).',
+  get too_large() {
+    const max = serverFacts().maxTextChars;
+    return max !== undefined ? `That message is too long (${max} characters at most).` : 'That message is too long.';
+  },
   rate_limited: 'You are sending too fast. Please wait a moment.',
   offline: 'Could not reach the ChatterPro server. Please try again.',
   timeout: 'The server did not answer in time. Please try again.',
@@ -44,6 +47,33 @@ function joinErrorText(error) {
   const detail = error.message && error.message !== error.code ? error.message : '';
   if (detail && error.code.startsWith('invalid_')) return `${ERROR_TEXT[error.code]} ${detail}`;
   return ERROR_TEXT[error.code];
+}
+
+// ---------------------------------------------------------------- server facts
+
+/** Fits the page to the server's facts: its limits become the inputs' limits. */
+function applyFacts(facts) {
+  const input = $('message-input');
+  if (facts.maxTextChars !== undefined) {
+    input.maxLength = facts.maxTextChars;
+  } else {
+    input.removeAttribute('maxlength');
+  }
+}
+
+/**
+ * Whether a room may have messages older than the `count` a join without
+ * `since` returned: the server sends at most `history_on_join`, so fewer
+ * means it has no more. Not knowing that number, asking once costs little.
+ */
+function mayHaveOlder(count) {
+  const page = serverFacts().historyOnJoin;
+  return page !== undefined ? count >= page : count > 0;
+}
+
+/** How many messages to ask for per history page: ours, within the server's maximum. */
+function historyPageSize() {
+  return Math.max(1, Math.min(PAGE_SIZE, serverFacts().historyMax ?? PAGE_SIZE));
 }
 
 // ---------------------------------------------------------------- identity
@@ -100,6 +130,7 @@ async function handshake(s) {
   // server's `message` copies carry it too): names two people used are tagged.
   s.author = Number.isSafeInteger(welcome.author) ? welcome.author : undefined;
   saveIdentity(s.name, welcome.session);
+  applyFacts(learnFacts(welcome.server));
 
   const join = { type: 'join', room: s.room ? s.room.name : s.requestedRoom };
   if (s.room && s.room.maxSeq !== null) join.since = s.room.maxSeq;
@@ -159,7 +190,7 @@ function enterChat(s, joined) {
     list.append(views.messageItem(message, s.name));
   }
   views.markSharedNames(list);
-  room.hasOlder = messages.length >= PAGE_SIZE;
+  room.hasOlder = mayHaveOlder(messages.length);
   markReady(s);
   views.scrollToBottom(list);
   $('message-input').focus();
@@ -260,10 +291,11 @@ function onPush(s, message) {
     }
     case 'notice': {
       const text = String(message.text ?? '');
-      const isWelcome = text.startsWith('Welcome to ChatterPro');
+      // By its kind, never its text: operators word the welcome (`--welcome`).
+      const isWelcome = message.kind === 'welcome';
       if (isWelcome && room.welcomed) return; // not again after each reconnect
       if (isWelcome) room.welcomed = true;
-      list.append(views.botNoticeItem(text, message.ts));
+      list.append(views.botNoticeItem(text, message.ts, serverFacts().bot));
       break;
     }
     case 'presence': {
@@ -382,13 +414,14 @@ async function loadOlder(s) {
   const room = s.room;
   if (!room || !room.hasOlder || room.loadingOlder || !s.ready || room.minSeq === null) return;
   room.loadingOlder = true;
+  const limit = historyPageSize();
   try {
     const reply = await s.conn.request({
-      type: 'history', room: room.name, before: room.minSeq, limit: PAGE_SIZE,
+      type: 'history', room: room.name, before: room.minSeq, limit,
     });
     if (session !== s) return;
     const messages = Array.isArray(reply.messages) ? reply.messages : [];
-    room.hasOlder = messages.length >= PAGE_SIZE;
+    room.hasOlder = messages.length >= limit;
     const fresh = room.accept(messages);
     if (fresh.length > 0) {
       views.prependKeepingScroll($('messages'), fresh.map((m) => views.messageItem(m, s.name)));
@@ -412,17 +445,28 @@ function fillViewportWithHistory(s) {
 
 // ---------------------------------------------------------------- join page
 
+/** The server's facts, asked for once when the page opens (see init). */
+let factsLoaded = Promise.resolve(serverFacts());
+
+/**
+ * Fills the room picker from `GET /api/rooms`. Without an answer (the
+ * server cannot build its list, say while storage is down) a list shown
+ * before stays; with none shown yet, it offers the server's default rooms,
+ * from `GET /api/info`.
+ */
 async function refreshRooms() {
   const select = $('room-select');
+  const listed = () => [...select.options].some((option) => option.value !== '');
   try {
     const response = await fetch('/api/rooms', { headers: { Accept: 'application/json' } });
     if (!response.ok) throw new Error(`HTTP ${response.status}`);
     const body = await response.json();
     if (!Array.isArray(body.rooms)) throw new Error('no rooms');
-    const rooms = body.rooms.filter((r) => r && typeof r.name === 'string');
-    views.renderRoomOptions(select, rooms.length > 0 ? rooms : DEFAULT_ROOMS);
+    views.renderRoomOptions(select, body.rooms.filter((r) => r && typeof r.name === 'string'));
   } catch {
-    if (select.options.length <= 1) views.renderRoomOptions(select, DEFAULT_ROOMS);
+    if (listed()) return;
+    const { defaultRooms = [] } = await factsLoaded;
+    if (!listed()) views.renderRoomOptions(select, defaultRooms.map((name) => ({ name })));
   }
 }
 
@@ -515,6 +559,10 @@ async function leave() {
 // ---------------------------------------------------------------- wiring
 
 function init() {
+  factsLoaded = loadFacts().then((facts) => {
+    applyFacts(facts);
+    return facts;
+  });
   const stored = loadIdentity();
   if (stored) $('nickname').value = stored.name;
 

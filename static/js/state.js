@@ -6,7 +6,7 @@
 // the users list; and the messages typed but not yet confirmed. Pure data:
 // no DOM, no socket.
 
-/** How many messages one history page asks for (the server's join default too). */
+/** How many messages one history page asks for (the server may allow fewer: `history_max`). */
 export const PAGE_SIZE = 50;
 
 export class RoomState {

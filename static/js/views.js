@@ -7,9 +7,6 @@
 // in app.css), so right-to-left text or a stray override such as U+202E
 // inside one cannot reorder what is drawn around it.
 
-/** The author name shown on notices the server sends (welcome and the like). */
-export const BOT_NAME = 'ChatterPro Bot';
-
 export const $ = (id) => document.getElementById(id);
 
 function el(tag, className, text) {
@@ -49,10 +46,21 @@ export function showError(element, text) {
   element.hidden = !text;
 }
 
-/** Fills the room picker, keeping the current choice when it still exists. */
+/**
+ * Fills the room picker, keeping the current choice when it still exists.
+ * With no rooms it holds one placeholder that picks nothing.
+ */
 export function renderRoomOptions(select, rooms) {
   const previous = select.value;
   select.replaceChildren();
+  if (rooms.length === 0) {
+    const placeholder = el('option', undefined, 'No rooms listed: name one below');
+    placeholder.value = '';
+    placeholder.disabled = true;
+    placeholder.selected = true;
+    select.append(placeholder);
+    return;
+  }
   for (const room of rooms) {
     const option = el('option');
     option.value = room.name;
@@ -137,11 +145,15 @@ export function markSharedNames(list) {
   }
 }
 
-/** A line from the server's bot, e.g. the welcome greeting. */
-export function botNoticeItem(text, ts) {
+/**
+ * A line from the server's bot, e.g. the welcome greeting, under `bot`: the
+ * name the server gives its bot (`server.bot` in `welcome`).
+ */
+export function botNoticeItem(text, ts, bot) {
   const item = el('li', 'notice bot');
   const meta = el('div', 'meta');
-  meta.append(el('bdi', 'author', BOT_NAME), timeElement(ts ?? Date.now()));
+  if (bot) meta.append(el('bdi', 'author', bot));
+  meta.append(timeElement(ts ?? Date.now()));
   item.append(meta, el('p', 'text', text));
   return item;
 }

@@ -15,5 +15,6 @@ mod protocol;
 mod rfc6455;
 mod room_lifecycle;
 mod rooms;
+mod server_facts;
 mod transport;
 mod wire;

@@ -5,6 +5,7 @@ import assert from 'node:assert/strict';
 
 import { formatTime, presenceText } from '../../static/js/views.js';
 import { RoomState } from '../../static/js/state.js';
+import { learnFacts, loadFacts, serverFacts } from '../../static/js/facts.js';
 
 // Local time is what the page shows; pin the zone so the cases are exact.
 process.env.TZ = 'UTC';
@@ -57,4 +58,30 @@ test('one line per presence frame, however many names', () => {
   assert.equal(presenceText(['ann', 'bob'], 'left'), 'ann and bob have left the chat');
   assert.equal(presenceText(['ann', 'bob', 'cy'], 'joined'), 'ann, bob and 1 other have joined the chat');
   assert.equal(presenceText(['a', 'b', 'c', 'd'], 'left'), 'a, b and 2 others have left the chat');
+});
+
+test('the server\'s facts are taken field by field, and kept when an answer lacks one', async () => {
+  assert.deepEqual(serverFacts(), {});
+  learnFacts({
+    bot: 'Test Bot', default_rooms: ['Lobby', 7, '', 'Den'], max_name_chars: 32, max_room_chars: 64,
+    max_text_chars: 140, history_on_join: 0, history_max: 200, future_field: true,
+  });
+  assert.deepEqual(serverFacts(), {
+    bot: 'Test Bot', defaultRooms: ['Lobby', 'Den'], maxNameChars: 32, maxRoomChars: 64,
+    maxTextChars: 140, historyOnJoin: 0, historyMax: 200,
+  });
+  // Wrong types and missing fields change nothing; a later answer wins.
+  learnFacts({ bot: 5, max_text_chars: -1, history_max: 1.5, default_rooms: 'Lobby' });
+  learnFacts(null);
+  assert.equal(serverFacts().bot, 'Test Bot');
+  assert.equal(serverFacts().maxTextChars, 140);
+  assert.equal(learnFacts({ max_text_chars: 500 }).maxTextChars, 500);
+  // GET /api/info, and a server that cannot be reached.
+  const seen = [];
+  const answer = { ok: true, json: async () => ({ bot: 'Other Bot' }) };
+  await loadFacts(async (url) => { seen.push(url); return answer; });
+  assert.deepEqual(seen, ['/api/info']);
+  assert.equal(serverFacts().bot, 'Other Bot');
+  await loadFacts(async () => { throw new TypeError('offline'); });
+  assert.equal(serverFacts().bot, 'Other Bot');
 });
