@@ -21,10 +21,11 @@ use crate::config::Config;
 use crate::conn;
 use crate::domain::RoomName;
 use crate::http::{self, AllowedOrigins, AppState, ServeSettings, SocketBudget, TrustedProxies};
-use crate::hub::{Hub, HubConfig, Pacing, Reaper, ReaperConfig, Registry, SocketWrites};
+use crate::hub::{Hub, HubConfig, Pacing, Reaper, ReaperConfig, Registry};
 use crate::identity::{GuestClaims, IdentityConfig};
 use crate::limits::AddressLimits;
 use crate::metrics::Metrics;
+use crate::outbox::SocketWrites;
 use crate::storage::{GuestStore, MessageStore, RoomCreation, SqliteStore, StorageError};
 
 /// How long shutdown waits for connections to say goodbye.

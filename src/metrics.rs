@@ -31,7 +31,7 @@ pub struct Metrics {
     pub commits: Counter,
     pub frames_out: Counter,
     /// Socket sends handed to the kernel in io_uring batches, and the
-    /// system calls that carried them (`hub::batch`).
+    /// system calls that carried them (`outbox::uring`).
     pub batched_sends: Counter,
     pub send_batches: Counter,
     /// Where a message's time goes on the server (seconds): waiting for

@@ -21,8 +21,7 @@
 mod session;
 mod wire;
 
-use std::io::{self, IoSlice};
-use std::os::fd::{AsRawFd, RawFd};
+use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -32,9 +31,9 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use crate::frame::{Position, advance};
-use crate::hub::{DirectWrite, Frame, Hub, Kick, Outbox, Peer, SendsInFlight};
+use crate::hub::{Hub, SendsInFlight};
 use crate::limits::{AddressLimits, ConnPermit};
+use crate::outbox::{Frame, Kick, Outbox, Peer, Position, WRITE_MAX, write_all, write_now};
 use crate::protocol::{MAX_FRAME_BYTES, close};
 use session::Session;
 use wire::{Decoder, Incoming};
@@ -53,9 +52,6 @@ pub struct Settings {
     pub frame_timeout: Duration,
 }
 
-/// Most frames taken off the outbox for one vectored write (well under the
-/// kernel's 1024-slice limit; 256 small frames are ~50 KiB).
-const WRITE_MAX: usize = 256;
 /// Bytes read at a time (more when a large frame is on its way).
 const READ_CHUNK: usize = 4096;
 /// How long the server waits for the client's close frame (or the end of
@@ -89,8 +85,8 @@ pub fn serve(
     close_all: CancellationToken,
 ) -> impl Future<Output = ()> + Send {
     // Shared with the outbox, which writes pushes straight through when
-    // nothing is queued (hub/peer.rs).
-    let stream = Arc::new(Socket(stream));
+    // nothing is queued (`outbox::DirectWrite`).
+    let stream = Arc::new(stream);
     let outbox = Arc::new(Outbox::with_socket(
         settings.outbox_capacity,
         settings.outbox_bytes,
@@ -135,7 +131,7 @@ pub fn serve(
 
 /// Everything one connection owns, in one place (the task's future).
 struct Connection {
-    stream: Arc<Socket>,
+    stream: Arc<TcpStream>,
     reader: Reader,
     writer: Writer,
     shared: Shared,
@@ -175,20 +171,6 @@ struct Writer {
     ping_interval: Duration,
 }
 
-/// The connection's socket, written by its own writer and, through the
-/// outbox, by whoever pushes while nothing is queued.
-struct Socket(TcpStream);
-
-impl DirectWrite for Socket {
-    fn write_now(&self, frames: &[Frame], offset: usize) -> io::Result<(usize, usize)> {
-        Ok(write_now(&self.0, frames, (0, offset))?.unwrap_or((frames.len(), 0)))
-    }
-
-    fn raw_fd(&self) -> Option<RawFd> {
-        Some(self.0.as_raw_fd())
-    }
-}
-
 impl Connection {
     async fn run(&mut self) {
         let Self {
@@ -200,7 +182,7 @@ impl Connection {
         } = self;
         // Two halves in one task: the writer keeps draining the outbox while
         // the reader awaits the hub. Both end once the connection is kicked.
-        let stream = &stream.0;
+        let stream = &**stream;
         let (end, closed_sent) =
             tokio::join!(reader.run(stream, shared), writer.run(stream, shared));
         shared.outbox.close();
@@ -515,37 +497,19 @@ async fn finish(stream: &TcpStream, outbox: &Outbox) -> bool {
                 // Only the frame a direct write left half-way, so that the
                 // close frame does not land inside it.
                 if offset > 0 {
-                    write_frames(stream, &frames[..1], (0, offset)).await?;
+                    write_all(stream, &frames[..1], (0, offset)).await?;
                 }
                 break;
             }
-            write_frames(stream, &frames, (0, offset)).await?;
+            write_all(stream, &frames, (0, offset)).await?;
             outbox.written(frames.iter().map(Frame::len).sum());
         }
-        write_frames(stream, &[Frame::close(code, reason)], (0, 0)).await
+        write_all(stream, &[Frame::close(code, reason)], (0, 0)).await
     };
     matches!(
         tokio::time::timeout(STALLED_WRITE_GRACE, flush).await,
         Ok(Ok(()))
     )
-}
-
-/// Writes as much as the socket takes now, from `at` on. `None` when
-/// everything went out.
-fn write_now(
-    stream: &TcpStream,
-    frames: &[Frame],
-    mut at: Position,
-) -> io::Result<Option<Position>> {
-    while at.0 < frames.len() {
-        match write_some(stream, &frames[at.0..], at.1) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(written) => at = advance(frames, at, written),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Some(at)),
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(None)
 }
 
 /// Finishes a write the socket could not take at once. A client that stopped
@@ -562,44 +526,8 @@ async fn write_rest(
         tokio::time::sleep(STALLED_WRITE_GRACE).await;
     };
     tokio::select! {
-        written = write_frames(stream, frames, at) => written,
+        written = write_all(stream, frames, at) => written,
         () = stalled => Err(io::ErrorKind::TimedOut.into()),
-    }
-}
-
-/// Writes every frame from `at` on, waiting for the socket as needed.
-async fn write_frames(stream: &TcpStream, frames: &[Frame], mut at: Position) -> io::Result<()> {
-    while at.0 < frames.len() {
-        match write_some(stream, &frames[at.0..], at.1) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(written) => at = advance(frames, at, written),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => stream.writable().await?,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-/// One vectored write of `frames`, the first from `offset` on. Most writes
-/// carry a handful of frames: their slices live on the stack; only a big
-/// batch pays for a `Vec` (filling 256 slices for every write would cost
-/// more than the usual write's own bookkeeping).
-fn write_some(stream: &TcpStream, frames: &[Frame], offset: usize) -> io::Result<usize> {
-    const ON_STACK: usize = 16;
-    let count = frames.len().min(WRITE_MAX);
-    let slice = |i: usize| -> IoSlice<'_> {
-        let wire = frames[i].wire();
-        IoSlice::new(if i == 0 { &wire[offset..] } else { wire })
-    };
-    if count <= ON_STACK {
-        let mut slices = [IoSlice::new(&[]); ON_STACK];
-        for (i, out) in slices[..count].iter_mut().enumerate() {
-            *out = slice(i);
-        }
-        stream.try_write_vectored(&slices[..count])
-    } else {
-        let slices: Vec<IoSlice<'_>> = (0..count).map(slice).collect();
-        stream.try_write_vectored(&slices)
     }
 }
 

@@ -7,9 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::domain::Nickname;
-use crate::hub::{self, Frame, Hub, Outgoing, Peer, Refusal, SendsInFlight};
+use crate::hub::{self, Hub, Outgoing, Refusal, SendsInFlight};
 use crate::identity::Claim;
 use crate::limits::{AddressLimits, ConnLimits, LimitKind, RetryAfter};
+use crate::outbox::{Frame, Peer};
 use crate::protocol::{
     self, ClientMsg, ErrorCode, PROTOCOL_VERSION, Ref, Request, ServerMsg, close, encode,
 };

@@ -10,11 +10,11 @@
 //! The ring is used as a vectored system call, never as an event loop:
 //! every `sendmsg` carries `MSG_DONTWAIT`, so the kernel completes it —
 //! with the bytes the socket took, or `EAGAIN` — before `io_uring_enter`
-//! returns, and nothing is left in flight when [`write_all`] returns. That is
+//! returns, and nothing is left in flight when [`write_round`] returns. That is
 //! what makes the raw pointers below sound: the frames (cloned into the
 //! batch), their `iovec`s and `msghdr`s all outlive the call that uses them.
 //! What a socket does not take is left in its outbox for the connection's
-//! writer, exactly as after a direct write ([`super::peer`]).
+//! writer, exactly as after a direct write (`direct`).
 //!
 //! One ring per thread, made on first use. Where the kernel refuses
 //! io_uring (older kernels, seccomp profiles such as Docker's default) the
@@ -23,8 +23,8 @@
 use std::io;
 use std::ops::Range;
 
-use super::Frame;
-use super::peer::{Claim, Peer};
+use super::queue::Claim;
+use super::{Frame, Peer};
 
 /// How a round's socket writes reach the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,13 +49,13 @@ impl SocketWrites {
 
 /// What a round's batching did: system calls made and sends they carried.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Batched {
+pub struct RingSends {
     pub calls: u64,
     pub sends: u64,
 }
 
 /// Writes what is queued for each of `peers` (see [`Peer::write_queued`]).
-pub fn write_all(peers: &[Peer], how: SocketWrites) -> Batched {
+pub fn write_round(peers: &[Peer], how: SocketWrites) -> RingSends {
     if how == SocketWrites::Batched
         && peers.len() > 1
         && let Some(batched) = ring::write_all(peers)
@@ -65,7 +65,7 @@ pub fn write_all(peers: &[Peer], how: SocketWrites) -> Batched {
     for peer in peers {
         peer.write_queued();
     }
-    Batched::default()
+    RingSends::default()
 }
 
 /// The claimed writes of one chunk of a round, and what became of them.
@@ -125,7 +125,7 @@ mod ring {
 
     use io_uring::{IoUring, Probe, opcode, types};
 
-    use super::{Batched, Peer, Round};
+    use super::{Peer, RingSends, Round};
 
     /// Sends per `io_uring_enter`: a 1,000-member round is four calls.
     const ENTRIES: u32 = 256;
@@ -153,8 +153,8 @@ mod ring {
     }
 
     /// Writes a round through this thread's ring; `None` if there is none.
-    pub(super) fn write_all(peers: &[Peer]) -> Option<Batched> {
-        let mut batched = Batched::default();
+    pub(super) fn write_all(peers: &[Peer]) -> Option<RingSends> {
+        let mut batched = RingSends::default();
         let failed = with_batcher(|batcher| {
             for chunk in peers.chunks(ENTRIES as usize) {
                 batcher.round.claim(chunk);
@@ -301,13 +301,13 @@ mod ring {
 
 #[cfg(not(target_os = "linux"))]
 mod ring {
-    use super::{Batched, Peer};
+    use super::{Peer, RingSends};
 
     pub(super) fn available() -> bool {
         false
     }
 
-    pub(super) fn write_all(_: &[Peer]) -> Option<Batched> {
+    pub(super) fn write_all(_: &[Peer]) -> Option<RingSends> {
         None
     }
 }
@@ -321,8 +321,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::frame::{Position, advance};
-    use crate::hub::{DirectWrite, Outbox};
+    use crate::outbox::{DirectWrite, Outbox, Position, advance};
 
     /// A real non-blocking socket, written the way the connection's own is.
     struct TestSocket(TcpStream);
@@ -394,12 +393,12 @@ mod tests {
         for peer in &peers {
             peer.queue(&frames[..2]);
         }
-        let batched = write_all(&peers, how);
+        let batched = write_round(&peers, how);
         if how == SocketWrites::Batched {
             // 300 sockets: one call for 256 of them, one for the rest.
             assert_eq!(
                 batched,
-                Batched {
+                RingSends {
                     calls: 2,
                     sends: 300
                 }
@@ -408,7 +407,7 @@ mod tests {
         for peer in &peers {
             peer.queue(&frames[2..]);
         }
-        write_all(&peers, how);
+        write_round(&peers, how);
         let expected = wire(&frames);
         for (peer, client) in peers.iter().zip(&mut clients) {
             let mut got = vec![0; expected.len()];
@@ -431,7 +430,7 @@ mod tests {
         let (done, finished) = std::sync::mpsc::channel();
         let round = peers.clone();
         std::thread::spawn(move || {
-            write_all(&round, how);
+            write_round(&round, how);
             done.send(()).unwrap();
         });
         // A full socket fails the send at once; it never waits for room.
@@ -487,14 +486,14 @@ mod tests {
         let (taken, _) = peers[0].outbox().take(10);
         peers[0].queue(std::slice::from_ref(&b));
         peers[1].queue(std::slice::from_ref(&b));
-        write_all(&peers, how);
+        write_round(&peers, how);
         // `b` waited behind `a` rather than overtake it.
         let mut got = vec![0; b.len()];
         clients[1].read_exact(&mut got).unwrap();
         assert_eq!(got, b.wire());
         assert!(socket_write(&peers[0], &taken, (0, 0)).is_some());
         peers[0].outbox().written(a.len());
-        write_all(&peers, how);
+        write_round(&peers, how);
         let mut got = vec![0; a.len() + b.len()];
         clients[0].read_exact(&mut got).unwrap();
         assert_eq!(got, wire(&[a, b]));
@@ -510,7 +509,7 @@ mod tests {
             for peer in &peers {
                 peer.queue(std::slice::from_ref(&frame));
             }
-            write_all(&peers, how);
+            write_round(&peers, how);
             if peers.iter().all(|p| p.outbox().kick().is_kicked()) {
                 return;
             }

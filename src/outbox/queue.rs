@@ -1,97 +1,31 @@
-//! The hub's handle on one connection: its bounded outbox and its kill switch.
+//! One connection's bounded queue of frames to write, and the socket it
+//! writes through to.
 //!
 //! Everything a connection shares with the rest of the server lives in one
 //! allocation, [`Outbox`], which holds no buffer while it is empty: thousands
 //! of idle connections cost a few dozen bytes here each.
 //!
-//! **Writing through.** When the connection's writer is not busy, a push
-//! writes the queue straight to the socket ([`DirectWrite`]) from the
+//! **Writing through.** When the connection's socket writer is not busy, a
+//! push writes the queue straight to the socket ([`DirectWrite`]) from the
 //! pushing task: handing a message to a thousand members is then a thousand
 //! `writev`s in one loop, instead of a thousand connection tasks woken,
 //! scheduled and polled to make the same calls. Only what the socket does
-//! not take at once is left for the connection's own writer. The queue's
-//! lock is held across the direct write, so bytes of two writes never mix
-//! and frames leave in the order they were queued, whoever writes them.
+//! not take at once is left for the socket writer. The queue's lock is held
+//! across the direct write, so bytes of two writes never mix and frames
+//! leave in the order they were queued, whoever writes them.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Poll;
 
 use futures_util::task::AtomicWaker;
-use tokio::sync::Notify;
 
-use super::Frame;
-use crate::frame::{Position, advance};
+use super::{DirectWrite, Frame, Kick, Position, advance};
 use crate::protocol::close;
-
-/// Identifies one connection for the lifetime of the process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnId(u64);
-
-impl ConnId {
-    pub fn next() -> Self {
-        static NEXT: AtomicU64 = AtomicU64::new(1);
-        Self(NEXT.fetch_add(1, Ordering::Relaxed))
-    }
-}
-
-/// Asks a connection to close with a code; the first request wins.
-#[derive(Debug, Default)]
-pub struct Kick {
-    reason: OnceLock<(u16, &'static str)>,
-    kicked: Notify,
-}
-
-impl Kick {
-    pub fn kick(&self, code: u16, reason: &'static str) {
-        if self.reason.set((code, reason)).is_ok() {
-            self.kicked.notify_waiters();
-        }
-    }
-
-    /// Resolves once the connection has been kicked.
-    pub async fn kicked(&self) {
-        loop {
-            let notified = self.kicked.notified();
-            tokio::pin!(notified);
-            // Registered before the check, so a kick in between is not missed.
-            notified.as_mut().enable();
-            if self.is_kicked() {
-                return;
-            }
-            notified.await;
-        }
-    }
-
-    pub fn is_kicked(&self) -> bool {
-        self.reason.get().is_some()
-    }
-
-    /// The close code and reason asked for, if any.
-    pub fn reason(&self) -> Option<(u16, &'static str)> {
-        self.reason.get().copied()
-    }
-}
-
-/// The connection's socket as the outbox sees it.
-pub trait DirectWrite: Send + Sync {
-    /// Writes as much of `frames` as the socket takes now, without waiting,
-    /// the first frame from byte `offset` on. Returns where it stopped: the
-    /// index of the first frame not completely written and how many of its
-    /// bytes were (`(frames.len(), 0)` when all went out).
-    fn write_now(&self, frames: &[Frame], offset: usize) -> io::Result<(usize, usize)>;
-
-    /// The socket's descriptor, for writes batched with others
-    /// (`hub::batch`); `None` writes one by one through [`Self::write_now`].
-    /// It must stay open for as long as this value lives.
-    fn raw_fd(&self) -> Option<RawFd> {
-        None
-    }
-}
 
 /// A direct write claimed for a batch ([`Outbox::claim`]).
 #[derive(Debug, Clone, Copy)]
@@ -141,7 +75,7 @@ struct Queue {
     /// The writer holds frames it took and has not finished writing: no
     /// push may write through until it has.
     writing: bool,
-    /// A batched write (`hub::batch`) has claimed the front of the queue:
+    /// A batched write (`uring`) has claimed the front of the queue:
     /// nobody else writes or takes frames until it settles.
     batched: bool,
     closed: bool,
@@ -201,7 +135,7 @@ impl Outbox {
     /// Queues a frame without waiting. A single frame larger than the byte
     /// budget still passes when nothing else is queued, so one large reply
     /// to a reading client is never refused.
-    fn push(&self, frame: Frame) -> Pushed {
+    pub(super) fn push(&self, frame: Frame) -> Pushed {
         let pushed = self.enqueue(std::slice::from_ref(&frame)).0;
         self.write_queued();
         pushed
@@ -211,7 +145,7 @@ impl Outbox {
     /// [`Outbox::write_queued`]). Stops at the first that does not fit (the
     /// connection is then being closed with 1013). Returns what happened and
     /// how many were queued.
-    fn enqueue(&self, frames: &[Frame]) -> (Pushed, u64) {
+    pub(super) fn enqueue(&self, frames: &[Frame]) -> (Pushed, u64) {
         let mut queued = 0;
         let mut outcome = Pushed::Queued;
         {
@@ -243,7 +177,7 @@ impl Outbox {
 
     /// Puts what is queued on the socket now if nobody else is writing and
     /// it takes it; wakes the writer for whatever remains.
-    fn write_queued(&self) {
+    pub(super) fn write_queued(&self) {
         let mut queue = self.lock();
         if queue.frames.is_empty() {
             return;
@@ -394,57 +328,10 @@ impl Outbox {
     }
 }
 
-/// A cheap, cloneable handle to a connection's outbox.
-#[derive(Debug, Clone)]
-pub struct Peer {
-    id: ConnId,
-    outbox: Arc<Outbox>,
-}
-
-impl Peer {
-    pub fn new(outbox: Arc<Outbox>) -> Self {
-        Self {
-            id: ConnId::next(),
-            outbox,
-        }
-    }
-
-    pub fn id(&self) -> ConnId {
-        self.id
-    }
-
-    /// Queues a frame without waiting. Fan-out must never wait on one slow
-    /// socket, so a full outbox means this client cannot keep up: it is closed
-    /// with 1013 and may reconnect and resume with `since` — nothing is lost
-    /// because every message is in storage.
-    pub fn push(&self, frame: Frame) -> Pushed {
-        self.outbox.push(frame)
-    }
-
-    /// Queues frames without writing them: the caller holds a lock that
-    /// socket writes must not be made under, and calls
-    /// [`Peer::write_queued`] once it has let go. Returns how many were queued.
-    pub fn queue(&self, frames: &[Frame]) -> u64 {
-        self.outbox.enqueue(frames).1
-    }
-
-    /// Writes what [`Peer::queue`] queued (see [`Peer::push`]).
-    pub fn write_queued(&self) {
-        self.outbox.write_queued();
-    }
-
-    pub(super) fn outbox(&self) -> &Outbox {
-        &self.outbox
-    }
-
-    pub fn kick(&self, code: u16, reason: &'static str) {
-        self.outbox.kick.kick(code, reason);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outbox::Peer;
 
     fn frame(len: usize) -> Frame {
         Frame::new("x".repeat(len))
