@@ -41,14 +41,14 @@ use wire::{Decoder, Incoming};
 /// Per-connection settings from the configuration.
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
-    /// Frames queued before the connection counts as too slow (1013).
+    /// Frames queued before the connection counts as too slow (`close::TRY_AGAIN_LATER`).
     pub outbox_capacity: usize,
-    /// Bytes queued before the connection counts as too slow (1013).
+    /// Bytes queued before the connection counts as too slow (`close::TRY_AGAIN_LATER`).
     pub outbox_bytes: usize,
     /// How often to ping; two intervals without a whole frame from the client close it.
     pub ping_interval: Duration,
     /// Longest a client may take to send one message, from its first byte
-    /// to its last fragment (1008 past it).
+    /// to its last fragment (`close::POLICY_VIOLATION` past it).
     pub frame_timeout: Duration,
 }
 
@@ -69,7 +69,7 @@ const STALLED_WRITE_GRACE: Duration = Duration::from_secs(3);
 
 /// Runs one connection until it closes. `pre_read` holds bytes the HTTP
 /// layer read past the handshake. `close_all` asks every connection to
-/// close with 1001 (server shutdown), after flushing what is queued. The
+/// close with `close::GOING_AWAY` (server shutdown), after flushing what is queued. The
 /// `permit` holds the connection's place in the connection limits.
 ///
 /// Not an `async fn`: the connection's state is built here and moved into
@@ -450,12 +450,12 @@ impl Writer {
                 Err(e) => Err(e),
             };
             if written.is_err() {
-                kick.kick(1000, "");
+                kick.kick(close::NORMAL, "");
                 return false;
             }
             outbox.written(frames.iter().map(Frame::len).sum());
         }
-        let (code, _) = kick.reason().unwrap_or((1000, ""));
+        let (code, _) = kick.reason().unwrap_or((close::NORMAL, ""));
         if awaits_answers(code) && shared.sends.count() > 0 {
             // Their `sent`s join the queue flushed before the close frame.
             let _ = tokio::time::timeout(ANSWERS_GRACE, shared.sends.all_answered()).await;
@@ -465,19 +465,23 @@ impl Writer {
 }
 
 /// Whether a connection closing with `code` first waits for the answers to
-/// its sends in flight: when it is closed on purpose — abuse (1008),
-/// shutdown (1001), a broken rule (1003, 1009) — and will still read them.
-/// Not for a slow consumer (1013), whose queue is cut off at once and whose
-/// client resends with its nonces, nor when the client left (1000) or went
-/// silent (4000).
+/// its sends in flight: when it is closed on purpose — abuse
+/// (`POLICY_VIOLATION`), shutdown (`GOING_AWAY`), a broken rule
+/// (`UNSUPPORTED_DATA`, `TOO_BIG`) — and will still read them. Not for a slow
+/// consumer (`TRY_AGAIN_LATER`), whose queue is cut off at once and whose
+/// client resends with its nonces, nor when the client left (`NORMAL`) or
+/// went silent (`PING_TIMEOUT`). Codes are [`close`]'s.
 fn awaits_answers(code: u16) -> bool {
-    !matches!(code, 1000 | close::TRY_AGAIN_LATER | close::PING_TIMEOUT)
+    !matches!(
+        code,
+        close::NORMAL | close::TRY_AGAIN_LATER | close::PING_TIMEOUT
+    )
 }
 
 /// After the kick: flushes what is queued (unless the client is too slow)
 /// and sends the close frame, within the grace a stuck socket gets.
 async fn finish(stream: &TcpStream, outbox: &Outbox) -> bool {
-    let (code, reason) = outbox.kick().reason().unwrap_or((1000, ""));
+    let (code, reason) = outbox.kick().reason().unwrap_or((close::NORMAL, ""));
     // A slow consumer is cut off at once. Otherwise everything queued (the
     // last `sent`s and messages before a shutdown) is flushed first.
     let flush = async {

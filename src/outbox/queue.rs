@@ -42,7 +42,8 @@ pub(super) const CLAIM_MAX: usize = 64;
 /// One connection's queue of frames to write, bounded in frames and in
 /// bytes. Frames stay counted in bytes until the writer has put them on the
 /// socket, not merely taken them off the queue: a client that stops reading
-/// fills the socket, then the outbox, and is cut off (1013). Replies such as
+/// fills the socket, then the outbox, and is cut off
+/// ([`close::TRY_AGAIN_LATER`]). Replies such as
 /// `history` are large frames of their own: counting bytes keeps a client
 /// that asks for them without reading from pinning memory.
 ///
@@ -90,7 +91,8 @@ struct Queue {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pushed {
     Queued,
-    /// The outbox was full: the connection is being closed with 1013.
+    /// The outbox was full: the connection is being closed with
+    /// [`close::TRY_AGAIN_LATER`].
     Overflowed,
     /// The connection is already gone.
     Closed,
@@ -143,7 +145,8 @@ impl Outbox {
 
     /// Queues frames in order, without writing or waking anyone (see
     /// [`Outbox::write_queued`]). Stops at the first that does not fit (the
-    /// connection is then being closed with 1013). Returns what happened and
+    /// connection is then being closed with [`close::TRY_AGAIN_LATER`]).
+    /// Returns what happened and
     /// how many were queued.
     pub(super) fn enqueue(&self, frames: &[Frame]) -> (Pushed, u64) {
         let mut queued = 0;
@@ -214,7 +217,7 @@ impl Outbox {
             Err(_) => {
                 drop(queue);
                 // The client is gone; its reader will notice too.
-                self.kick.kick(1000, "");
+                self.kick.kick(close::NORMAL, "");
                 return;
             }
         }
@@ -362,11 +365,11 @@ mod tests {
 
     #[test]
     fn after_one_frame_is_refused_no_later_frame_is_queued() {
-        // A connection already closing for another reason (here a shutdown's
-        // 1001) flushes its queue: that queue must not skip a frame.
+        // A connection already closing for another reason (here a shutdown)
+        // flushes its queue: that queue must not skip a frame.
         let outbox = Arc::new(Outbox::new(100, 100));
         let peer = Peer::new(outbox.clone());
-        peer.kick(1001, "server shutting down");
+        peer.kick(close::GOING_AWAY, "server shutting down");
         assert_eq!(peer.push(frame(60)), Pushed::Queued);
         assert_eq!(peer.push(frame(60)), Pushed::Overflowed);
         // Room enough for this one, but it would follow a gap.
@@ -375,7 +378,7 @@ mod tests {
         let (taken, _) = outbox.take(10);
         assert_eq!(taken.len(), 1);
         // The first close reason stands.
-        assert_eq!(outbox.kick().reason().map(|r| r.0), Some(1001));
+        assert_eq!(outbox.kick().reason().map(|r| r.0), Some(close::GOING_AWAY));
     }
 
     #[test]
@@ -417,7 +420,7 @@ mod tests {
             async move { outbox.kick().kicked().await }
         });
         tokio::task::yield_now().await;
-        peer.kick(1001, "bye");
+        peer.kick(close::GOING_AWAY, "bye");
         kicked.await.unwrap();
         // Kicked already: resolves at once.
         outbox.kick().kicked().await;
