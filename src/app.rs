@@ -165,7 +165,7 @@ impl App {
             origins: Arc::new(origins),
             trusted_proxies: Arc::new(TrustedProxies::new(config.trusted_proxies.clone())),
             close_connections: CancellationToken::new(),
-            sessions: TaskTracker::new(),
+            connections: TaskTracker::new(),
         };
         Ok(Self {
             listener,
@@ -258,8 +258,8 @@ impl App {
         // with everything else before the close frame.
         registry.flush_all();
         state.close_connections.cancel();
-        state.sessions.close();
-        if tokio::time::timeout(SHUTDOWN_GRACE, state.sessions.wait())
+        state.connections.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, state.connections.wait())
             .await
             .is_err()
         {

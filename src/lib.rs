@@ -7,7 +7,7 @@
 //! - [`http`]: the accept loop (hyper, HTTP/1.1) and the router — WebSocket
 //!   handshake, embedded assets, health, metrics.
 //! - [`conn`]: one WebSocket connection on its TCP socket, one task: a reader
-//!   (frames decoded in `conn::wire`, requests dispatched in `conn::session`)
+//!   (frames decoded in `conn::wire`, requests handled in `conn::handler`)
 //!   and a socket writer for what the outbox could not write straight through.
 //! - [`hub`]: names, rooms, presence and pacing, the group-commit writer — who is where,
 //!   state only (never a socket); removal of unused rooms (`hub::lifecycle`).
@@ -18,7 +18,7 @@
 //! - [`outbox`]: the bytes going out — server frames encoded and WebSocket-framed
 //!   once, each connection's bounded queue and kill switch, direct socket writes,
 //!   and a delivery round's writes handed to the kernel through io_uring.
-//! - [`protocol`]: the wire format (requests, replies, error codes, limits).
+//! - [`protocol`]: the wire format (requests, replies, error codes, close codes, limits).
 //! - [`domain`]: validated names and texts, look-alike keys, author ids; [`clock`],
 //!   [`metrics`], [`telemetry`].
 

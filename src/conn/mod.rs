@@ -1,24 +1,26 @@
-//! One WebSocket session on a raw TCP socket: one task, two halves joined
-//! with `join!` — a reader that turns client frames into hub calls and a
-//! writer for what the connection's bounded outbox could not write straight
-//! through when it was pushed (the socket was full, or the writer was busy).
+//! One WebSocket connection on a raw TCP socket: one task, two halves joined
+//! with `join!` — a reader that turns client frames into hub calls (through
+//! the connection's request handler, `handler`) and a socket writer for what the
+//! connection's bounded outbox could not write straight through when it was
+//! pushed (the socket was full, or the socket writer was busy).
 //!
 //! Why not a WebSocket library's stream type: a connection must cost as
 //! little as possible while idle (thousands of them sit idle) and a
 //! broadcast as little as possible per recipient. So reads are readiness
 //! based and allocate only while bytes are being decoded (an idle connection
 //! holds no buffer); frames arrive in the outbox already framed (see
-//! [`Frame`]) and go out with one vectored write, with no copy,
-//! no per-recipient UTF-8 check and no intermediate buffer. tungstenite still
+//! [`Frame`]) and go out with one vectored write (`outbox`'s direct
+//! writes), with no copy, no per-recipient UTF-8 check and no intermediate
+//! buffer. tungstenite still
 //! parses frame headers and builds control frames ([`wire`]), hyper still
 //! does the HTTP handshake.
 //!
 //! Replies and room frames share the outbox, so a client sees them in the
-//! order the hub queued them. Closing is always the writer's job: the reader,
+//! order the hub queued them. Closing is always the socket writer's job: the reader,
 //! the hub (slow consumer) and shutdown all ask for it through the
 //! connection's [`Kick`].
 
-mod session;
+mod handler;
 mod wire;
 
 use std::io;
@@ -35,7 +37,7 @@ use crate::hub::{Hub, SendsInFlight};
 use crate::limits::{AddressLimits, ConnPermit};
 use crate::outbox::{Frame, Kick, Outbox, Peer, Position, WRITE_MAX, write_all, write_now};
 use crate::protocol::{MAX_FRAME_BYTES, close};
-use session::Session;
+use handler::Handler;
 use wire::{Decoder, Incoming};
 
 /// Per-connection settings from the configuration.
@@ -58,7 +60,7 @@ const READ_CHUNK: usize = 4096;
 /// its stream) after its own.
 const CLOSING_HANDSHAKE_GRACE: Duration = Duration::from_secs(2);
 /// How long a connection being closed waits for the answers (`sent`) to
-/// the sends it already handed to the writer, so that its close frame does
+/// the sends it already handed to the commit task, so that its close frame does
 /// not overtake their commit. A commit takes milliseconds; past this,
 /// storage is stuck and the client resends with its nonces instead.
 const ANSWERS_GRACE: Duration = Duration::from_secs(2);
@@ -94,7 +96,7 @@ pub fn serve(
     ));
     let peer = Peer::new(outbox.clone());
     let sends = Arc::new(SendsInFlight::default());
-    let session = Session::new(
+    let handler = Handler::new(
         hub.clone(),
         peer.clone(),
         address_limits,
@@ -110,10 +112,10 @@ pub fn serve(
             decoder: Decoder::default(),
             frame_timeout: settings.frame_timeout,
             message_deadline: None,
-            session: Some(session),
+            handler: Some(handler),
             close_all,
         },
-        writer: Writer {
+        socket_writer: SocketWriter {
             ping_interval: settings.ping_interval,
         },
         shared: Shared {
@@ -133,7 +135,7 @@ pub fn serve(
 struct Connection {
     stream: Arc<TcpStream>,
     reader: Reader,
-    writer: Writer,
+    socket_writer: SocketWriter,
     shared: Shared,
     hub: Arc<Hub>,
     _gauge: ConnectionGauge,
@@ -141,14 +143,14 @@ struct Connection {
     _permit: ConnPermit,
 }
 
-/// What the reader and the writer both use.
+/// What the reader and the socket writer both use.
 struct Shared {
     outbox: Arc<Outbox>,
     /// The connection's own handle, for pongs.
     peer: Peer,
     /// Set by the reader whenever bytes arrive; the heartbeat clears it.
     heard: AtomicBool,
-    /// Sends handed to the hub's writer and not answered yet.
+    /// Sends handed to the commit task and not answered yet.
     sends: Arc<SendsInFlight>,
 }
 
@@ -163,11 +165,13 @@ struct Reader {
     /// sending a frame one byte at a time.
     message_deadline: Option<Instant>,
     /// Dropped when reading ends: the connection leaves its rooms then.
-    session: Option<Session>,
+    handler: Option<Handler>,
     close_all: CancellationToken,
 }
 
-struct Writer {
+/// The connection's socket writer: writes what the outbox could not write
+/// through, pings, and sends the close frame.
+struct SocketWriter {
     ping_interval: Duration,
 }
 
@@ -176,15 +180,17 @@ impl Connection {
         let Self {
             stream,
             reader,
-            writer,
+            socket_writer,
             shared,
             ..
         } = self;
-        // Two halves in one task: the writer keeps draining the outbox while
+        // Two halves in one task: the socket writer keeps draining the outbox while
         // the reader awaits the hub. Both end once the connection is kicked.
         let stream = &**stream;
-        let (end, closed_sent) =
-            tokio::join!(reader.run(stream, shared), writer.run(stream, shared));
+        let (end, closed_sent) = tokio::join!(
+            reader.run(stream, shared),
+            socket_writer.run(stream, shared)
+        );
         shared.outbox.close();
         // The client may still be talking; wait for its close frame so the
         // socket is not reset (a reset discards what is still on its way).
@@ -217,12 +223,12 @@ enum ReadEnd {
 }
 
 impl Reader {
-    /// Reads until the connection ends, then asks the writer to finish with
-    /// the most specific code (the session is gone by then: rooms left,
+    /// Reads until the connection ends, then asks the socket writer to finish
+    /// with the most specific code (the handler is gone by then: rooms left,
     /// name released).
     async fn run(&mut self, stream: &TcpStream, shared: &Shared) -> ReadEnd {
         let end = self.read_loop(stream, shared).await;
-        self.session = None;
+        self.handler = None;
         let kick = shared.outbox.kick();
         match end {
             ReadEnd::Violation(v) => kick.kick(v.code, v.reason),
@@ -235,7 +241,7 @@ impl Reader {
 
     async fn read_loop(&mut self, stream: &TcpStream, shared: &Shared) -> ReadEnd {
         let kick = shared.outbox.kick();
-        let Some(session) = self.session.as_mut() else {
+        let Some(handler) = self.handler.as_mut() else {
             return ReadEnd::Kicked;
         };
         loop {
@@ -259,7 +265,7 @@ impl Reader {
                         // Boxed: handling a request awaits storage and the
                         // hub, a deep future that would otherwise sit in
                         // every idle connection's task.
-                        Box::pin(session.handle(text)).await;
+                        Box::pin(handler.handle(text)).await;
                         if kick.is_kicked() {
                             return ReadEnd::Kicked;
                         }
@@ -396,14 +402,14 @@ fn read_some(stream: &TcpStream, input: &mut BytesMut) -> io::Result<usize> {
     stream.try_read_buf(input)
 }
 
-/// What the writer does next.
+/// What the socket writer does next.
 enum Work {
     /// Frames the outbox could not write through.
     Frames,
     Stop,
 }
 
-impl Writer {
+impl SocketWriter {
     /// Writes until the connection is told to close, then flushes (unless
     /// the client is too slow) and sends the close frame. Returns whether the
     /// close frame went out.
@@ -488,10 +494,10 @@ async fn finish(stream: &TcpStream, outbox: &Outbox) -> bool {
         loop {
             let (frames, offset) = outbox.take(WRITE_MAX);
             if frames.is_empty() {
-                if outbox.batch_in_flight() {
-                    // Another thread's batched write has this socket for a
-                    // moment (it started before the kick): the close frame
-                    // must not land in the middle of its bytes.
+                if outbox.claimed() {
+                    // A round's write through io_uring on another thread has
+                    // this socket for a moment (it started before the kick):
+                    // the close frame must not land in the middle of its bytes.
                     tokio::task::yield_now().await;
                     continue;
                 }

@@ -27,7 +27,8 @@ use futures_util::task::AtomicWaker;
 use super::{DirectWrite, Frame, Kick, Position, advance};
 use crate::protocol::close;
 
-/// A direct write claimed for a batch ([`Outbox::claim`]).
+/// The front of a queue claimed for a round's writes through io_uring
+/// ([`Outbox::claim`]).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Claim {
     pub fd: RawFd,
@@ -35,12 +36,13 @@ pub(super) struct Claim {
     pub offset: usize,
 }
 
-/// Most frames one batched write carries for one socket (a round usually
-/// carries a handful; the writer takes care of long queues).
+/// Most frames a round's write through io_uring carries for one socket (a
+/// round usually carries a handful; the socket writer takes care of long
+/// queues).
 pub(super) const CLAIM_MAX: usize = 64;
 
 /// One connection's queue of frames to write, bounded in frames and in
-/// bytes. Frames stay counted in bytes until the writer has put them on the
+/// bytes. Frames stay counted in bytes until the socket writer has put them on the
 /// socket, not merely taken them off the queue: a client that stops reading
 /// fills the socket, then the outbox, and is cut off
 /// ([`close::TRY_AGAIN_LATER`]). Replies such as
@@ -48,18 +50,18 @@ pub(super) const CLAIM_MAX: usize = 64;
 /// that asks for them without reading from pinning memory.
 ///
 /// The queue is a `VecDeque` behind a mutex that only the hub's pushes and
-/// this connection's own writer ever take (never held across anything but a
+/// this connection's socket writer ever take (never held across anything but a
 /// push or a swap): uncontended, it costs what a channel's atomics cost, and
 /// unlike a channel it allocates nothing until a frame is queued and gives
-/// its buffer away to the writer, so an idle connection holds none.
+/// its buffer away to the socket writer, so an idle connection holds none.
 pub struct Outbox {
     queue: Mutex<Queue>,
     /// Where pushes write through to (none in tests of the queue alone).
     socket: Option<Arc<dyn DirectWrite>>,
-    /// Set by a push, cleared by the writer: spares waking a writer that
-    /// has been woken already and not yet run.
+    /// Set by a push, cleared by the socket writer: spares waking a socket
+    /// writer that has been woken already and not yet run.
     signalled: AtomicBool,
-    writer: AtomicWaker,
+    socket_writer: AtomicWaker,
     kick: Kick,
     max_frames: usize,
     max_bytes: usize,
@@ -68,17 +70,17 @@ pub struct Outbox {
 #[derive(Debug, Default)]
 struct Queue {
     frames: VecDeque<Frame>,
-    /// Bytes queued plus bytes taken by the writer and not yet written.
+    /// Bytes queued plus bytes taken by the socket writer and not yet written.
     bytes: usize,
     /// Bytes of the front frame already on the socket (a direct write
-    /// stopped inside it): the writer must go on from there.
+    /// stopped inside it): the socket writer must go on from there.
     offset: usize,
-    /// The writer holds frames it took and has not finished writing: no
+    /// The socket writer holds frames it took and has not finished writing: no
     /// push may write through until it has.
     writing: bool,
-    /// A batched write (`uring`) has claimed the front of the queue:
-    /// nobody else writes or takes frames until it settles.
-    batched: bool,
+    /// A round's write through io_uring (`uring`) has claimed the front of
+    /// the queue: nobody else writes or takes frames until it settles.
+    claimed: bool,
     closed: bool,
     /// A frame was refused for lack of room. Every later one is refused
     /// too, so that what is queued (and flushed if the connection closes for
@@ -108,7 +110,7 @@ impl std::fmt::Debug for Outbox {
 }
 
 impl Outbox {
-    /// An outbox whose frames only the connection's writer writes.
+    /// An outbox whose frames only the connection's socket writer writes.
     pub fn new(max_frames: usize, max_bytes: usize) -> Self {
         Self::with_socket(max_frames, max_bytes, None)
     }
@@ -123,7 +125,7 @@ impl Outbox {
             queue: Mutex::new(Queue::default()),
             socket,
             signalled: AtomicBool::new(false),
-            writer: AtomicWaker::new(),
+            socket_writer: AtomicWaker::new(),
             kick: Kick::default(),
             max_frames,
             max_bytes,
@@ -179,7 +181,7 @@ impl Outbox {
     }
 
     /// Puts what is queued on the socket now if nobody else is writing and
-    /// it takes it; wakes the writer for whatever remains.
+    /// it takes it; wakes the socket writer for whatever remains.
     pub(super) fn write_queued(&self) {
         let mut queue = self.lock();
         if queue.frames.is_empty() {
@@ -187,7 +189,7 @@ impl Outbox {
         }
         if let Some(socket) = &self.socket
             && !queue.writing
-            && !queue.batched
+            && !queue.claimed
             && !self.kick.is_kicked()
         {
             let offset = queue.offset;
@@ -197,11 +199,12 @@ impl Outbox {
             return;
         }
         drop(queue);
-        self.wake_writer();
+        self.wake_socket_writer();
     }
 
     /// Accounts for a direct write that stopped at `wrote` (the queue's
-    /// frames before it are on the socket), then leaves the rest to the writer.
+    /// frames before it are on the socket), then leaves the rest to the
+    /// socket writer.
     fn wrote(&self, mut queue: MutexGuard<'_, Queue>, wrote: io::Result<Position>) {
         match wrote {
             Ok((done, offset)) => {
@@ -209,7 +212,7 @@ impl Outbox {
                 queue.bytes -= bytes;
                 queue.offset = offset;
                 if queue.frames.is_empty() {
-                    // Everything went straight out: the writer has nothing to do.
+                    // Everything went straight out: the socket writer has nothing to do.
                     queue.frames = VecDeque::new();
                     return;
                 }
@@ -222,28 +225,28 @@ impl Outbox {
             }
         }
         drop(queue);
-        self.wake_writer();
+        self.wake_socket_writer();
     }
 
-    fn wake_writer(&self) {
+    fn wake_socket_writer(&self) {
         if !self.signalled.swap(true, Ordering::AcqRel) {
-            self.writer.wake();
+            self.socket_writer.wake();
         }
     }
 
-    /// Claims the front of the queue for a batched write: clones up to
-    /// [`CLAIM_MAX`] frames onto `frames` (so the batch owns the bytes it
-    /// hands the kernel) and keeps everyone else from writing until
+    /// Claims the front of the queue for a round's write through io_uring:
+    /// clones up to [`CLAIM_MAX`] frames onto `frames` (so the round owns the
+    /// bytes it hands the kernel) and keeps everyone else from writing until
     /// [`Outbox::settle`]. `None` when there is nothing to write through, the
-    /// writer is busy, the connection is kicked or the socket has no
+    /// socket writer is busy, the connection is kicked or the socket has no
     /// descriptor: [`Outbox::write_queued`] then does what it always does.
     pub(super) fn claim(&self, frames: &mut Vec<Frame>) -> Option<Claim> {
         let fd = self.socket.as_ref()?.raw_fd()?;
         let mut queue = self.lock();
-        if queue.frames.is_empty() || queue.writing || queue.batched || self.kick.is_kicked() {
+        if queue.frames.is_empty() || queue.writing || queue.claimed || self.kick.is_kicked() {
             return None;
         }
-        queue.batched = true;
+        queue.claimed = true;
         frames.extend(queue.frames.iter().take(CLAIM_MAX).cloned());
         Some(Claim {
             fd,
@@ -255,7 +258,7 @@ impl Outbox {
     /// the socket took of them.
     pub(super) fn settle(&self, frames: &[Frame], written: io::Result<usize>) {
         let mut queue = self.lock();
-        queue.batched = false;
+        queue.claimed = false;
         let wrote = match written {
             Ok(0) => Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => Ok(advance(frames, (0, queue.offset), n)),
@@ -270,9 +273,10 @@ impl Outbox {
         self.socket.as_deref().expect("an outbox with a socket")
     }
 
-    /// Whether a batched write has the socket right now (on another thread).
-    pub fn batch_in_flight(&self) -> bool {
-        self.lock().batched
+    /// Whether a round's write through io_uring has the socket right now
+    /// (on another thread).
+    pub fn claimed(&self) -> bool {
+        self.lock().claimed
     }
 
     /// Resolves when frames may have been queued since the last call.
@@ -281,7 +285,7 @@ impl Outbox {
             if self.signalled.swap(false, Ordering::AcqRel) {
                 return Poll::Ready(());
             }
-            self.writer.register(cx.waker());
+            self.socket_writer.register(cx.waker());
             if self.signalled.swap(false, Ordering::AcqRel) {
                 return Poll::Ready(());
             }
@@ -295,24 +299,24 @@ impl Outbox {
     /// bytes stay counted and no push writes through.
     pub fn take(&self, max: usize) -> (Vec<Frame>, usize) {
         let mut queue = self.lock();
-        if queue.batched {
-            // The batch wakes the writer for whatever it leaves.
+        if queue.claimed {
+            // The round wakes the socket writer for whatever it leaves.
             return (Vec::new(), 0);
         }
         let offset = std::mem::take(&mut queue.offset);
         queue.writing = !queue.frames.is_empty();
         if queue.frames.len() <= max {
-            // The whole buffer goes to the writer: the queue keeps none.
+            // The whole buffer goes to the socket writer: the queue keeps none.
             return (Vec::from(std::mem::take(&mut queue.frames)), offset);
         }
-        let batch = queue.frames.drain(..max).collect();
+        let taken = queue.frames.drain(..max).collect();
         drop(queue);
-        // More is waiting: the writer comes back for it.
+        // More is waiting: the socket writer comes back for it.
         self.signalled.store(true, Ordering::Release);
-        (batch, offset)
+        (taken, offset)
     }
 
-    /// Called by the writer once `bytes` taken with [`Outbox::take`] are on
+    /// Called by the socket writer once `bytes` taken with [`Outbox::take`] are on
     /// the socket: pushes may write through again.
     pub fn written(&self, bytes: usize) {
         let mut queue = self.lock();
@@ -401,7 +405,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_push_wakes_the_writer_and_a_kick_wakes_everyone() {
+    async fn a_push_wakes_the_socket_writer_and_a_kick_wakes_everyone() {
         let outbox = Arc::new(Outbox::new(10, 1000));
         let peer = Peer::new(outbox.clone());
         let waiter = tokio::spawn({
@@ -453,7 +457,7 @@ mod tests {
     }
 
     #[test]
-    fn pushes_write_through_and_leave_the_writer_only_what_the_socket_refused() {
+    fn pushes_write_through_and_leave_the_socket_writer_only_what_the_socket_refused() {
         let socket = Arc::new(FakeSocket::default());
         let outbox = Arc::new(Outbox::with_socket(100, 10_000, Some(socket.clone())));
         let peer = Peer::new(outbox.clone());
@@ -462,11 +466,11 @@ mod tests {
         assert_eq!(peer.push(a.clone()), Pushed::Queued);
         assert_eq!(peer.queue(&[b.clone(), c.clone()]), 2);
         peer.write_queued();
-        // `a` went out whole, `b` stopped 5 bytes in: the writer goes on from there.
+        // `a` went out whole, `b` stopped 5 bytes in: the socket writer goes on from there.
         assert_eq!(socket.taken.lock().unwrap().len(), a.len() + 5);
         let (taken, offset) = outbox.take(10);
         assert_eq!((taken.len(), offset), (2, 5));
-        // While the writer holds frames, pushes queue behind them.
+        // While the socket writer holds frames, pushes queue behind them.
         *socket.room.lock().unwrap() = 1000;
         let d = frame(5);
         assert_eq!(peer.push(d.clone()), Pushed::Queued);

@@ -12,9 +12,9 @@
 //! with the bytes the socket took, or `EAGAIN` — before `io_uring_enter`
 //! returns, and nothing is left in flight when [`write_round`] returns. That is
 //! what makes the raw pointers below sound: the frames (cloned into the
-//! batch), their `iovec`s and `msghdr`s all outlive the call that uses them.
+//! round), their `iovec`s and `msghdr`s all outlive the call that uses them.
 //! What a socket does not take is left in its outbox for the connection's
-//! writer, exactly as after a direct write (`direct`).
+//! socket writer, exactly as after a direct write (`direct`).
 //!
 //! One ring per thread, made on first use. Where the kernel refuses
 //! io_uring (older kernels, seccomp profiles such as Docker's default) the
@@ -32,22 +32,23 @@ pub enum SocketWrites {
     /// One `writev` per socket.
     OneByOne,
     /// All of a round's in one `io_uring_enter` where the kernel allows it.
-    Batched,
+    Ring,
 }
 
 impl SocketWrites {
-    /// Batched if asked for and the kernel allows it (checked on this
-    /// thread: the ring made here serves it from now on).
-    pub fn detect(batch: bool) -> Self {
-        if batch && ring::available() {
-            Self::Batched
+    /// Through io_uring if asked for and the kernel allows it (checked on
+    /// this thread: the ring made here serves it from now on).
+    pub fn detect(io_uring: bool) -> Self {
+        if io_uring && ring::available() {
+            Self::Ring
         } else {
             Self::OneByOne
         }
     }
 }
 
-/// What a round's batching did: system calls made and sends they carried.
+/// What a round's writes through io_uring took: system calls made and the
+/// sends they carried.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct RingSends {
     pub calls: u64,
@@ -56,11 +57,11 @@ pub struct RingSends {
 
 /// Writes what is queued for each of `peers` (see [`Peer::write_queued`]).
 pub fn write_round(peers: &[Peer], how: SocketWrites) -> RingSends {
-    if how == SocketWrites::Batched
+    if how == SocketWrites::Ring
         && peers.len() > 1
-        && let Some(batched) = ring::write_all(peers)
+        && let Some(sends) = ring::write_all(peers)
     {
-        return batched;
+        return sends;
     }
     for peer in peers {
         peer.write_queued();
@@ -132,7 +133,7 @@ mod ring {
 
     enum State {
         Untried,
-        Ready(Box<Batcher>),
+        Ready(Box<Ring>),
         Unavailable,
     }
 
@@ -140,7 +141,7 @@ mod ring {
         static STATE: RefCell<State> = const { RefCell::new(State::Untried) };
     }
 
-    struct Batcher {
+    struct Ring {
         ring: IoUring,
         round: Round,
         /// Rebuilt for each chunk; only read by the kernel during the call.
@@ -149,24 +150,24 @@ mod ring {
     }
 
     pub(super) fn available() -> bool {
-        with_batcher(|_| ()).is_some()
+        with_ring(|_| ()).is_some()
     }
 
     /// Writes a round through this thread's ring; `None` if there is none.
     pub(super) fn write_all(peers: &[Peer]) -> Option<RingSends> {
-        let mut batched = RingSends::default();
-        let failed = with_batcher(|batcher| {
+        let mut sends = RingSends::default();
+        let failed = with_ring(|ring| {
             for chunk in peers.chunks(ENTRIES as usize) {
-                batcher.round.claim(chunk);
-                let claims = batcher.round.claims.len() as u64;
+                ring.round.claim(chunk);
+                let claims = ring.round.claims.len() as u64;
                 if claims > 0 {
-                    batched.calls += 1;
-                    batched.sends += claims;
+                    sends.calls += 1;
+                    sends.sends += claims;
                 }
-                let sent = batcher.send();
+                let sent = ring.send();
                 // Sends the kernel did not report on sent nothing: those
-                // outboxes keep their frames for their writers.
-                batcher.round.settle(chunk);
+                // outboxes keep their frames for their socket writers.
+                ring.round.settle(chunk);
                 if let Err(e) = sent {
                     return Some(e);
                 }
@@ -174,7 +175,7 @@ mod ring {
             None
         })?;
         match failed {
-            None => Some(batched),
+            None => Some(sends),
             Some(e) => {
                 tracing::warn!(error = %e, "io_uring failed; socket writes go one by one from now on");
                 // Dropping the ring discards whatever it did not take.
@@ -184,19 +185,19 @@ mod ring {
                 for peer in peers {
                     peer.write_queued();
                 }
-                Some(batched)
+                Some(sends)
             }
         }
     }
 
-    fn with_batcher<T>(f: impl FnOnce(&mut Batcher) -> T) -> Option<T> {
+    fn with_ring<T>(f: impl FnOnce(&mut Ring) -> T) -> Option<T> {
         STATE.with(|state| {
-            // A batch started from inside a batch (nothing does that) goes
+            // A round started from inside a round (nothing does that) goes
             // one by one rather than panic.
             let mut state = state.try_borrow_mut().ok()?;
             if let State::Untried = *state {
-                *state = match Batcher::new() {
-                    Ok(batcher) => State::Ready(Box::new(batcher)),
+                *state = match Ring::new() {
+                    Ok(ring) => State::Ready(Box::new(ring)),
                     Err(e) => {
                         static ONCE: Once = Once::new();
                         ONCE.call_once(|| {
@@ -207,13 +208,13 @@ mod ring {
                 };
             }
             match &mut *state {
-                State::Ready(batcher) => Some(f(batcher)),
+                State::Ready(ring) => Some(f(ring)),
                 _ => None,
             }
         })
     }
 
-    impl Batcher {
+    impl Ring {
         fn new() -> io::Result<Self> {
             let ring = IoUring::new(ENTRIES)?;
             let mut probe = Probe::new();
@@ -369,10 +370,10 @@ mod tests {
         frames.iter().flat_map(|f| f.wire().to_vec()).collect()
     }
 
-    /// The batched path where the kernel has it; CI must have it.
-    fn batched() -> SocketWrites {
+    /// The io_uring path where the kernel has it; CI must have it.
+    fn through_ring() -> SocketWrites {
         let how = SocketWrites::detect(true);
-        if how != SocketWrites::Batched {
+        if how != SocketWrites::Ring {
             assert!(
                 std::env::var("CI").as_deref() != Ok("true"),
                 "io_uring is unavailable on this CI machine"
@@ -384,7 +385,7 @@ mod tests {
 
     #[test]
     fn a_round_reaches_every_socket_whole_and_in_order() {
-        let how = batched();
+        let how = through_ring();
         // More than one chunk of the ring.
         let (peers, mut clients) = peers(300);
         let frames: Vec<Frame> = (0..3)
@@ -393,11 +394,11 @@ mod tests {
         for peer in &peers {
             peer.queue(&frames[..2]);
         }
-        let batched = write_round(&peers, how);
-        if how == SocketWrites::Batched {
+        let sends = write_round(&peers, how);
+        if how == SocketWrites::Ring {
             // 300 sockets: one call for 256 of them, one for the rest.
             assert_eq!(
-                batched,
+                sends,
                 RingSends {
                     calls: 2,
                     sends: 300
@@ -418,8 +419,8 @@ mod tests {
     }
 
     #[test]
-    fn what_a_full_socket_refuses_stays_queued_for_the_writer() {
-        let how = batched();
+    fn what_a_full_socket_refuses_stays_queued_for_the_socket_writer() {
+        let how = through_ring();
         let (peers, mut clients) = peers(2);
         // Far more than loopback's socket buffers take while nobody reads.
         let frames: Vec<Frame> = (0..64u8)
@@ -439,7 +440,7 @@ mod tests {
             .expect("the round returned");
         let (left, offset) = peers[0].outbox().take(1000);
         assert!(!left.is_empty(), "the socket cannot have taken 6.4 MB");
-        // What the writer finishes is exactly what the batch did not send.
+        // What the socket writer finishes is exactly what the round did not send.
         let reader = std::thread::spawn({
             let mut client = clients.remove(0);
             let len = wire(&frames).len();
@@ -467,7 +468,7 @@ mod tests {
         assert_eq!(other, frames[0].wire());
     }
 
-    /// One direct write through the peer's socket, as the connection's writer makes.
+    /// One direct write through the peer's socket, as the connection's socket writer makes.
     fn socket_write(peer: &Peer, frames: &[Frame], at: Position) -> Option<Position> {
         let socket = peer.outbox().socket_for_tests();
         let (next, offset) = socket.write_now(&frames[at.0..], at.1).unwrap();
@@ -476,13 +477,13 @@ mod tests {
     }
 
     #[test]
-    fn a_busy_writer_keeps_its_socket_and_its_order() {
-        let how = batched();
+    fn a_busy_socket_writer_keeps_its_socket_and_its_order() {
+        let how = through_ring();
         let (peers, mut clients) = peers(2);
         let a = Frame::new("\"a\"".into());
         let b = Frame::new("\"b\"".into());
         peers[0].queue(std::slice::from_ref(&a));
-        // The connection's writer took `a` and has not written it yet.
+        // The connection's socket writer took `a` and has not written it yet.
         let (taken, _) = peers[0].outbox().take(10);
         peers[0].queue(std::slice::from_ref(&b));
         peers[1].queue(std::slice::from_ref(&b));
@@ -501,7 +502,7 @@ mod tests {
 
     #[test]
     fn a_socket_whose_client_is_gone_kicks_its_connection() {
-        let how = batched();
+        let how = through_ring();
         let (peers, clients) = peers(2);
         drop(clients);
         let frame = Frame::new("x".repeat(1000));
