@@ -15,7 +15,7 @@
 //!   allowed `unsafe`, with its safety argument written there.
 //!
 //! The hub decides who gets which frame and hands them over through
-//! [`Peer`]; `conn` owns the socket and runs the writer for what a push could
+//! [`Peer`]; `conn` owns the socket and runs the socket writer for what a push could
 //! not write through. This module depends on neither (nor on `http`): only
 //! on [`crate::protocol`] for close codes.
 
