@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use chatterpro::broker::LocalDelivery;
 use chatterpro::domain::{MessageText, Nickname, RoomName};
-use chatterpro::frame::Frame;
-use chatterpro::hub::{Outbox, Pacing, Peer, PreparedCatchUp, Registry, SocketWrites};
+use chatterpro::hub::{Pacing, PreparedCatchUp, Registry};
 use chatterpro::metrics::Metrics;
+use chatterpro::outbox::{Frame, Outbox, Peer, SocketWrites};
 use chatterpro::protocol::{self, ChatMessage, ClientMsg, EncodedMessages, ServerMsg};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 

@@ -21,10 +21,11 @@ use crate::config::Config;
 use crate::conn;
 use crate::domain::RoomName;
 use crate::http::{self, AllowedOrigins, AppState, ServeSettings, SocketBudget, TrustedProxies};
-use crate::hub::{Hub, HubConfig, Pacing, Reaper, ReaperConfig, Registry, SocketWrites};
+use crate::hub::{Hub, HubConfig, Pacing, Reaper, ReaperConfig, Registry};
 use crate::identity::{GuestClaims, IdentityConfig};
 use crate::limits::AddressLimits;
 use crate::metrics::Metrics;
+use crate::outbox::SocketWrites;
 use crate::storage::{GuestStore, MessageStore, RoomCreation, SqliteStore, StorageError};
 
 /// How long shutdown waits for connections to say goodbye.
@@ -164,7 +165,7 @@ impl App {
             origins: Arc::new(origins),
             trusted_proxies: Arc::new(TrustedProxies::new(config.trusted_proxies.clone())),
             close_connections: CancellationToken::new(),
-            sessions: TaskTracker::new(),
+            connections: TaskTracker::new(),
         };
         Ok(Self {
             listener,
@@ -257,8 +258,8 @@ impl App {
         // with everything else before the close frame.
         registry.flush_all();
         state.close_connections.cancel();
-        state.sessions.close();
-        if tokio::time::timeout(SHUTDOWN_GRACE, state.sessions.wait())
+        state.connections.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, state.connections.wait())
             .await
             .is_err()
         {

@@ -6,19 +6,20 @@
 //! - [`allocator`]: gives a burst's freed memory back to the system when idle.
 //! - [`http`]: the accept loop (hyper, HTTP/1.1) and the router — WebSocket
 //!   handshake, embedded assets, health, metrics.
-//! - [`conn`]: one WebSocket session on its TCP socket, one task: a reader
-//!   (frames decoded in `conn::wire`) and a writer for what the outbox could
-//!   not write straight through (`hub::peer`).
-//! - [`hub`]: names, rooms, presence and pacing, the group-commit writer — who is where;
-//!   a delivery round's socket writes batched through io_uring (`hub::batch`);
-//!   removal of unused rooms (`hub::lifecycle`).
+//! - [`conn`]: one WebSocket connection on its TCP socket, one task: a reader
+//!   (frames decoded in `conn::wire`, requests handled in `conn::handler`)
+//!   and a socket writer for what the outbox could not write straight through.
+//! - [`hub`]: names, rooms, presence and pacing, the group-commit writer — who is where,
+//!   state only (never a socket); removal of unused rooms (`hub::lifecycle`).
 //! - [`identity`]: who someone is — guests' name claims and session tokens
 //!   (the `NameClaims` trait; guests stored through `storage::GuestStore`).
 //! - [`storage`]: the `MessageStore` and `GuestStore` traits and their SQLite implementation.
 //! - [`broker`]: the `Broker` trait (fan-out between servers) and its in-process implementation.
-//! - [`protocol`]: the wire format (requests, replies, error codes, limits).
-//! - [`domain`]: validated names and texts, look-alike keys, author ids; [`frame`]: a server frame, encoded
-//!   and WebSocket-framed once, shared by its recipients; [`clock`],
+//! - [`outbox`]: the bytes going out — server frames encoded and WebSocket-framed
+//!   once, each connection's bounded queue and kill switch, direct socket writes,
+//!   and a delivery round's writes handed to the kernel through io_uring.
+//! - [`protocol`]: the wire format (requests, replies, error codes, close codes, limits).
+//! - [`domain`]: validated names and texts, look-alike keys, author ids; [`clock`],
 //!   [`metrics`], [`telemetry`].
 
 pub mod admin;
@@ -29,12 +30,12 @@ pub mod clock;
 pub mod config;
 pub mod conn;
 pub mod domain;
-pub mod frame;
 pub mod http;
 pub mod hub;
 pub mod identity;
 pub mod limits;
 pub mod metrics;
+pub mod outbox;
 pub mod protocol;
 pub mod storage;
 pub mod telemetry;

@@ -30,8 +30,8 @@ pub struct Metrics {
     /// Transactions that stored messages (messages_stored / commits is the group-commit batch).
     pub commits: Counter,
     pub frames_out: Counter,
-    /// Socket sends handed to the kernel in io_uring batches, and the
-    /// system calls that carried them (`hub::batch`).
+    /// Socket sends of delivery rounds handed to the kernel through
+    /// io_uring, and the system calls that carried them (`outbox::uring`).
     pub batched_sends: Counter,
     pub send_batches: Counter,
     /// Where a message's time goes on the server (seconds): waiting for
@@ -98,7 +98,7 @@ impl Metrics {
         let send_batches = Counter::default();
         registry.register(
             "socket_send_batches",
-            "io_uring_enter calls that carried batched sends",
+            "io_uring_enter calls that carried delivery rounds' socket sends",
             send_batches.clone(),
         );
         // 50 µs to ~1.6 s, doubling.

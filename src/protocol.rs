@@ -36,10 +36,13 @@ pub const SINCE_MAX_BYTES: usize = 1 << 20;
 /// A day covers a laptop closed overnight on a page that then reconnects.
 pub const NONCE_WINDOW_MS: i64 = 24 * 60 * 60 * 1000;
 
-/// WebSocket close codes the server uses (RFC 6455 §7.4.1), and the ones it
-/// accepts from a client.
+/// WebSocket close codes (RFC 6455 §7.4.1): their one home. Every code the
+/// server sends is a constant here, and `docs/protocol.md`'s close-code table
+/// lists exactly these (a test checks it); [`close::may_be_received`] says
+/// which codes a client's close frame may carry.
 pub mod close {
-    /// A normal close; also the answer to a client's close frame without a code.
+    /// A normal close: the client left, or its connection failed; also the
+    /// answer to a client's close frame without a code.
     pub const NORMAL: u16 = 1000;
     /// The server is shutting down.
     pub const GOING_AWAY: u16 = 1001;
@@ -54,8 +57,6 @@ pub mod close {
     pub const POLICY_VIOLATION: u16 = 1008;
     /// A frame over [`super::MAX_FRAME_BYTES`].
     pub const TOO_BIG: u16 = 1009;
-    /// The server hit an unexpected condition.
-    pub const INTERNAL_ERROR: u16 = 1011;
     /// The client could not keep up with its rooms; it may reconnect and resume with `since`.
     pub const TRY_AGAIN_LATER: u16 = 1013;
     /// The client did not answer pings for two intervals (application code).
@@ -70,6 +71,28 @@ pub mod close {
     pub fn may_be_received(code: u16) -> bool {
         matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
     }
+
+    /// Codes on both sides of each edge of [`may_be_received`]'s ranges, for
+    /// tests of the decoder: the ones a client may send…
+    #[cfg(test)]
+    pub(crate) const RECEIVABLE_EDGES: [u16; 11] = [
+        1000, 1001, 1002, 1003, 1007, 1010, 1011, 1014, 3000, 4000, 4999,
+    ];
+    /// …and the ones it may not.
+    #[cfg(test)]
+    pub(crate) const UNRECEIVABLE_EDGES: [u16; 11] = [
+        0,
+        999,
+        1004,
+        1005,
+        1006,
+        1015,
+        1016,
+        2000,
+        2999,
+        5000,
+        u16::MAX,
+    ];
 }
 
 /// The client's correlation id for a request, echoed on the reply.
@@ -713,6 +736,69 @@ fn json<T: Serialize + ?Sized>(value: &T) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// The `close` module's constants as written in this file: name, code,
+    /// and whether a doc comment precedes it.
+    fn close_constants() -> Vec<(String, u16, bool)> {
+        let source = include_str!("protocol.rs");
+        let start = source.find("\npub mod close {").expect("the close module");
+        let body = &source[start..];
+        let body = &body[..body.find("\n}\n").expect("its end")];
+        let mut constants = Vec::new();
+        let mut documented = false;
+        for line in body.lines().map(str::trim) {
+            if let Some(rest) = line.strip_prefix("pub const ")
+                && let Some((name, value)) = rest.split_once(": u16 = ")
+            {
+                let code = value.trim_end_matches(';').parse().expect("a u16");
+                constants.push((name.to_owned(), code, documented));
+            }
+            documented = line.starts_with("///");
+        }
+        constants
+    }
+
+    /// The codes in the first column of `docs/protocol.md`'s close-code table.
+    fn documented_close_codes() -> Vec<u16> {
+        let doc = include_str!("../docs/protocol.md");
+        let section = &doc[doc
+            .find("\n## Close codes\n")
+            .expect("the close-code section")..];
+        let section = &section[1..];
+        let section = &section[..section.find("\n## ").unwrap_or(section.len())];
+        section
+            .lines()
+            .filter_map(|line| line.strip_prefix('|')?.split('|').next())
+            .filter_map(|cell| cell.trim().parse().ok())
+            .collect()
+    }
+
+    #[test]
+    fn the_close_code_table_lists_every_close_code_and_nothing_else() {
+        let constants = close_constants();
+        assert!(constants.len() >= 9, "{constants:?}");
+        for (name, code, documented) in &constants {
+            assert!(documented, "close::{name} ({code}) has no doc comment");
+        }
+        let mut defined: Vec<u16> = constants.iter().map(|c| c.1).collect();
+        defined.sort_unstable();
+        let mut documented = documented_close_codes();
+        documented.sort_unstable();
+        assert_eq!(
+            defined, documented,
+            "protocol::close and docs/protocol.md's close-code table differ"
+        );
+    }
+
+    #[test]
+    fn a_client_may_close_with_the_codes_the_rfc_and_iana_allow() {
+        for code in close::RECEIVABLE_EDGES {
+            assert!(close::may_be_received(code), "{code}");
+        }
+        for code in close::UNRECEIVABLE_EDGES {
+            assert!(!close::may_be_received(code), "{code}");
+        }
+    }
 
     fn code_of(text: &str) -> ErrorCode {
         decode(text).unwrap_err().code

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 
 use super::{Broker, BrokerError, LocalDelivery};
 use crate::domain::RoomName;
-use crate::frame::Frame;
+use crate::outbox::Frame;
 
 pub struct LocalBroker {
     delivery: Arc<dyn LocalDelivery>,

@@ -13,7 +13,7 @@ pub use local::LocalBroker;
 use async_trait::async_trait;
 
 use crate::domain::RoomName;
-use crate::frame::Frame;
+use crate::outbox::Frame;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {

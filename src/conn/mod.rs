@@ -1,28 +1,29 @@
-//! One WebSocket session on a raw TCP socket: one task, two halves joined
-//! with `join!` — a reader that turns client frames into hub calls and a
-//! writer for what the connection's bounded outbox could not write straight
-//! through when it was pushed (the socket was full, or the writer was busy).
+//! One WebSocket connection on a raw TCP socket: one task, two halves joined
+//! with `join!` — a reader that turns client frames into hub calls (through
+//! the connection's request handler, `handler`) and a socket writer for what the
+//! connection's bounded outbox could not write straight through when it was
+//! pushed (the socket was full, or the socket writer was busy).
 //!
 //! Why not a WebSocket library's stream type: a connection must cost as
 //! little as possible while idle (thousands of them sit idle) and a
 //! broadcast as little as possible per recipient. So reads are readiness
 //! based and allocate only while bytes are being decoded (an idle connection
 //! holds no buffer); frames arrive in the outbox already framed (see
-//! [`Frame`]) and go out with one vectored write, with no copy,
-//! no per-recipient UTF-8 check and no intermediate buffer. tungstenite still
+//! [`Frame`]) and go out with one vectored write (`outbox`'s direct
+//! writes), with no copy, no per-recipient UTF-8 check and no intermediate
+//! buffer. tungstenite still
 //! parses frame headers and builds control frames ([`wire`]), hyper still
 //! does the HTTP handshake.
 //!
 //! Replies and room frames share the outbox, so a client sees them in the
-//! order the hub queued them. Closing is always the writer's job: the reader,
+//! order the hub queued them. Closing is always the socket writer's job: the reader,
 //! the hub (slow consumer) and shutdown all ask for it through the
 //! connection's [`Kick`].
 
-mod session;
+mod handler;
 mod wire;
 
-use std::io::{self, IoSlice};
-use std::os::fd::{AsRawFd, RawFd};
+use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -32,37 +33,34 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use crate::frame::{Position, advance};
-use crate::hub::{DirectWrite, Frame, Hub, Kick, Outbox, Peer, SendsInFlight};
+use crate::hub::{Hub, SendsInFlight};
 use crate::limits::{AddressLimits, ConnPermit};
+use crate::outbox::{Frame, Kick, Outbox, Peer, Position, WRITE_MAX, write_all, write_now};
 use crate::protocol::{MAX_FRAME_BYTES, close};
-use session::Session;
+use handler::Handler;
 use wire::{Decoder, Incoming};
 
 /// Per-connection settings from the configuration.
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
-    /// Frames queued before the connection counts as too slow (1013).
+    /// Frames queued before the connection counts as too slow (`close::TRY_AGAIN_LATER`).
     pub outbox_capacity: usize,
-    /// Bytes queued before the connection counts as too slow (1013).
+    /// Bytes queued before the connection counts as too slow (`close::TRY_AGAIN_LATER`).
     pub outbox_bytes: usize,
     /// How often to ping; two intervals without a whole frame from the client close it.
     pub ping_interval: Duration,
     /// Longest a client may take to send one message, from its first byte
-    /// to its last fragment (1008 past it).
+    /// to its last fragment (`close::POLICY_VIOLATION` past it).
     pub frame_timeout: Duration,
 }
 
-/// Most frames taken off the outbox for one vectored write (well under the
-/// kernel's 1024-slice limit; 256 small frames are ~50 KiB).
-const WRITE_MAX: usize = 256;
 /// Bytes read at a time (more when a large frame is on its way).
 const READ_CHUNK: usize = 4096;
 /// How long the server waits for the client's close frame (or the end of
 /// its stream) after its own.
 const CLOSING_HANDSHAKE_GRACE: Duration = Duration::from_secs(2);
 /// How long a connection being closed waits for the answers (`sent`) to
-/// the sends it already handed to the writer, so that its close frame does
+/// the sends it already handed to the commit task, so that its close frame does
 /// not overtake their commit. A commit takes milliseconds; past this,
 /// storage is stuck and the client resends with its nonces instead.
 const ANSWERS_GRACE: Duration = Duration::from_secs(2);
@@ -73,7 +71,7 @@ const STALLED_WRITE_GRACE: Duration = Duration::from_secs(3);
 
 /// Runs one connection until it closes. `pre_read` holds bytes the HTTP
 /// layer read past the handshake. `close_all` asks every connection to
-/// close with 1001 (server shutdown), after flushing what is queued. The
+/// close with `close::GOING_AWAY` (server shutdown), after flushing what is queued. The
 /// `permit` holds the connection's place in the connection limits.
 ///
 /// Not an `async fn`: the connection's state is built here and moved into
@@ -89,8 +87,8 @@ pub fn serve(
     close_all: CancellationToken,
 ) -> impl Future<Output = ()> + Send {
     // Shared with the outbox, which writes pushes straight through when
-    // nothing is queued (hub/peer.rs).
-    let stream = Arc::new(Socket(stream));
+    // nothing is queued (`outbox::DirectWrite`).
+    let stream = Arc::new(stream);
     let outbox = Arc::new(Outbox::with_socket(
         settings.outbox_capacity,
         settings.outbox_bytes,
@@ -98,7 +96,7 @@ pub fn serve(
     ));
     let peer = Peer::new(outbox.clone());
     let sends = Arc::new(SendsInFlight::default());
-    let session = Session::new(
+    let handler = Handler::new(
         hub.clone(),
         peer.clone(),
         address_limits,
@@ -114,10 +112,10 @@ pub fn serve(
             decoder: Decoder::default(),
             frame_timeout: settings.frame_timeout,
             message_deadline: None,
-            session: Some(session),
+            handler: Some(handler),
             close_all,
         },
-        writer: Writer {
+        socket_writer: SocketWriter {
             ping_interval: settings.ping_interval,
         },
         shared: Shared {
@@ -135,9 +133,9 @@ pub fn serve(
 
 /// Everything one connection owns, in one place (the task's future).
 struct Connection {
-    stream: Arc<Socket>,
+    stream: Arc<TcpStream>,
     reader: Reader,
-    writer: Writer,
+    socket_writer: SocketWriter,
     shared: Shared,
     hub: Arc<Hub>,
     _gauge: ConnectionGauge,
@@ -145,14 +143,14 @@ struct Connection {
     _permit: ConnPermit,
 }
 
-/// What the reader and the writer both use.
+/// What the reader and the socket writer both use.
 struct Shared {
     outbox: Arc<Outbox>,
     /// The connection's own handle, for pongs.
     peer: Peer,
     /// Set by the reader whenever bytes arrive; the heartbeat clears it.
     heard: AtomicBool,
-    /// Sends handed to the hub's writer and not answered yet.
+    /// Sends handed to the commit task and not answered yet.
     sends: Arc<SendsInFlight>,
 }
 
@@ -167,26 +165,14 @@ struct Reader {
     /// sending a frame one byte at a time.
     message_deadline: Option<Instant>,
     /// Dropped when reading ends: the connection leaves its rooms then.
-    session: Option<Session>,
+    handler: Option<Handler>,
     close_all: CancellationToken,
 }
 
-struct Writer {
+/// The connection's socket writer: writes what the outbox could not write
+/// through, pings, and sends the close frame.
+struct SocketWriter {
     ping_interval: Duration,
-}
-
-/// The connection's socket, written by its own writer and, through the
-/// outbox, by whoever pushes while nothing is queued.
-struct Socket(TcpStream);
-
-impl DirectWrite for Socket {
-    fn write_now(&self, frames: &[Frame], offset: usize) -> io::Result<(usize, usize)> {
-        Ok(write_now(&self.0, frames, (0, offset))?.unwrap_or((frames.len(), 0)))
-    }
-
-    fn raw_fd(&self) -> Option<RawFd> {
-        Some(self.0.as_raw_fd())
-    }
 }
 
 impl Connection {
@@ -194,15 +180,17 @@ impl Connection {
         let Self {
             stream,
             reader,
-            writer,
+            socket_writer,
             shared,
             ..
         } = self;
-        // Two halves in one task: the writer keeps draining the outbox while
+        // Two halves in one task: the socket writer keeps draining the outbox while
         // the reader awaits the hub. Both end once the connection is kicked.
-        let stream = &stream.0;
-        let (end, closed_sent) =
-            tokio::join!(reader.run(stream, shared), writer.run(stream, shared));
+        let stream = &**stream;
+        let (end, closed_sent) = tokio::join!(
+            reader.run(stream, shared),
+            socket_writer.run(stream, shared)
+        );
         shared.outbox.close();
         // The client may still be talking; wait for its close frame so the
         // socket is not reset (a reset discards what is still on its way).
@@ -235,12 +223,12 @@ enum ReadEnd {
 }
 
 impl Reader {
-    /// Reads until the connection ends, then asks the writer to finish with
-    /// the most specific code (the session is gone by then: rooms left,
+    /// Reads until the connection ends, then asks the socket writer to finish
+    /// with the most specific code (the handler is gone by then: rooms left,
     /// name released).
     async fn run(&mut self, stream: &TcpStream, shared: &Shared) -> ReadEnd {
         let end = self.read_loop(stream, shared).await;
-        self.session = None;
+        self.handler = None;
         let kick = shared.outbox.kick();
         match end {
             ReadEnd::Violation(v) => kick.kick(v.code, v.reason),
@@ -253,7 +241,7 @@ impl Reader {
 
     async fn read_loop(&mut self, stream: &TcpStream, shared: &Shared) -> ReadEnd {
         let kick = shared.outbox.kick();
-        let Some(session) = self.session.as_mut() else {
+        let Some(handler) = self.handler.as_mut() else {
             return ReadEnd::Kicked;
         };
         loop {
@@ -277,7 +265,7 @@ impl Reader {
                         // Boxed: handling a request awaits storage and the
                         // hub, a deep future that would otherwise sit in
                         // every idle connection's task.
-                        Box::pin(session.handle(text)).await;
+                        Box::pin(handler.handle(text)).await;
                         if kick.is_kicked() {
                             return ReadEnd::Kicked;
                         }
@@ -414,14 +402,14 @@ fn read_some(stream: &TcpStream, input: &mut BytesMut) -> io::Result<usize> {
     stream.try_read_buf(input)
 }
 
-/// What the writer does next.
+/// What the socket writer does next.
 enum Work {
     /// Frames the outbox could not write through.
     Frames,
     Stop,
 }
 
-impl Writer {
+impl SocketWriter {
     /// Writes until the connection is told to close, then flushes (unless
     /// the client is too slow) and sends the close frame. Returns whether the
     /// close frame went out.
@@ -468,12 +456,12 @@ impl Writer {
                 Err(e) => Err(e),
             };
             if written.is_err() {
-                kick.kick(1000, "");
+                kick.kick(close::NORMAL, "");
                 return false;
             }
             outbox.written(frames.iter().map(Frame::len).sum());
         }
-        let (code, _) = kick.reason().unwrap_or((1000, ""));
+        let (code, _) = kick.reason().unwrap_or((close::NORMAL, ""));
         if awaits_answers(code) && shared.sends.count() > 0 {
             // Their `sent`s join the queue flushed before the close frame.
             let _ = tokio::time::timeout(ANSWERS_GRACE, shared.sends.all_answered()).await;
@@ -483,29 +471,33 @@ impl Writer {
 }
 
 /// Whether a connection closing with `code` first waits for the answers to
-/// its sends in flight: when it is closed on purpose — abuse (1008),
-/// shutdown (1001), a broken rule (1003, 1009) — and will still read them.
-/// Not for a slow consumer (1013), whose queue is cut off at once and whose
-/// client resends with its nonces, nor when the client left (1000) or went
-/// silent (4000).
+/// its sends in flight: when it is closed on purpose — abuse
+/// (`POLICY_VIOLATION`), shutdown (`GOING_AWAY`), a broken rule
+/// (`UNSUPPORTED_DATA`, `TOO_BIG`) — and will still read them. Not for a slow
+/// consumer (`TRY_AGAIN_LATER`), whose queue is cut off at once and whose
+/// client resends with its nonces, nor when the client left (`NORMAL`) or
+/// went silent (`PING_TIMEOUT`). Codes are [`close`]'s.
 fn awaits_answers(code: u16) -> bool {
-    !matches!(code, 1000 | close::TRY_AGAIN_LATER | close::PING_TIMEOUT)
+    !matches!(
+        code,
+        close::NORMAL | close::TRY_AGAIN_LATER | close::PING_TIMEOUT
+    )
 }
 
 /// After the kick: flushes what is queued (unless the client is too slow)
 /// and sends the close frame, within the grace a stuck socket gets.
 async fn finish(stream: &TcpStream, outbox: &Outbox) -> bool {
-    let (code, reason) = outbox.kick().reason().unwrap_or((1000, ""));
+    let (code, reason) = outbox.kick().reason().unwrap_or((close::NORMAL, ""));
     // A slow consumer is cut off at once. Otherwise everything queued (the
     // last `sent`s and messages before a shutdown) is flushed first.
     let flush = async {
         loop {
             let (frames, offset) = outbox.take(WRITE_MAX);
             if frames.is_empty() {
-                if outbox.batch_in_flight() {
-                    // Another thread's batched write has this socket for a
-                    // moment (it started before the kick): the close frame
-                    // must not land in the middle of its bytes.
+                if outbox.claimed() {
+                    // A round's write through io_uring on another thread has
+                    // this socket for a moment (it started before the kick):
+                    // the close frame must not land in the middle of its bytes.
                     tokio::task::yield_now().await;
                     continue;
                 }
@@ -515,37 +507,19 @@ async fn finish(stream: &TcpStream, outbox: &Outbox) -> bool {
                 // Only the frame a direct write left half-way, so that the
                 // close frame does not land inside it.
                 if offset > 0 {
-                    write_frames(stream, &frames[..1], (0, offset)).await?;
+                    write_all(stream, &frames[..1], (0, offset)).await?;
                 }
                 break;
             }
-            write_frames(stream, &frames, (0, offset)).await?;
+            write_all(stream, &frames, (0, offset)).await?;
             outbox.written(frames.iter().map(Frame::len).sum());
         }
-        write_frames(stream, &[Frame::close(code, reason)], (0, 0)).await
+        write_all(stream, &[Frame::close(code, reason)], (0, 0)).await
     };
     matches!(
         tokio::time::timeout(STALLED_WRITE_GRACE, flush).await,
         Ok(Ok(()))
     )
-}
-
-/// Writes as much as the socket takes now, from `at` on. `None` when
-/// everything went out.
-fn write_now(
-    stream: &TcpStream,
-    frames: &[Frame],
-    mut at: Position,
-) -> io::Result<Option<Position>> {
-    while at.0 < frames.len() {
-        match write_some(stream, &frames[at.0..], at.1) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(written) => at = advance(frames, at, written),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Some(at)),
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(None)
 }
 
 /// Finishes a write the socket could not take at once. A client that stopped
@@ -562,44 +536,8 @@ async fn write_rest(
         tokio::time::sleep(STALLED_WRITE_GRACE).await;
     };
     tokio::select! {
-        written = write_frames(stream, frames, at) => written,
+        written = write_all(stream, frames, at) => written,
         () = stalled => Err(io::ErrorKind::TimedOut.into()),
-    }
-}
-
-/// Writes every frame from `at` on, waiting for the socket as needed.
-async fn write_frames(stream: &TcpStream, frames: &[Frame], mut at: Position) -> io::Result<()> {
-    while at.0 < frames.len() {
-        match write_some(stream, &frames[at.0..], at.1) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(written) => at = advance(frames, at, written),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => stream.writable().await?,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-/// One vectored write of `frames`, the first from `offset` on. Most writes
-/// carry a handful of frames: their slices live on the stack; only a big
-/// batch pays for a `Vec` (filling 256 slices for every write would cost
-/// more than the usual write's own bookkeeping).
-fn write_some(stream: &TcpStream, frames: &[Frame], offset: usize) -> io::Result<usize> {
-    const ON_STACK: usize = 16;
-    let count = frames.len().min(WRITE_MAX);
-    let slice = |i: usize| -> IoSlice<'_> {
-        let wire = frames[i].wire();
-        IoSlice::new(if i == 0 { &wire[offset..] } else { wire })
-    };
-    if count <= ON_STACK {
-        let mut slices = [IoSlice::new(&[]); ON_STACK];
-        for (i, out) in slices[..count].iter_mut().enumerate() {
-            *out = slice(i);
-        }
-        stream.try_write_vectored(&slices[..count])
-    } else {
-        let slices: Vec<IoSlice<'_>> = (0..count).map(slice).collect();
-        stream.try_write_vectored(&slices)
     }
 }
 

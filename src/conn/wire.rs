@@ -232,7 +232,7 @@ mod tests {
         let mut bytes = frame(true, 1, b"{\"type\":\"rooms\"}");
         bytes.extend(frame(true, 9, b"p"));
         bytes.extend(frame(true, 10, b""));
-        bytes.extend(frame(true, 8, &[3, 232]));
+        bytes.extend(frame(true, 8, &close::NORMAL.to_be_bytes()));
         let (items, violation, left) = decode_all(&bytes);
         assert_eq!(
             items,
@@ -240,7 +240,7 @@ mod tests {
                 Incoming::Text(Bytes::from_static(b"{\"type\":\"rooms\"}")),
                 Incoming::Ping(Bytes::from_static(b"p")),
                 Incoming::Pong,
-                Incoming::Close(Some(1000)),
+                Incoming::Close(Some(close::NORMAL)),
             ]
         );
         assert_eq!((violation, left), (None, 0));
@@ -333,9 +333,7 @@ mod tests {
     fn close_frames_carry_nothing_or_an_allowed_code_and_a_utf8_reason() {
         assert_eq!(close_verdict(b""), Ok(None));
         assert_eq!(close_verdict(&[3]), Err(PROTOCOL_ERROR));
-        for code in [
-            1000, 1001, 1002, 1003, 1007, 1010, 1011, 1014, 3000, 4000, 4999,
-        ] {
+        for code in close::RECEIVABLE_EDGES {
             assert_eq!(
                 close_verdict(&with_code(code, b"")),
                 Ok(Some(code)),
@@ -346,19 +344,7 @@ mod tests {
                 Ok(Some(code))
             );
         }
-        for code in [
-            0,
-            999,
-            1004,
-            1005,
-            1006,
-            1015,
-            1016,
-            2000,
-            2999,
-            5000,
-            u16::MAX,
-        ] {
+        for code in close::UNRECEIVABLE_EDGES {
             assert_eq!(
                 close_verdict(&with_code(code, b"")),
                 Err(PROTOCOL_ERROR),
@@ -367,7 +353,7 @@ mod tests {
         }
         for reason in [&[0xff][..], &[b'o', b'k', 0xc3], &[0xed, 0xa0, 0x80]] {
             assert_eq!(
-                close_verdict(&with_code(1000, reason)),
+                close_verdict(&with_code(close::NORMAL, reason)),
                 Err(INVALID_PAYLOAD),
                 "{reason:x?}"
             );
@@ -465,10 +451,7 @@ mod tests {
         /// reasons valid and not.
         fn close_body() -> impl Strategy<Value = Vec<u8>> {
             let code = prop_oneof![
-                prop::sample::select(vec![
-                    0u16, 999, 1000, 1001, 1003, 1004, 1005, 1006, 1007, 1014, 1015, 1016, 2999,
-                    3000, 4999, 5000, 65535,
-                ]),
+                prop::sample::select([close::RECEIVABLE_EDGES, close::UNRECEIVABLE_EDGES].concat()),
                 any::<u16>(),
             ];
             let reason = prop_oneof![
@@ -602,7 +585,10 @@ mod tests {
                     }
                 }
                 if let Some(violation) = whole.1 {
-                    prop_assert!([1002, 1003, 1007, 1009].contains(&violation.code));
+                    prop_assert!(
+                        [PROTOCOL_ERROR, close::UNSUPPORTED_DATA, INVALID_PAYLOAD, close::TOO_BIG]
+                            .contains(&violation.code)
+                    );
                 }
             }
 

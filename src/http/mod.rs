@@ -50,8 +50,8 @@ pub struct AppState {
     pub trusted_proxies: Arc<TrustedProxies>,
     /// Fires when connections must close (server shutdown).
     pub close_connections: CancellationToken,
-    /// Tracks WebSocket sessions so shutdown can wait for them.
-    pub sessions: TaskTracker,
+    /// Tracks WebSocket connections so shutdown can wait for them.
+    pub connections: TaskTracker,
 }
 
 /// The page may load only its own scripts, styles and images, talk only to

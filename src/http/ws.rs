@@ -57,10 +57,10 @@ pub async fn upgrade(
         conn_settings,
         limits,
         close_connections,
-        sessions,
+        connections,
         ..
     } = state;
-    let session = async move {
+    let connection = async move {
         let Some((tcp, pre_read)) = take_socket(on_upgrade).await else {
             return;
         };
@@ -75,7 +75,7 @@ pub async fn upgrade(
         )
         .await;
     };
-    sessions.spawn(session);
+    connections.spawn(connection);
     (
         StatusCode::SWITCHING_PROTOCOLS,
         [

@@ -2,33 +2,30 @@
 //! knows who is in which room. Connections call it with parsed requests; it
 //! answers through each connection's outbox ([`Peer`]).
 //!
-//! It never sees a WebSocket: a connection is a [`Peer`] (a bounded queue of
-//! [`Frame`]s plus a kill switch). Storage, names and cross-server fan-out
-//! are the [`MessageStore`], [`NameClaims`] and [`Broker`] traits, chosen
-//! once in `app.rs`.
+//! It holds state only, and never sees a WebSocket, a socket or a file
+//! descriptor: a connection is a [`Peer`] (`outbox`: a bounded queue of
+//! frames plus a kill switch), and the bytes and the writes are the
+//! outbox's. Storage, names and cross-server fan-out are the
+//! [`MessageStore`], [`NameClaims`] and [`Broker`] traits, chosen once in
+//! `app.rs`.
 //!
 //! The order of events for a send: membership checked here → queued to the
 //! `writer` → stored (group commit) → recorded in `recent` → `sent` queued
 //! to the sender → the commit's messages published together via the broker
 //! → delivered by the [`Registry`] to each member's outbox → the round's
-//! socket writes handed to the kernel together (`batch`). A join reads its
+//! socket writes handed to the kernel together (`outbox::write_round`). A join reads its
 //! catch-up from `recent` when it can, from storage otherwise.
 //!
 //! Rooms nobody uses, and rooms an operator removed, are removed by the
 //! [`Reaper`] (`lifecycle`), which also makes the hub forget them.
 
-mod batch;
 mod lifecycle;
-mod peer;
 mod presence;
 mod recent;
 mod registry;
 mod writer;
 
-pub use crate::frame::Frame;
-pub use batch::SocketWrites;
 pub use lifecycle::{Reaper, ReaperConfig};
-pub use peer::{ConnId, DirectWrite, Kick, Outbox, Peer, Pushed};
 pub use registry::{Pacing, PreparedCatchUp, Refusal, Registry};
 pub use writer::{SendTicket, SendsInFlight};
 
@@ -47,6 +44,7 @@ use crate::clock;
 use crate::domain::{AuthorId, InputError, MessageText, Nickname, Nonce, RoomName};
 use crate::identity::{Claim, ClaimError, NameClaims};
 use crate::metrics::Metrics;
+use crate::outbox::Peer;
 use crate::protocol::{
     ChatMessage, EncodedMessage, EncodedMessages, ErrorCode, HISTORY_LIMIT_DEFAULT,
     HISTORY_LIMIT_MAX, Ref, RoomInfo, SINCE_LIMIT, SINCE_MAX_BYTES,

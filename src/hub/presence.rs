@@ -27,9 +27,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use super::Frame;
-use super::peer::ConnId;
 use crate::domain::RoomName;
+use crate::outbox::{ConnId, Frame};
 use crate::protocol::{PresenceEvent, ServerMsg, encode};
 
 /// One room's presence changes since its last announcement.

@@ -32,14 +32,12 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use super::Frame;
-use super::batch::{self, SocketWrites};
-use super::peer::{ConnId, Peer};
 use super::presence::RoomPresence;
 use crate::broker::LocalDelivery;
 use crate::clock;
 use crate::domain::{Nickname, RoomName};
 use crate::metrics::Metrics;
+use crate::outbox::{self, ConnId, Frame, Peer, SocketWrites};
 use crate::protocol::{self, EncodedMessages, ErrorCode, Ref, ServerMsg, encode};
 
 /// A joiner's catch-up, its messages already serialized.
@@ -677,9 +675,9 @@ impl Registry {
     /// Writes what was queued for `peers` under the registry's lock, once it
     /// is released: socket writes never happen under it.
     fn write_out(&self, peers: &[Peer]) {
-        let batched = batch::write_all(peers, self.writes);
-        self.metrics.send_batches.inc_by(batched.calls);
-        self.metrics.batched_sends.inc_by(batched.sends);
+        let ring = outbox::write_round(peers, self.writes);
+        self.metrics.send_batches.inc_by(ring.calls);
+        self.metrics.batched_sends.inc_by(ring.sends);
     }
 
     /// Flushes `room` at `at`. Without a runtime (a benchmark driving the
@@ -820,7 +818,7 @@ impl LocalDelivery for Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::Outbox;
+    use crate::outbox::Outbox;
 
     fn join(registry: &Registry, room: &str, name: &str) {
         join_as(

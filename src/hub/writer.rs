@@ -28,11 +28,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::recent::RecentMessages;
-use super::{Frame, Peer};
 use crate::broker::Broker;
 use crate::clock;
 use crate::domain::{AuthorId, MessageText, Nickname, RoomName};
 use crate::metrics::Metrics;
+use crate::outbox::{Frame, Peer};
 use crate::protocol::{self, EncodedMessage, ErrorCode, Ref, ServerMsg, encode};
 use crate::storage::{Appended, MessageStore, NewMessage, SendKey, StorageError};
 
@@ -365,7 +365,7 @@ mod tests {
     use async_trait::async_trait;
 
     use crate::broker::BrokerError;
-    use crate::hub::Outbox;
+    use crate::outbox::Outbox;
     use crate::storage::{CatchUp, RoomCreation, RoomDeletion, StaleRooms};
 
     /// What the writer did, in order: `append` when a batch reached the

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
+use chatterpro::protocol::close;
 use futures_util::SinkExt;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -294,7 +295,7 @@ async fn a_client_closed_for_abuse_gets_its_accepted_sends_sent_first() {
     }
     spammer.ws.flush().await.unwrap();
     let (frames, code) = frames_until_closed(&mut spammer).await;
-    assert_eq!(code, Some(1008));
+    assert_eq!(code, Some(close::POLICY_VIOLATION));
     let mut watcher = app.member("watcher", ROOM).await;
     let stored = history(&mut watcher).await;
     assert_eq!(stored.as_array().unwrap().len(), 100);
@@ -330,7 +331,7 @@ async fn a_shutdown_delivers_the_sent_of_accepted_sends_before_1001() {
         app
     });
     let (frames, code) = frames_until_closed(&mut alice).await;
-    assert_eq!(code, Some(1001));
+    assert_eq!(code, Some(close::GOING_AWAY));
     let answers = 1 + of_type(&frames, "sent").len() + of_type(&frames, "error").len();
     assert_eq!(
         answers, 50,

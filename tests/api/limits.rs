@@ -3,6 +3,7 @@
 use std::num::NonZeroU32;
 use std::time::Duration;
 
+use chatterpro::protocol::close;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -174,7 +175,7 @@ async fn ignoring_retry_after_gets_the_connection_closed_with_1008() {
         c.send_json(json!({"type":"send","room":"Chat Room","text":format!("spam {i}")}))
             .await;
     }
-    assert_eq!(c.recv_close().await, Some(1008));
+    assert_eq!(c.recv_close().await, Some(close::POLICY_VIOLATION));
     // The one message within the limit is all that was stored.
     let mut watcher = app.member("watcher", "Chat Room").await;
     watcher

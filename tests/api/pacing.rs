@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use chatterpro::protocol::close;
 use serde_json::json;
 
 use crate::helpers::{Client, Event, TestApp, spawn_app_with, unlimited};
@@ -138,6 +139,6 @@ async fn shutdown_delivers_what_pacing_holds_before_closing() {
         }
     };
     assert_eq!(texts, ["first", "held"]);
-    assert_eq!(close, Some(1001));
+    assert_eq!(close, Some(close::GOING_AWAY));
     stopping.await.unwrap();
 }

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use chatterpro::protocol::close;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
@@ -616,7 +617,7 @@ async fn graceful_shutdown_under_load() {
     let mut problems = Vec::new();
     for o in &run.outcomes {
         let room = &run.stored[&flood_room(o.client)];
-        if o.ending != Ending::Close(Some(1001)) {
+        if o.ending != Ending::Close(Some(close::GOING_AWAY)) {
             problems.push(format!("c{} ended with {:?}", o.client, o.ending));
         }
         if o.received.len() != room.len() {
@@ -819,7 +820,7 @@ async fn stalled_clients_keep_memory_bounded() {
             }
         };
         assert!(
-            matches!(ending, Some(1013) | None),
+            matches!(ending, Some(close::TRY_AGAIN_LATER) | None),
             "stalled{i} was closed with {ending:?}"
         );
         assert!(

@@ -12,7 +12,7 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use chatterpro::domain::{InputError, MessageText, Nickname, RoomName};
-use chatterpro::protocol::{ClientMsg, ErrorCode, Ref, decode};
+use chatterpro::protocol::{ClientMsg, ErrorCode, Ref, close, decode};
 use futures_util::{SinkExt, StreamExt};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
@@ -1162,7 +1162,7 @@ impl Run {
                         loop {
                             match next_frame(&mut client).await? {
                                 Got::Frame(_) => {}
-                                Got::Closed(None | Some(1000)) => break,
+                                Got::Closed(None | Some(close::NORMAL)) => break,
                                 Got::Closed(code) => {
                                     return Err(format!("closing client {c}: got close {code:?}"));
                                 }
@@ -1182,7 +1182,7 @@ impl Run {
                     .await
                     .map_err(|e| format!("sending binary: {e}"))?;
                 match next_frame(&mut conn.client).await? {
-                    Got::Closed(Some(1003)) => {}
+                    Got::Closed(Some(close::UNSUPPORTED_DATA)) => {}
                     Got::Closed(code) => return Err(format!("binary frame: closed with {code:?}")),
                     Got::Frame(f) => return Err(format!("binary frame: got {f} instead of 1003")),
                 }

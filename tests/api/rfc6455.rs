@@ -9,6 +9,7 @@
 
 use std::time::{Duration, Instant};
 
+use chatterpro::protocol::close;
 use serde_json::Value;
 
 use crate::helpers::{TestApp, spawn_app, spawn_app_with, unlimited};
@@ -33,7 +34,7 @@ async fn closes_with(app: &TestApp, bytes: &[u8]) -> u16 {
     let code = client.close_code().await;
     // The server may already have ended the connection (a reset only if
     // it failed to read what was sent); the end is checked below.
-    client.try_send(&close_frame(1000, b"")).await;
+    client.try_send(&close_frame(close::NORMAL, b"")).await;
     client.expect_clean_end(CLEAN_END).await;
     code
 }
@@ -71,7 +72,7 @@ async fn client_frames_must_be_masked_5_1() {
     for opcode in [TEXT, PING, CLOSE] {
         let payload: &[u8] = if opcode == CLOSE { &[3, 232] } else { b"{}" };
         let code = closes_with(&app, &frame(true, opcode, payload, false)).await;
-        assert_eq!(code, 1002, "opcode {opcode}");
+        assert_eq!(code, close::PROTOCOL_ERROR, "opcode {opcode}");
     }
 }
 
@@ -82,7 +83,11 @@ async fn rsv_bits_need_a_negotiated_extension_5_2() {
     for bit in [0x40, 0x20, 0x10] {
         let mut bytes = text(r#"{"type":"rooms"}"#);
         bytes[0] |= bit;
-        assert_eq!(closes_with(&app, &bytes).await, 1002, "bit {bit:#x}");
+        assert_eq!(
+            closes_with(&app, &bytes).await,
+            close::PROTOCOL_ERROR,
+            "bit {bit:#x}"
+        );
     }
 }
 
@@ -93,7 +98,7 @@ async fn reserved_opcodes_are_refused_5_2() {
     let app = spawn_app().await;
     for opcode in (3..=7).chain(0xb..=0xf) {
         let code = closes_with(&app, &frame(true, opcode, b"", true)).await;
-        assert_eq!(code, 1002, "opcode {opcode:#x}");
+        assert_eq!(code, close::PROTOCOL_ERROR, "opcode {opcode:#x}");
     }
 }
 
@@ -123,7 +128,7 @@ async fn a_continuation_without_a_message_is_refused_5_4() {
     let app = spawn_app().await;
     for fin in [true, false] {
         let code = closes_with(&app, &frame(fin, CONTINUATION, b"{}", true)).await;
-        assert_eq!(code, 1002, "fin {fin}");
+        assert_eq!(code, close::PROTOCOL_ERROR, "fin {fin}");
     }
     // Also right after a message that was complete.
     let bytes = [
@@ -131,7 +136,7 @@ async fn a_continuation_without_a_message_is_refused_5_4() {
         frame(true, CONTINUATION, b"", true),
     ]
     .concat();
-    assert_eq!(closes_with(&app, &bytes).await, 1002);
+    assert_eq!(closes_with(&app, &bytes).await, close::PROTOCOL_ERROR);
 }
 
 /// §5.4: the fragments of one message are not interleaved with another
@@ -146,7 +151,10 @@ async fn a_new_message_inside_a_fragmented_one_is_refused_5_4() {
     ] {
         let bytes = [frame(false, TEXT, b"{", true), second].concat();
         let code = closes_with(&app, &bytes).await;
-        assert!(code == 1002 || code == 1003, "{code}");
+        assert!(
+            code == close::PROTOCOL_ERROR || code == close::UNSUPPORTED_DATA,
+            "{code}"
+        );
     }
 }
 
@@ -167,7 +175,7 @@ async fn control_frames_carry_at_most_125_bytes_5_5() {
         let mut payload = vec![b'a'; 126];
         payload[..2].copy_from_slice(&1000u16.to_be_bytes());
         let code = closes_with(&app, &frame(true, opcode, &payload, true)).await;
-        assert_eq!(code, 1002, "opcode {opcode}");
+        assert_eq!(code, close::PROTOCOL_ERROR, "opcode {opcode}");
     }
 }
 
@@ -177,7 +185,7 @@ async fn control_frames_are_never_fragmented_5_5() {
     let app = spawn_app().await;
     for opcode in [PING, PONG, CLOSE] {
         let code = closes_with(&app, &frame(false, opcode, b"", true)).await;
-        assert_eq!(code, 1002, "opcode {opcode}");
+        assert_eq!(code, close::PROTOCOL_ERROR, "opcode {opcode}");
     }
 }
 
@@ -223,7 +231,7 @@ async fn a_close_frame_may_have_no_body_5_5_1() {
     let app = spawn_app().await;
     let mut client = RawClient::connect(&app, b"").await;
     client.send(&frame(true, CLOSE, b"", true)).await;
-    assert_eq!(client.close_code().await, 1000);
+    assert_eq!(client.close_code().await, close::NORMAL);
     client.expect_clean_end(CLEAN_END).await;
 }
 
@@ -234,7 +242,7 @@ async fn a_close_body_of_one_byte_is_refused_5_5_1() {
     let app = spawn_app().await;
     assert_eq!(
         closes_with(&app, &frame(true, CLOSE, &[3], true)).await,
-        1002
+        close::PROTOCOL_ERROR
     );
 }
 
@@ -249,7 +257,7 @@ async fn close_codes_no_endpoint_may_send_are_refused_7_4() {
         0, 1, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
     ] {
         let answer = closes_with(&app, &close_frame(code, b"")).await;
-        assert_eq!(answer, 1002, "close code {code}");
+        assert_eq!(answer, close::PROTOCOL_ERROR, "close code {code}");
     }
 }
 
@@ -274,8 +282,8 @@ async fn close_codes_in_use_are_echoed_5_5_1() {
     }
     // The longest reason a control frame has room for.
     let mut client = RawClient::connect(&app, b"").await;
-    client.send(&close_frame(1000, &[b'r'; 123])).await;
-    assert_eq!(client.close_code().await, 1000);
+    client.send(&close_frame(close::NORMAL, &[b'r'; 123])).await;
+    assert_eq!(client.close_code().await, close::NORMAL);
     client.expect_clean_end(CLEAN_END).await;
 
     for code in [3000, 4999, 1002] {
@@ -290,8 +298,8 @@ async fn close_codes_in_use_are_echoed_5_5_1() {
 async fn a_close_reason_must_be_utf8_8_1() {
     let app = spawn_app().await;
     for reason in [&[0xff][..], b"ok\xc3", b"\xed\xa0\x80", b"\xc0\xaf"] {
-        let answer = closes_with(&app, &close_frame(1000, reason)).await;
-        assert_eq!(answer, 1007, "{reason:x?}");
+        let answer = closes_with(&app, &close_frame(close::NORMAL, reason)).await;
+        assert_eq!(answer, close::INVALID_PAYLOAD, "{reason:x?}");
     }
 }
 
@@ -316,7 +324,7 @@ async fn text_must_be_utf8_8_1() {
     for sequence in bad {
         let payload = [br#"{"type":"rooms","ref":""#, sequence].concat();
         let code = closes_with(&app, &frame(true, TEXT, &payload, true)).await;
-        assert_eq!(code, 1007, "{sequence:x?}");
+        assert_eq!(code, close::INVALID_PAYLOAD, "{sequence:x?}");
     }
 }
 
@@ -339,7 +347,7 @@ async fn utf8_is_judged_on_the_whole_message_across_fragments_8_1() {
     // E2 82 alone is a cut sequence; followed by 28 it is invalid.
     let mut bytes = frame(false, TEXT, b"{\"ref\":\"\xe2\x82", true);
     bytes.extend(frame(true, CONTINUATION, b"(\"}", true));
-    assert_eq!(closes_with(&app, &bytes).await, 1007);
+    assert_eq!(closes_with(&app, &bytes).await, close::INVALID_PAYLOAD);
 }
 
 // ---------------------------------------------------------------------------
@@ -353,14 +361,14 @@ async fn a_message_over_64_kib_is_refused_with_1009_10_4() {
     let limit = 64 * 1024;
     // One frame claiming one byte too many, its payload never sent.
     let bytes = header(true, TEXT, limit + 1, Some([1, 2, 3, 4]));
-    assert_eq!(closes_with(&app, &bytes).await, 1009);
+    assert_eq!(closes_with(&app, &bytes).await, close::TOO_BIG);
     // Fragments: exactly the limit, then one more byte.
     let mut bytes = frame(false, TEXT, &vec![b' '; limit as usize], true);
     bytes.extend(frame(true, CONTINUATION, b" ", true));
-    assert_eq!(closes_with(&app, &bytes).await, 1009);
+    assert_eq!(closes_with(&app, &bytes).await, close::TOO_BIG);
     // A claimed length with the top bit set (§5.2 forbids it).
     let bytes = header(true, TEXT, 1 << 63, Some([1, 2, 3, 4]));
-    assert_eq!(closes_with(&app, &bytes).await, 1009);
+    assert_eq!(closes_with(&app, &bytes).await, close::TOO_BIG);
 }
 
 /// §7.4.1 (1003: "a type of data it cannot accept"): the protocol is JSON
@@ -370,7 +378,7 @@ async fn binary_messages_are_refused_with_1003_7_4_1() {
     let app = spawn_app().await;
     for fin in [true, false] {
         let code = closes_with(&app, &frame(fin, BINARY, b"{}", true)).await;
-        assert_eq!(code, 1003, "fin {fin}");
+        assert_eq!(code, close::UNSUPPORTED_DATA, "fin {fin}");
     }
 }
 
@@ -395,7 +403,16 @@ async fn after_a_violation_the_server_waits_for_the_clients_close_and_ends_with_
         // Followed by nothing, by garbage, and by garbage then more frames.
         for tail in [&[][..], &garbage[..2000], &garbage] {
             let code = closes_with(&app, &[&offending[..], tail].concat()).await;
-            assert!([1002, 1003, 1007, 1009].contains(&code), "{what}: {code}");
+            assert!(
+                [
+                    close::PROTOCOL_ERROR,
+                    close::UNSUPPORTED_DATA,
+                    close::INVALID_PAYLOAD,
+                    close::TOO_BIG
+                ]
+                .contains(&code),
+                "{what}: {code}"
+            );
         }
     }
 }
@@ -409,7 +426,7 @@ async fn a_client_that_never_answers_the_close_is_let_go_with_fin_7_1_1() {
     client
         .send(&[&frame(true, TEXT, b"{}", false)[..], &[0x55; 10_000]].concat())
         .await;
-    assert_eq!(client.close_code().await, 1002);
+    assert_eq!(client.close_code().await, close::PROTOCOL_ERROR);
     let waited = client.expect_clean_end(CLEAN_END).await;
     assert!(waited >= Duration::from_millis(1500), "{waited:?}");
 }
@@ -422,12 +439,12 @@ async fn a_client_close_is_answered_and_the_connection_ends_with_fin_7_1_2() {
     let mut client = RawClient::connect(&app, b"").await;
     let bytes = [
         text(r#"{"type":"rooms","ref":"last"}"#),
-        close_frame(1001, b"bye"),
+        close_frame(close::GOING_AWAY, b"bye"),
     ]
     .concat();
     client.send(&bytes).await;
     assert_eq!(next_text(&mut client).await["ref"], "last");
-    assert_eq!(client.close_code().await, 1001);
+    assert_eq!(client.close_code().await, close::GOING_AWAY);
     client.expect_clean_end(CLEAN_END).await;
 }
 
@@ -452,13 +469,13 @@ async fn a_message_must_complete_within_the_frame_timeout() {
         .drip_until_answered(&drops, Duration::from_millis(100))
         .await;
     let took = start.elapsed();
-    assert_eq!(code, 1008);
+    assert_eq!(code, close::POLICY_VIOLATION);
     assert!(sent < drops.len(), "the frame was never completed");
     assert!(
         took >= FRAME_TIMEOUT && took < FRAME_TIMEOUT * 4,
         "closed after {took:?}"
     );
-    client.try_send(&close_frame(1000, b"")).await;
+    client.try_send(&close_frame(close::NORMAL, b"")).await;
     client.expect_clean_end(CLEAN_END).await;
 }
 
@@ -482,10 +499,10 @@ async fn a_fragmented_message_must_complete_within_the_frame_timeout() {
     let (code, sent) = client
         .drip_until_answered(&pieces, Duration::from_millis(100))
         .await;
-    assert_eq!(code, 1008);
+    assert_eq!(code, close::POLICY_VIOLATION);
     assert!(sent < pieces.len());
     assert!(start.elapsed() >= FRAME_TIMEOUT, "{:?}", start.elapsed());
-    client.try_send(&close_frame(1000, b"")).await;
+    client.try_send(&close_frame(close::NORMAL, b"")).await;
     client.expect_clean_end(CLEAN_END).await;
 }
 
@@ -534,7 +551,7 @@ async fn trickled_bytes_are_no_sign_of_life() {
     let (code, _) = client
         .drip_until_answered(&drops, Duration::from_millis(20))
         .await;
-    assert_eq!(code, 4000);
+    assert_eq!(code, close::PING_TIMEOUT);
     assert!(
         start.elapsed() < Duration::from_secs(3),
         "{:?}",

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use chatterpro::protocol::close;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -21,7 +22,7 @@ async fn binary_frames_close_with_1003() {
     ))
     .await
     .unwrap();
-    assert_eq!(c.recv_close().await, Some(1003));
+    assert_eq!(c.recv_close().await, Some(close::UNSUPPORTED_DATA));
     // Alice left; her binary "message" went nowhere.
     let p = watcher.recv_type("presence").await;
     assert_eq!(p["event"], "leave");
@@ -40,7 +41,7 @@ async fn frames_over_64_kib_close_with_1009_and_are_not_stored() {
     let text = "x".repeat(70 * 1024);
     c.send_json(json!({"type":"send","room":"Chat Room","text":text}))
         .await;
-    assert_eq!(c.recv_close().await, Some(1009));
+    assert_eq!(c.recv_close().await, Some(close::TOO_BIG));
     assert_eq!(watcher.recv_type("presence").await["event"], "leave");
     watcher
         .send_json(json!({"type":"history","room":"Chat Room"}))
@@ -143,7 +144,7 @@ async fn a_client_that_stops_reading_is_closed_with_1013_and_others_are_unaffect
     let ((), left, (), close) = tokio::join!(flood, read_all, drain_sender, stalled_wakes);
     // The stalled client left the room for the others, and only it did.
     assert_eq!(left, ["stalled"]);
-    assert_eq!(close, Some(1013));
+    assert_eq!(close, Some(close::TRY_AGAIN_LATER));
 
     // And it can come back (its name is held for its token) and resume without loss.
     let mut back = app.client().await;
@@ -187,7 +188,7 @@ async fn shutdown_closes_clients_with_1001_after_storing_what_was_acknowledged()
                 }
             }
             crate::helpers::Event::Closed(frame) => {
-                assert_eq!(frame.map(|f| u16::from(f.code)), Some(1001));
+                assert_eq!(frame.map(|f| u16::from(f.code)), Some(close::GOING_AWAY));
                 break;
             }
         }
@@ -267,7 +268,7 @@ async fn shutdown_flushes_the_whole_outbox_before_closing() {
         }
     };
     assert_eq!(seqs, (1..=total).collect::<Vec<_>>());
-    assert_eq!(close, Some(1001));
+    assert_eq!(close, Some(close::GOING_AWAY));
     stopping.await.unwrap();
 }
 
@@ -307,7 +308,10 @@ async fn large_replies_requested_without_reading_hit_the_byte_budget() {
     // client reads later)...
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while app
-        .metric("chatterpro_server_closes_total{code=\"1013\"}")
+        .metric(&format!(
+            "chatterpro_server_closes_total{{code=\"{}\"}}",
+            close::TRY_AGAIN_LATER
+        ))
         .await
         != Some(1.0)
     {
@@ -320,5 +324,8 @@ async fn large_replies_requested_without_reading_hit_the_byte_budget() {
     // ...and the client, reading at last, finds the connection closed: with
     // 1013 if it read in time to take the close frame, else without one.
     let close = hoarder.recv_close().await;
-    assert!(matches!(close, Some(1013) | None), "{close:?}");
+    assert!(
+        matches!(close, Some(close::TRY_AGAIN_LATER) | None),
+        "{close:?}"
+    );
 }

@@ -5,6 +5,7 @@
 use std::io;
 use std::time::{Duration, Instant};
 
+use chatterpro::protocol::close;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -291,7 +292,11 @@ async fn fragments_are_joined_and_control_frames_between_them_answered() {
 async fn protocol_violations_close_with_1002_and_bad_utf8_with_1007() {
     let app = spawn_app().await;
     let cases: [(&str, Vec<u8>, u16); 5] = [
-        ("unmasked frame", frame(true, 1, b"{}", false), 1002),
+        (
+            "unmasked frame",
+            frame(true, 1, b"{}", false),
+            close::PROTOCOL_ERROR,
+        ),
         (
             "extension bit",
             {
@@ -299,14 +304,22 @@ async fn protocol_violations_close_with_1002_and_bad_utf8_with_1007() {
                 f[0] |= 0x40;
                 f
             },
-            1002,
+            close::PROTOCOL_ERROR,
         ),
-        ("orphan continuation", frame(true, 0, b"{}", true), 1002),
-        ("fragmented ping", frame(false, 9, b"", true), 1002),
+        (
+            "orphan continuation",
+            frame(true, 0, b"{}", true),
+            close::PROTOCOL_ERROR,
+        ),
+        (
+            "fragmented ping",
+            frame(false, 9, b"", true),
+            close::PROTOCOL_ERROR,
+        ),
         (
             "invalid UTF-8",
             frame(true, 1, &[b'"', 0xc3, 0x28, b'"'], true),
-            1007,
+            close::INVALID_PAYLOAD,
         ),
     ];
     for (what, bytes, code) in cases {
@@ -330,7 +343,7 @@ async fn a_continuation_claiming_an_enormous_length_closes_with_1009() {
     bytes.extend(u64::MAX.to_be_bytes());
     bytes.extend([1, 2, 3, 4]);
     client.send(&bytes).await;
-    assert_eq!(client.close_code().await, 1009);
+    assert_eq!(client.close_code().await, close::TOO_BIG);
     let mut other = app.client().await;
     other.hello("after").await;
 }

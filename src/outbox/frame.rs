@@ -135,6 +135,7 @@ pub fn advance(frames: &[Frame], (mut next, mut offset): Position, mut written: 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::close;
 
     #[test]
     fn advance_walks_whole_frames_and_stops_inside_one() {
@@ -164,6 +165,9 @@ mod tests {
     fn control_frames_are_framed_too() {
         assert_eq!(Frame::ping().wire(), b"\x89\x00");
         assert_eq!(Frame::pong(Bytes::from_static(b"hi")).wire(), b"\x8a\x02hi");
-        assert_eq!(Frame::close(1001, "bye").wire(), b"\x88\x05\x03\xe9bye");
+        assert_eq!(
+            Frame::close(close::GOING_AWAY, "bye").wire(),
+            b"\x88\x05\x03\xe9bye"
+        );
     }
 }

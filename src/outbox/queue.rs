@@ -1,99 +1,34 @@
-//! The hub's handle on one connection: its bounded outbox and its kill switch.
+//! One connection's bounded queue of frames to write, and the socket it
+//! writes through to.
 //!
 //! Everything a connection shares with the rest of the server lives in one
 //! allocation, [`Outbox`], which holds no buffer while it is empty: thousands
 //! of idle connections cost a few dozen bytes here each.
 //!
-//! **Writing through.** When the connection's writer is not busy, a push
-//! writes the queue straight to the socket ([`DirectWrite`]) from the
+//! **Writing through.** When the connection's socket writer is not busy, a
+//! push writes the queue straight to the socket ([`DirectWrite`]) from the
 //! pushing task: handing a message to a thousand members is then a thousand
 //! `writev`s in one loop, instead of a thousand connection tasks woken,
 //! scheduled and polled to make the same calls. Only what the socket does
-//! not take at once is left for the connection's own writer. The queue's
-//! lock is held across the direct write, so bytes of two writes never mix
-//! and frames leave in the order they were queued, whoever writes them.
+//! not take at once is left for the socket writer. The queue's lock is held
+//! across the direct write, so bytes of two writes never mix and frames
+//! leave in the order they were queued, whoever writes them.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Poll;
 
 use futures_util::task::AtomicWaker;
-use tokio::sync::Notify;
 
-use super::Frame;
-use crate::frame::{Position, advance};
+use super::{DirectWrite, Frame, Kick, Position, advance};
 use crate::protocol::close;
 
-/// Identifies one connection for the lifetime of the process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnId(u64);
-
-impl ConnId {
-    pub fn next() -> Self {
-        static NEXT: AtomicU64 = AtomicU64::new(1);
-        Self(NEXT.fetch_add(1, Ordering::Relaxed))
-    }
-}
-
-/// Asks a connection to close with a code; the first request wins.
-#[derive(Debug, Default)]
-pub struct Kick {
-    reason: OnceLock<(u16, &'static str)>,
-    kicked: Notify,
-}
-
-impl Kick {
-    pub fn kick(&self, code: u16, reason: &'static str) {
-        if self.reason.set((code, reason)).is_ok() {
-            self.kicked.notify_waiters();
-        }
-    }
-
-    /// Resolves once the connection has been kicked.
-    pub async fn kicked(&self) {
-        loop {
-            let notified = self.kicked.notified();
-            tokio::pin!(notified);
-            // Registered before the check, so a kick in between is not missed.
-            notified.as_mut().enable();
-            if self.is_kicked() {
-                return;
-            }
-            notified.await;
-        }
-    }
-
-    pub fn is_kicked(&self) -> bool {
-        self.reason.get().is_some()
-    }
-
-    /// The close code and reason asked for, if any.
-    pub fn reason(&self) -> Option<(u16, &'static str)> {
-        self.reason.get().copied()
-    }
-}
-
-/// The connection's socket as the outbox sees it.
-pub trait DirectWrite: Send + Sync {
-    /// Writes as much of `frames` as the socket takes now, without waiting,
-    /// the first frame from byte `offset` on. Returns where it stopped: the
-    /// index of the first frame not completely written and how many of its
-    /// bytes were (`(frames.len(), 0)` when all went out).
-    fn write_now(&self, frames: &[Frame], offset: usize) -> io::Result<(usize, usize)>;
-
-    /// The socket's descriptor, for writes batched with others
-    /// (`hub::batch`); `None` writes one by one through [`Self::write_now`].
-    /// It must stay open for as long as this value lives.
-    fn raw_fd(&self) -> Option<RawFd> {
-        None
-    }
-}
-
-/// A direct write claimed for a batch ([`Outbox::claim`]).
+/// The front of a queue claimed for a round's writes through io_uring
+/// ([`Outbox::claim`]).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Claim {
     pub fd: RawFd,
@@ -101,30 +36,32 @@ pub(super) struct Claim {
     pub offset: usize,
 }
 
-/// Most frames one batched write carries for one socket (a round usually
-/// carries a handful; the writer takes care of long queues).
+/// Most frames a round's write through io_uring carries for one socket (a
+/// round usually carries a handful; the socket writer takes care of long
+/// queues).
 pub(super) const CLAIM_MAX: usize = 64;
 
 /// One connection's queue of frames to write, bounded in frames and in
-/// bytes. Frames stay counted in bytes until the writer has put them on the
+/// bytes. Frames stay counted in bytes until the socket writer has put them on the
 /// socket, not merely taken them off the queue: a client that stops reading
-/// fills the socket, then the outbox, and is cut off (1013). Replies such as
+/// fills the socket, then the outbox, and is cut off
+/// ([`close::TRY_AGAIN_LATER`]). Replies such as
 /// `history` are large frames of their own: counting bytes keeps a client
 /// that asks for them without reading from pinning memory.
 ///
 /// The queue is a `VecDeque` behind a mutex that only the hub's pushes and
-/// this connection's own writer ever take (never held across anything but a
+/// this connection's socket writer ever take (never held across anything but a
 /// push or a swap): uncontended, it costs what a channel's atomics cost, and
 /// unlike a channel it allocates nothing until a frame is queued and gives
-/// its buffer away to the writer, so an idle connection holds none.
+/// its buffer away to the socket writer, so an idle connection holds none.
 pub struct Outbox {
     queue: Mutex<Queue>,
     /// Where pushes write through to (none in tests of the queue alone).
     socket: Option<Arc<dyn DirectWrite>>,
-    /// Set by a push, cleared by the writer: spares waking a writer that
-    /// has been woken already and not yet run.
+    /// Set by a push, cleared by the socket writer: spares waking a socket
+    /// writer that has been woken already and not yet run.
     signalled: AtomicBool,
-    writer: AtomicWaker,
+    socket_writer: AtomicWaker,
     kick: Kick,
     max_frames: usize,
     max_bytes: usize,
@@ -133,17 +70,17 @@ pub struct Outbox {
 #[derive(Debug, Default)]
 struct Queue {
     frames: VecDeque<Frame>,
-    /// Bytes queued plus bytes taken by the writer and not yet written.
+    /// Bytes queued plus bytes taken by the socket writer and not yet written.
     bytes: usize,
     /// Bytes of the front frame already on the socket (a direct write
-    /// stopped inside it): the writer must go on from there.
+    /// stopped inside it): the socket writer must go on from there.
     offset: usize,
-    /// The writer holds frames it took and has not finished writing: no
+    /// The socket writer holds frames it took and has not finished writing: no
     /// push may write through until it has.
     writing: bool,
-    /// A batched write (`hub::batch`) has claimed the front of the queue:
-    /// nobody else writes or takes frames until it settles.
-    batched: bool,
+    /// A round's write through io_uring (`uring`) has claimed the front of
+    /// the queue: nobody else writes or takes frames until it settles.
+    claimed: bool,
     closed: bool,
     /// A frame was refused for lack of room. Every later one is refused
     /// too, so that what is queued (and flushed if the connection closes for
@@ -156,7 +93,8 @@ struct Queue {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pushed {
     Queued,
-    /// The outbox was full: the connection is being closed with 1013.
+    /// The outbox was full: the connection is being closed with
+    /// [`close::TRY_AGAIN_LATER`].
     Overflowed,
     /// The connection is already gone.
     Closed,
@@ -172,7 +110,7 @@ impl std::fmt::Debug for Outbox {
 }
 
 impl Outbox {
-    /// An outbox whose frames only the connection's writer writes.
+    /// An outbox whose frames only the connection's socket writer writes.
     pub fn new(max_frames: usize, max_bytes: usize) -> Self {
         Self::with_socket(max_frames, max_bytes, None)
     }
@@ -187,7 +125,7 @@ impl Outbox {
             queue: Mutex::new(Queue::default()),
             socket,
             signalled: AtomicBool::new(false),
-            writer: AtomicWaker::new(),
+            socket_writer: AtomicWaker::new(),
             kick: Kick::default(),
             max_frames,
             max_bytes,
@@ -201,7 +139,7 @@ impl Outbox {
     /// Queues a frame without waiting. A single frame larger than the byte
     /// budget still passes when nothing else is queued, so one large reply
     /// to a reading client is never refused.
-    fn push(&self, frame: Frame) -> Pushed {
+    pub(super) fn push(&self, frame: Frame) -> Pushed {
         let pushed = self.enqueue(std::slice::from_ref(&frame)).0;
         self.write_queued();
         pushed
@@ -209,9 +147,10 @@ impl Outbox {
 
     /// Queues frames in order, without writing or waking anyone (see
     /// [`Outbox::write_queued`]). Stops at the first that does not fit (the
-    /// connection is then being closed with 1013). Returns what happened and
+    /// connection is then being closed with [`close::TRY_AGAIN_LATER`]).
+    /// Returns what happened and
     /// how many were queued.
-    fn enqueue(&self, frames: &[Frame]) -> (Pushed, u64) {
+    pub(super) fn enqueue(&self, frames: &[Frame]) -> (Pushed, u64) {
         let mut queued = 0;
         let mut outcome = Pushed::Queued;
         {
@@ -242,15 +181,15 @@ impl Outbox {
     }
 
     /// Puts what is queued on the socket now if nobody else is writing and
-    /// it takes it; wakes the writer for whatever remains.
-    fn write_queued(&self) {
+    /// it takes it; wakes the socket writer for whatever remains.
+    pub(super) fn write_queued(&self) {
         let mut queue = self.lock();
         if queue.frames.is_empty() {
             return;
         }
         if let Some(socket) = &self.socket
             && !queue.writing
-            && !queue.batched
+            && !queue.claimed
             && !self.kick.is_kicked()
         {
             let offset = queue.offset;
@@ -260,11 +199,12 @@ impl Outbox {
             return;
         }
         drop(queue);
-        self.wake_writer();
+        self.wake_socket_writer();
     }
 
     /// Accounts for a direct write that stopped at `wrote` (the queue's
-    /// frames before it are on the socket), then leaves the rest to the writer.
+    /// frames before it are on the socket), then leaves the rest to the
+    /// socket writer.
     fn wrote(&self, mut queue: MutexGuard<'_, Queue>, wrote: io::Result<Position>) {
         match wrote {
             Ok((done, offset)) => {
@@ -272,7 +212,7 @@ impl Outbox {
                 queue.bytes -= bytes;
                 queue.offset = offset;
                 if queue.frames.is_empty() {
-                    // Everything went straight out: the writer has nothing to do.
+                    // Everything went straight out: the socket writer has nothing to do.
                     queue.frames = VecDeque::new();
                     return;
                 }
@@ -280,33 +220,33 @@ impl Outbox {
             Err(_) => {
                 drop(queue);
                 // The client is gone; its reader will notice too.
-                self.kick.kick(1000, "");
+                self.kick.kick(close::NORMAL, "");
                 return;
             }
         }
         drop(queue);
-        self.wake_writer();
+        self.wake_socket_writer();
     }
 
-    fn wake_writer(&self) {
+    fn wake_socket_writer(&self) {
         if !self.signalled.swap(true, Ordering::AcqRel) {
-            self.writer.wake();
+            self.socket_writer.wake();
         }
     }
 
-    /// Claims the front of the queue for a batched write: clones up to
-    /// [`CLAIM_MAX`] frames onto `frames` (so the batch owns the bytes it
-    /// hands the kernel) and keeps everyone else from writing until
+    /// Claims the front of the queue for a round's write through io_uring:
+    /// clones up to [`CLAIM_MAX`] frames onto `frames` (so the round owns the
+    /// bytes it hands the kernel) and keeps everyone else from writing until
     /// [`Outbox::settle`]. `None` when there is nothing to write through, the
-    /// writer is busy, the connection is kicked or the socket has no
+    /// socket writer is busy, the connection is kicked or the socket has no
     /// descriptor: [`Outbox::write_queued`] then does what it always does.
     pub(super) fn claim(&self, frames: &mut Vec<Frame>) -> Option<Claim> {
         let fd = self.socket.as_ref()?.raw_fd()?;
         let mut queue = self.lock();
-        if queue.frames.is_empty() || queue.writing || queue.batched || self.kick.is_kicked() {
+        if queue.frames.is_empty() || queue.writing || queue.claimed || self.kick.is_kicked() {
             return None;
         }
-        queue.batched = true;
+        queue.claimed = true;
         frames.extend(queue.frames.iter().take(CLAIM_MAX).cloned());
         Some(Claim {
             fd,
@@ -318,7 +258,7 @@ impl Outbox {
     /// the socket took of them.
     pub(super) fn settle(&self, frames: &[Frame], written: io::Result<usize>) {
         let mut queue = self.lock();
-        queue.batched = false;
+        queue.claimed = false;
         let wrote = match written {
             Ok(0) => Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => Ok(advance(frames, (0, queue.offset), n)),
@@ -333,9 +273,10 @@ impl Outbox {
         self.socket.as_deref().expect("an outbox with a socket")
     }
 
-    /// Whether a batched write has the socket right now (on another thread).
-    pub fn batch_in_flight(&self) -> bool {
-        self.lock().batched
+    /// Whether a round's write through io_uring has the socket right now
+    /// (on another thread).
+    pub fn claimed(&self) -> bool {
+        self.lock().claimed
     }
 
     /// Resolves when frames may have been queued since the last call.
@@ -344,7 +285,7 @@ impl Outbox {
             if self.signalled.swap(false, Ordering::AcqRel) {
                 return Poll::Ready(());
             }
-            self.writer.register(cx.waker());
+            self.socket_writer.register(cx.waker());
             if self.signalled.swap(false, Ordering::AcqRel) {
                 return Poll::Ready(());
             }
@@ -358,24 +299,24 @@ impl Outbox {
     /// bytes stay counted and no push writes through.
     pub fn take(&self, max: usize) -> (Vec<Frame>, usize) {
         let mut queue = self.lock();
-        if queue.batched {
-            // The batch wakes the writer for whatever it leaves.
+        if queue.claimed {
+            // The round wakes the socket writer for whatever it leaves.
             return (Vec::new(), 0);
         }
         let offset = std::mem::take(&mut queue.offset);
         queue.writing = !queue.frames.is_empty();
         if queue.frames.len() <= max {
-            // The whole buffer goes to the writer: the queue keeps none.
+            // The whole buffer goes to the socket writer: the queue keeps none.
             return (Vec::from(std::mem::take(&mut queue.frames)), offset);
         }
-        let batch = queue.frames.drain(..max).collect();
+        let taken = queue.frames.drain(..max).collect();
         drop(queue);
-        // More is waiting: the writer comes back for it.
+        // More is waiting: the socket writer comes back for it.
         self.signalled.store(true, Ordering::Release);
-        (batch, offset)
+        (taken, offset)
     }
 
-    /// Called by the writer once `bytes` taken with [`Outbox::take`] are on
+    /// Called by the socket writer once `bytes` taken with [`Outbox::take`] are on
     /// the socket: pushes may write through again.
     pub fn written(&self, bytes: usize) {
         let mut queue = self.lock();
@@ -394,57 +335,10 @@ impl Outbox {
     }
 }
 
-/// A cheap, cloneable handle to a connection's outbox.
-#[derive(Debug, Clone)]
-pub struct Peer {
-    id: ConnId,
-    outbox: Arc<Outbox>,
-}
-
-impl Peer {
-    pub fn new(outbox: Arc<Outbox>) -> Self {
-        Self {
-            id: ConnId::next(),
-            outbox,
-        }
-    }
-
-    pub fn id(&self) -> ConnId {
-        self.id
-    }
-
-    /// Queues a frame without waiting. Fan-out must never wait on one slow
-    /// socket, so a full outbox means this client cannot keep up: it is closed
-    /// with 1013 and may reconnect and resume with `since` — nothing is lost
-    /// because every message is in storage.
-    pub fn push(&self, frame: Frame) -> Pushed {
-        self.outbox.push(frame)
-    }
-
-    /// Queues frames without writing them: the caller holds a lock that
-    /// socket writes must not be made under, and calls
-    /// [`Peer::write_queued`] once it has let go. Returns how many were queued.
-    pub fn queue(&self, frames: &[Frame]) -> u64 {
-        self.outbox.enqueue(frames).1
-    }
-
-    /// Writes what [`Peer::queue`] queued (see [`Peer::push`]).
-    pub fn write_queued(&self) {
-        self.outbox.write_queued();
-    }
-
-    pub(super) fn outbox(&self) -> &Outbox {
-        &self.outbox
-    }
-
-    pub fn kick(&self, code: u16, reason: &'static str) {
-        self.outbox.kick.kick(code, reason);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outbox::Peer;
 
     fn frame(len: usize) -> Frame {
         Frame::new("x".repeat(len))
@@ -475,11 +369,11 @@ mod tests {
 
     #[test]
     fn after_one_frame_is_refused_no_later_frame_is_queued() {
-        // A connection already closing for another reason (here a shutdown's
-        // 1001) flushes its queue: that queue must not skip a frame.
+        // A connection already closing for another reason (here a shutdown)
+        // flushes its queue: that queue must not skip a frame.
         let outbox = Arc::new(Outbox::new(100, 100));
         let peer = Peer::new(outbox.clone());
-        peer.kick(1001, "server shutting down");
+        peer.kick(close::GOING_AWAY, "server shutting down");
         assert_eq!(peer.push(frame(60)), Pushed::Queued);
         assert_eq!(peer.push(frame(60)), Pushed::Overflowed);
         // Room enough for this one, but it would follow a gap.
@@ -488,7 +382,7 @@ mod tests {
         let (taken, _) = outbox.take(10);
         assert_eq!(taken.len(), 1);
         // The first close reason stands.
-        assert_eq!(outbox.kick().reason().map(|r| r.0), Some(1001));
+        assert_eq!(outbox.kick().reason().map(|r| r.0), Some(close::GOING_AWAY));
     }
 
     #[test]
@@ -511,7 +405,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_push_wakes_the_writer_and_a_kick_wakes_everyone() {
+    async fn a_push_wakes_the_socket_writer_and_a_kick_wakes_everyone() {
         let outbox = Arc::new(Outbox::new(10, 1000));
         let peer = Peer::new(outbox.clone());
         let waiter = tokio::spawn({
@@ -530,7 +424,7 @@ mod tests {
             async move { outbox.kick().kicked().await }
         });
         tokio::task::yield_now().await;
-        peer.kick(1001, "bye");
+        peer.kick(close::GOING_AWAY, "bye");
         kicked.await.unwrap();
         // Kicked already: resolves at once.
         outbox.kick().kicked().await;
@@ -563,7 +457,7 @@ mod tests {
     }
 
     #[test]
-    fn pushes_write_through_and_leave_the_writer_only_what_the_socket_refused() {
+    fn pushes_write_through_and_leave_the_socket_writer_only_what_the_socket_refused() {
         let socket = Arc::new(FakeSocket::default());
         let outbox = Arc::new(Outbox::with_socket(100, 10_000, Some(socket.clone())));
         let peer = Peer::new(outbox.clone());
@@ -572,11 +466,11 @@ mod tests {
         assert_eq!(peer.push(a.clone()), Pushed::Queued);
         assert_eq!(peer.queue(&[b.clone(), c.clone()]), 2);
         peer.write_queued();
-        // `a` went out whole, `b` stopped 5 bytes in: the writer goes on from there.
+        // `a` went out whole, `b` stopped 5 bytes in: the socket writer goes on from there.
         assert_eq!(socket.taken.lock().unwrap().len(), a.len() + 5);
         let (taken, offset) = outbox.take(10);
         assert_eq!((taken.len(), offset), (2, 5));
-        // While the writer holds frames, pushes queue behind them.
+        // While the socket writer holds frames, pushes queue behind them.
         *socket.room.lock().unwrap() = 1000;
         let d = frame(5);
         assert_eq!(peer.push(d.clone()), Pushed::Queued);

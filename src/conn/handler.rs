@@ -1,5 +1,7 @@
-//! Protocol state of one connection: its identity, its rate limits, and the
-//! dispatch of each decoded request to the hub. Every reply goes through the outbox.
+//! A connection's request handler: its protocol state (identity, rate
+//! limits) and the dispatch of each decoded request to the hub. Every reply
+//! goes through the outbox. Dropped when the connection stops reading, which
+//! takes it out of its rooms and releases its name.
 
 use std::cell::Cell;
 use std::net::IpAddr;
@@ -7,14 +9,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::domain::Nickname;
-use crate::hub::{self, Frame, Hub, Outgoing, Peer, Refusal, SendsInFlight};
+use crate::hub::{self, Hub, Outgoing, Refusal, SendsInFlight};
 use crate::identity::Claim;
 use crate::limits::{AddressLimits, ConnLimits, LimitKind, RetryAfter};
+use crate::outbox::{Frame, Peer};
 use crate::protocol::{
     self, ClientMsg, ErrorCode, PROTOCOL_VERSION, Ref, Request, ServerMsg, close, encode,
 };
 
-pub struct Session {
+pub struct Handler {
     hub: Arc<Hub>,
     peer: Peer,
     /// The name granted by `hello`, and the identity behind it.
@@ -36,7 +39,7 @@ fn rate_limited(what: &str, retry: RetryAfter) -> Refusal {
     )
 }
 
-impl Session {
+impl Handler {
     /// A refusal by the `kind` limit, recorded against the client's strikes.
     fn limited(&self, kind: LimitKind, refusal: Refusal) -> Refusal {
         let retry = refusal.retry_after_ms.map(Duration::from_millis);
@@ -47,7 +50,7 @@ impl Session {
     }
 }
 
-impl Session {
+impl Handler {
     pub fn new(
         hub: Arc<Hub>,
         peer: Peer,
@@ -283,9 +286,9 @@ impl Session {
     }
 }
 
-/// However the session ends — closed, kicked, or a panic unwinding through
-/// it — the connection leaves every room and its name is released.
-impl Drop for Session {
+/// However the connection ends — closed, kicked, or a panic unwinding through
+/// its handler — it leaves every room and its name is released.
+impl Drop for Handler {
     fn drop(&mut self) {
         let claim = self.identity.take();
         self.hub.disconnect(&self.peer, claim.as_ref());

@@ -10,11 +10,11 @@
 //! The ring is used as a vectored system call, never as an event loop:
 //! every `sendmsg` carries `MSG_DONTWAIT`, so the kernel completes it —
 //! with the bytes the socket took, or `EAGAIN` — before `io_uring_enter`
-//! returns, and nothing is left in flight when [`write_all`] returns. That is
+//! returns, and nothing is left in flight when [`write_round`] returns. That is
 //! what makes the raw pointers below sound: the frames (cloned into the
-//! batch), their `iovec`s and `msghdr`s all outlive the call that uses them.
+//! round), their `iovec`s and `msghdr`s all outlive the call that uses them.
 //! What a socket does not take is left in its outbox for the connection's
-//! writer, exactly as after a direct write ([`super::peer`]).
+//! socket writer, exactly as after a direct write (`direct`).
 //!
 //! One ring per thread, made on first use. Where the kernel refuses
 //! io_uring (older kernels, seccomp profiles such as Docker's default) the
@@ -23,8 +23,8 @@
 use std::io;
 use std::ops::Range;
 
-use super::Frame;
-use super::peer::{Claim, Peer};
+use super::queue::Claim;
+use super::{Frame, Peer};
 
 /// How a round's socket writes reach the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,40 +32,41 @@ pub enum SocketWrites {
     /// One `writev` per socket.
     OneByOne,
     /// All of a round's in one `io_uring_enter` where the kernel allows it.
-    Batched,
+    Ring,
 }
 
 impl SocketWrites {
-    /// Batched if asked for and the kernel allows it (checked on this
-    /// thread: the ring made here serves it from now on).
-    pub fn detect(batch: bool) -> Self {
-        if batch && ring::available() {
-            Self::Batched
+    /// Through io_uring if asked for and the kernel allows it (checked on
+    /// this thread: the ring made here serves it from now on).
+    pub fn detect(io_uring: bool) -> Self {
+        if io_uring && ring::available() {
+            Self::Ring
         } else {
             Self::OneByOne
         }
     }
 }
 
-/// What a round's batching did: system calls made and sends they carried.
+/// What a round's writes through io_uring took: system calls made and the
+/// sends they carried.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Batched {
+pub struct RingSends {
     pub calls: u64,
     pub sends: u64,
 }
 
 /// Writes what is queued for each of `peers` (see [`Peer::write_queued`]).
-pub fn write_all(peers: &[Peer], how: SocketWrites) -> Batched {
-    if how == SocketWrites::Batched
+pub fn write_round(peers: &[Peer], how: SocketWrites) -> RingSends {
+    if how == SocketWrites::Ring
         && peers.len() > 1
-        && let Some(batched) = ring::write_all(peers)
+        && let Some(sends) = ring::write_all(peers)
     {
-        return batched;
+        return sends;
     }
     for peer in peers {
         peer.write_queued();
     }
-    Batched::default()
+    RingSends::default()
 }
 
 /// The claimed writes of one chunk of a round, and what became of them.
@@ -125,14 +126,14 @@ mod ring {
 
     use io_uring::{IoUring, Probe, opcode, types};
 
-    use super::{Batched, Peer, Round};
+    use super::{Peer, RingSends, Round};
 
     /// Sends per `io_uring_enter`: a 1,000-member round is four calls.
     const ENTRIES: u32 = 256;
 
     enum State {
         Untried,
-        Ready(Box<Batcher>),
+        Ready(Box<Ring>),
         Unavailable,
     }
 
@@ -140,7 +141,7 @@ mod ring {
         static STATE: RefCell<State> = const { RefCell::new(State::Untried) };
     }
 
-    struct Batcher {
+    struct Ring {
         ring: IoUring,
         round: Round,
         /// Rebuilt for each chunk; only read by the kernel during the call.
@@ -149,24 +150,24 @@ mod ring {
     }
 
     pub(super) fn available() -> bool {
-        with_batcher(|_| ()).is_some()
+        with_ring(|_| ()).is_some()
     }
 
     /// Writes a round through this thread's ring; `None` if there is none.
-    pub(super) fn write_all(peers: &[Peer]) -> Option<Batched> {
-        let mut batched = Batched::default();
-        let failed = with_batcher(|batcher| {
+    pub(super) fn write_all(peers: &[Peer]) -> Option<RingSends> {
+        let mut sends = RingSends::default();
+        let failed = with_ring(|ring| {
             for chunk in peers.chunks(ENTRIES as usize) {
-                batcher.round.claim(chunk);
-                let claims = batcher.round.claims.len() as u64;
+                ring.round.claim(chunk);
+                let claims = ring.round.claims.len() as u64;
                 if claims > 0 {
-                    batched.calls += 1;
-                    batched.sends += claims;
+                    sends.calls += 1;
+                    sends.sends += claims;
                 }
-                let sent = batcher.send();
+                let sent = ring.send();
                 // Sends the kernel did not report on sent nothing: those
-                // outboxes keep their frames for their writers.
-                batcher.round.settle(chunk);
+                // outboxes keep their frames for their socket writers.
+                ring.round.settle(chunk);
                 if let Err(e) = sent {
                     return Some(e);
                 }
@@ -174,7 +175,7 @@ mod ring {
             None
         })?;
         match failed {
-            None => Some(batched),
+            None => Some(sends),
             Some(e) => {
                 tracing::warn!(error = %e, "io_uring failed; socket writes go one by one from now on");
                 // Dropping the ring discards whatever it did not take.
@@ -184,19 +185,19 @@ mod ring {
                 for peer in peers {
                     peer.write_queued();
                 }
-                Some(batched)
+                Some(sends)
             }
         }
     }
 
-    fn with_batcher<T>(f: impl FnOnce(&mut Batcher) -> T) -> Option<T> {
+    fn with_ring<T>(f: impl FnOnce(&mut Ring) -> T) -> Option<T> {
         STATE.with(|state| {
-            // A batch started from inside a batch (nothing does that) goes
+            // A round started from inside a round (nothing does that) goes
             // one by one rather than panic.
             let mut state = state.try_borrow_mut().ok()?;
             if let State::Untried = *state {
-                *state = match Batcher::new() {
-                    Ok(batcher) => State::Ready(Box::new(batcher)),
+                *state = match Ring::new() {
+                    Ok(ring) => State::Ready(Box::new(ring)),
                     Err(e) => {
                         static ONCE: Once = Once::new();
                         ONCE.call_once(|| {
@@ -207,13 +208,13 @@ mod ring {
                 };
             }
             match &mut *state {
-                State::Ready(batcher) => Some(f(batcher)),
+                State::Ready(ring) => Some(f(ring)),
                 _ => None,
             }
         })
     }
 
-    impl Batcher {
+    impl Ring {
         fn new() -> io::Result<Self> {
             let ring = IoUring::new(ENTRIES)?;
             let mut probe = Probe::new();
@@ -301,13 +302,13 @@ mod ring {
 
 #[cfg(not(target_os = "linux"))]
 mod ring {
-    use super::{Batched, Peer};
+    use super::{Peer, RingSends};
 
     pub(super) fn available() -> bool {
         false
     }
 
-    pub(super) fn write_all(_: &[Peer]) -> Option<Batched> {
+    pub(super) fn write_all(_: &[Peer]) -> Option<RingSends> {
         None
     }
 }
@@ -321,8 +322,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::frame::{Position, advance};
-    use crate::hub::{DirectWrite, Outbox};
+    use crate::outbox::{DirectWrite, Outbox, Position, advance};
 
     /// A real non-blocking socket, written the way the connection's own is.
     struct TestSocket(TcpStream);
@@ -370,10 +370,10 @@ mod tests {
         frames.iter().flat_map(|f| f.wire().to_vec()).collect()
     }
 
-    /// The batched path where the kernel has it; CI must have it.
-    fn batched() -> SocketWrites {
+    /// The io_uring path where the kernel has it; CI must have it.
+    fn through_ring() -> SocketWrites {
         let how = SocketWrites::detect(true);
-        if how != SocketWrites::Batched {
+        if how != SocketWrites::Ring {
             assert!(
                 std::env::var("CI").as_deref() != Ok("true"),
                 "io_uring is unavailable on this CI machine"
@@ -385,7 +385,7 @@ mod tests {
 
     #[test]
     fn a_round_reaches_every_socket_whole_and_in_order() {
-        let how = batched();
+        let how = through_ring();
         // More than one chunk of the ring.
         let (peers, mut clients) = peers(300);
         let frames: Vec<Frame> = (0..3)
@@ -394,12 +394,12 @@ mod tests {
         for peer in &peers {
             peer.queue(&frames[..2]);
         }
-        let batched = write_all(&peers, how);
-        if how == SocketWrites::Batched {
+        let sends = write_round(&peers, how);
+        if how == SocketWrites::Ring {
             // 300 sockets: one call for 256 of them, one for the rest.
             assert_eq!(
-                batched,
-                Batched {
+                sends,
+                RingSends {
                     calls: 2,
                     sends: 300
                 }
@@ -408,7 +408,7 @@ mod tests {
         for peer in &peers {
             peer.queue(&frames[2..]);
         }
-        write_all(&peers, how);
+        write_round(&peers, how);
         let expected = wire(&frames);
         for (peer, client) in peers.iter().zip(&mut clients) {
             let mut got = vec![0; expected.len()];
@@ -419,8 +419,8 @@ mod tests {
     }
 
     #[test]
-    fn what_a_full_socket_refuses_stays_queued_for_the_writer() {
-        let how = batched();
+    fn what_a_full_socket_refuses_stays_queued_for_the_socket_writer() {
+        let how = through_ring();
         let (peers, mut clients) = peers(2);
         // Far more than loopback's socket buffers take while nobody reads.
         let frames: Vec<Frame> = (0..64u8)
@@ -431,7 +431,7 @@ mod tests {
         let (done, finished) = std::sync::mpsc::channel();
         let round = peers.clone();
         std::thread::spawn(move || {
-            write_all(&round, how);
+            write_round(&round, how);
             done.send(()).unwrap();
         });
         // A full socket fails the send at once; it never waits for room.
@@ -440,7 +440,7 @@ mod tests {
             .expect("the round returned");
         let (left, offset) = peers[0].outbox().take(1000);
         assert!(!left.is_empty(), "the socket cannot have taken 6.4 MB");
-        // What the writer finishes is exactly what the batch did not send.
+        // What the socket writer finishes is exactly what the round did not send.
         let reader = std::thread::spawn({
             let mut client = clients.remove(0);
             let len = wire(&frames).len();
@@ -468,7 +468,7 @@ mod tests {
         assert_eq!(other, frames[0].wire());
     }
 
-    /// One direct write through the peer's socket, as the connection's writer makes.
+    /// One direct write through the peer's socket, as the connection's socket writer makes.
     fn socket_write(peer: &Peer, frames: &[Frame], at: Position) -> Option<Position> {
         let socket = peer.outbox().socket_for_tests();
         let (next, offset) = socket.write_now(&frames[at.0..], at.1).unwrap();
@@ -477,24 +477,24 @@ mod tests {
     }
 
     #[test]
-    fn a_busy_writer_keeps_its_socket_and_its_order() {
-        let how = batched();
+    fn a_busy_socket_writer_keeps_its_socket_and_its_order() {
+        let how = through_ring();
         let (peers, mut clients) = peers(2);
         let a = Frame::new("\"a\"".into());
         let b = Frame::new("\"b\"".into());
         peers[0].queue(std::slice::from_ref(&a));
-        // The connection's writer took `a` and has not written it yet.
+        // The connection's socket writer took `a` and has not written it yet.
         let (taken, _) = peers[0].outbox().take(10);
         peers[0].queue(std::slice::from_ref(&b));
         peers[1].queue(std::slice::from_ref(&b));
-        write_all(&peers, how);
+        write_round(&peers, how);
         // `b` waited behind `a` rather than overtake it.
         let mut got = vec![0; b.len()];
         clients[1].read_exact(&mut got).unwrap();
         assert_eq!(got, b.wire());
         assert!(socket_write(&peers[0], &taken, (0, 0)).is_some());
         peers[0].outbox().written(a.len());
-        write_all(&peers, how);
+        write_round(&peers, how);
         let mut got = vec![0; a.len() + b.len()];
         clients[0].read_exact(&mut got).unwrap();
         assert_eq!(got, wire(&[a, b]));
@@ -502,7 +502,7 @@ mod tests {
 
     #[test]
     fn a_socket_whose_client_is_gone_kicks_its_connection() {
-        let how = batched();
+        let how = through_ring();
         let (peers, clients) = peers(2);
         drop(clients);
         let frame = Frame::new("x".repeat(1000));
@@ -510,7 +510,7 @@ mod tests {
             for peer in &peers {
                 peer.queue(std::slice::from_ref(&frame));
             }
-            write_all(&peers, how);
+            write_round(&peers, how);
             if peers.iter().all(|p| p.outbox().kick().is_kicked()) {
                 return;
             }
