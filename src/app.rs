@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::conn;
 use crate::domain::RoomName;
 use crate::http::{self, AllowedOrigins, AppState, ServeSettings, SocketBudget, TrustedProxies};
-use crate::hub::{Hub, HubConfig, Pacing, Reaper, ReaperConfig, Registry, SocketWrites};
+use crate::hub::{Delivery, Hub, HubConfig, Pacing, Reaper, ReaperConfig, Registry, SocketWrites};
 use crate::identity::{GuestClaims, IdentityConfig};
 use crate::limits::AddressLimits;
 use crate::metrics::Metrics;
@@ -60,6 +60,15 @@ async fn open_store(
 impl App {
     /// Opens storage, creates the default rooms and binds the listener.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        // One server: its broker is in-process.
+        Self::build_with_broker(config, Arc::new(LocalBroker::new())).await
+    }
+
+    /// [`App::build`] with the broker given (tests: a broker that fails).
+    pub async fn build_with_broker(
+        config: Config,
+        broker: Arc<dyn Broker>,
+    ) -> anyhow::Result<Self> {
         config.validate().map_err(anyhow::Error::msg)?;
         let (store, guests) = open_store(&config.database_url)
             .await
@@ -76,16 +85,14 @@ impl App {
         let metrics = Arc::new(Metrics::new());
         let writes = SocketWrites::detect(config.io_uring);
         tracing::debug!(?writes, "room deliveries' socket writes");
-        let registry = Registry::new(
-            metrics.clone(),
-            Pacing {
+        let delivery = Delivery {
+            pacing: Pacing {
                 per_member: config.broadcast_per_member,
                 max_window: config.broadcast_window,
                 presence_interval: config.presence_interval,
             },
             writes,
-        );
-        let broker: Arc<dyn Broker> = Arc::new(LocalBroker::new(registry.clone()));
+        };
         let writer_stop = CancellationToken::new();
         let hub_config = HubConfig {
             default_rooms,
@@ -107,13 +114,14 @@ impl App {
         );
         let (hub, writer) = Hub::start(
             hub_config,
-            registry.clone(),
+            delivery,
             store,
             claims,
             broker,
             metrics,
             writer_stop.clone(),
         );
+        let registry = hub.registry().clone();
         let hub = Arc::new(hub);
         let reaper = Reaper::build(
             hub.clone(),

@@ -1,14 +1,16 @@
-//! The writer: the one task that stores sends and then publishes them.
+//! The writer: the one task that stores sends and hands them on to be published.
 //!
 //! Every accepted `send` is queued here. The writer takes whatever is queued
 //! (up to a batch limit), stores it in one transaction — concurrent senders
 //! share one commit and one fsync — and only then, in seq order, queues
-//! `sent` to each sender and publishes each `message`. Because one task does
-//! both, delivery order equals storage order for every member. Commits start
-//! at most every `--commit-interval` (2 ms) once commits carry several sends:
-//! under load the sends arriving meanwhile join the next commit, so the cost
-//! of a transaction (its fsync, its hand-off to the storage thread) is shared
-//! by more of them, while a trickle of sends is stored without waiting.
+//! `sent` to each sender and hands the commit's messages to the publisher
+//! ([`super::publish`]), which publishes commits in the order they were
+//! stored. Because one task stores and one task publishes, delivery order
+//! equals storage order for every member. Commits start at most every
+//! `--commit-interval` (2 ms) once commits carry several sends: under load
+//! the sends arriving meanwhile join the next commit, so the cost of a
+//! transaction (its fsync, its hand-off to the storage thread) is shared by
+//! more of them, while a trickle of sends is stored without waiting.
 //!
 //! A send may carry the client's nonce: the store then keeps the message at
 //! most once per (sender, nonce), and a resend is answered with the first
@@ -16,6 +18,7 @@
 //! hands over holds a [`SendTicket`] until its answer is queued, so that the
 //! connection can wait for its answers before it sends its close frame.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -27,13 +30,13 @@ use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::recent::RecentMessages;
+use super::publish::{Commit, Handoff, Place};
 use super::{Frame, Peer};
-use crate::broker::Broker;
+use crate::broker::RoomEvent;
 use crate::clock;
-use crate::domain::{AuthorId, MessageText, Nickname, RoomName};
+use crate::domain::{AuthorId, Message, MessageText, Nickname, RoomName};
 use crate::metrics::Metrics;
-use crate::protocol::{self, EncodedMessage, ErrorCode, Ref, ServerMsg, encode};
+use crate::protocol::{ChatMessage, ErrorCode, Ref, ServerMsg, encode};
 use crate::storage::{Appended, MessageStore, NewMessage, SendKey, StorageError};
 
 /// One accepted send, waiting to be stored.
@@ -104,9 +107,9 @@ impl Drop for SendTicket {
 }
 
 pub struct Writer {
-    pub recent: Arc<RecentMessages>,
     pub store: Arc<dyn MessageStore>,
-    pub broker: Arc<dyn Broker>,
+    /// Where finished commits go to be published ([`super::publish`]).
+    pub handoff: Handoff,
     pub metrics: Arc<Metrics>,
     pub batch_max: usize,
     /// Least time between the starts of two commits (see `--commit-interval`).
@@ -124,32 +127,38 @@ fn wait_until(last: Option<(Instant, usize)>, interval: Duration) -> Option<Inst
     (carried > 1).then(|| started + interval)
 }
 
-/// A commit handed to the store and not yet reported on, with the sends it carries.
+/// A commit handed to the store and not yet reported on, with the sends it
+/// carries and its place in the publishing backlog.
 struct InFlight<'a> {
     jobs: Vec<SendJob>,
     started: Instant,
     stored: StoreFuture<'a>,
+    place: Place,
 }
 
 type StoreFuture<'a> = Pin<Box<dyn Future<Output = StoreResult> + Send + 'a>>;
 type StoreResult = Result<Vec<Appended>, StorageError>;
 
 impl Writer {
-    /// Stores and publishes queued sends until `shutdown`; then refuses new
-    /// ones and finishes everything already queued before returning.
+    /// Stores queued sends and hands them to the publisher until
+    /// `shutdown`; then refuses new ones, finishes everything already
+    /// queued and waits for it to be published before returning.
     ///
-    /// When the writer falls behind, commits are pipelined with deliveries:
-    /// as a commit ends, the sends that queued up meanwhile are handed to
-    /// the store at once, and only then are the finished commit's messages
-    /// delivered — so the next commit's fsync and SQLite work overlap this
-    /// one's socket writes instead of following them. Commits still run one
-    /// after another, and their messages are delivered in commit order, by
-    /// this one task.
+    /// Publishing is the [`super::publish::Publisher`]'s: this task never
+    /// awaits the broker, only a place in the publishing backlog before it
+    /// starts a commit (see [`super::publish`]). When it falls behind,
+    /// commits are pipelined with deliveries: as a commit ends and is
+    /// handed off, the sends that queued up meanwhile are handed to the
+    /// store at once, so the next commit's fsync and SQLite work overlap
+    /// this one's socket writes instead of following them. When it keeps
+    /// up, it lets the publisher deliver before it starts the next commit.
+    /// Commits still run one after another, and are published in commit
+    /// order.
     pub async fn run(self, mut jobs_rx: mpsc::Receiver<SendJob>, shutdown: CancellationToken) {
         let mut closing = false;
         let mut last_commit: Option<(Instant, usize)> = None;
         let mut in_flight: Option<InFlight<'_>> = None;
-        // A published commit's emptied buffer, to gather the next one in
+        // A finished commit's emptied buffer, to gather the next one in
         // (two alternate while commits overlap deliveries).
         let mut spare: Vec<SendJob> = Vec::with_capacity(self.batch_max);
         loop {
@@ -163,6 +172,7 @@ impl Writer {
                 jobs,
                 started,
                 stored,
+                place,
             }) = in_flight.take()
             else {
                 // Nothing in flight: wait for sends.
@@ -189,38 +199,47 @@ impl Writer {
                     tokio::time::sleep_until(at).await;
                     take_queued(&mut jobs_rx, &mut jobs, self.batch_max);
                 }
+                let place = self.handoff.place().await;
                 last_commit = Some((Instant::now(), jobs.len()));
-                in_flight = Some(self.start_commit(jobs).await);
+                in_flight = Some(self.start_commit(jobs, place).await);
                 continue;
             };
             let stored = stored.await;
             self.metrics
                 .commit_seconds
                 .observe(started.elapsed().as_secs_f64());
+            let behind = falling_behind(jobs_rx.len(), self.batch_max);
+            let emptied = self.finish(jobs, stored, place);
             // Behind (see `falling_behind`): the sends that arrived during
             // the commit start theirs now, before its deliveries are
             // written, if the interval allows.
-            if falling_behind(jobs_rx.len(), self.batch_max)
+            if behind
                 && wait_until(last_commit, self.commit_interval)
                     .is_none_or(|at| Instant::now() >= at)
             {
                 let mut next = std::mem::take(&mut spare);
                 take_queued(&mut jobs_rx, &mut next, self.batch_max);
-                // (An empty `next` is dropped: publishing hands back a buffer.)
                 if !next.is_empty() {
+                    let place = self.handoff.place().await;
                     last_commit = Some((Instant::now(), next.len()));
-                    in_flight = Some(self.start_commit(next).await);
+                    in_flight = Some(self.start_commit(next, place).await);
                 }
+            } else {
+                // Keeping up: the publisher delivers this commit before the
+                // next one starts (on a one-core server the storage thread
+                // would otherwise preempt the round of writes).
+                tokio::task::yield_now().await;
             }
-            spare = self.publish(jobs, stored).await;
+            spare = emptied;
         }
+        self.handoff.drained().await;
         tracing::debug!("writer stopped");
     }
 
     /// Hands `jobs` to the store as one batch. The store's future is polled
     /// once here, which for SQLite passes the batch to its thread: the
     /// commit proceeds there while this task goes on.
-    async fn start_commit(&self, mut jobs: Vec<SendJob>) -> InFlight<'_> {
+    async fn start_commit(&self, mut jobs: Vec<SendJob>, place: Place) -> InFlight<'_> {
         let started = Instant::now();
         for job in &jobs {
             self.metrics
@@ -250,20 +269,23 @@ impl Writer {
             jobs,
             started,
             stored,
+            place,
         }
     }
 
-    /// Acknowledges and delivers a finished commit's sends, or reports its
-    /// failure; returns the emptied buffer for the next commit.
-    async fn publish(&self, mut jobs: Vec<SendJob>, stored: StoreResult) -> Vec<SendJob> {
+    /// Answers a finished commit's senders (`sent`, or an error) and hands
+    /// its messages to the publisher; returns the emptied buffer for the
+    /// next commit.
+    fn finish(&self, mut jobs: Vec<SendJob>, stored: StoreResult, place: Place) -> Vec<SendJob> {
+        let settled = jobs.len() as u64;
         match stored {
             Ok(outcomes) => {
                 self.metrics.commits.inc();
-                let mut frames = Vec::with_capacity(outcomes.len());
+                let mut messages = Vec::with_capacity(outcomes.len());
                 let mut senders = Vec::with_capacity(outcomes.len());
                 for (job, outcome) in jobs.drain(..).zip(outcomes) {
                     let message = match outcome {
-                        Appended::Stored(message) => message,
+                        Appended::Stored(message) => stored_message(job.room, job.author, message),
                         Appended::Duplicate(receipt) => {
                             // A resend: the first copy's `sent` again; its
                             // message was published when it was stored.
@@ -279,48 +301,32 @@ impl Writer {
                             continue;
                         }
                     };
-                    // Before publishing: a joiner that reads the tail after
-                    // this gets the message in its reply, or live — never neither.
-                    let encoded = EncodedMessage::new(&message);
-                    self.recent.committed(&message, &encoded);
                     // Queued, not written yet: the sender is usually a member,
                     // and its `sent` then leaves in one write with its own
                     // copy of the message (and after it is stored, before it).
                     let sent = Frame::new(encode(
                         &ServerMsg::Sent {
-                            room: message.room.clone(),
+                            room: message.room.as_str().to_owned(),
                             id: message.id.clone(),
                             seq: message.seq,
-                            ts: message.ts,
+                            ts: message.at,
                         },
                         job.r#ref.as_ref(),
                     ));
                     job.sender.queue(std::slice::from_ref(&sent));
-                    let seq = message.seq;
-                    let frame = Frame::message(protocol::encode_message(&encoded), seq);
-                    frames.push((job.room, frame));
                     senders.push(job.sender);
+                    messages.push(message);
                 }
+                self.metrics.messages_stored.inc_by(messages.len() as u64);
                 // The whole commit at once: its deliveries, over however
-                // many rooms, go out in one round of writes.
-                let messages = frames.len();
-                self.metrics.messages_stored.inc_by(messages as u64);
-                // (A commit of resends only has nothing to publish.)
-                if messages > 0 {
-                    let publishing = Instant::now();
-                    if let Err(e) = self.broker.publish(frames).await {
-                        // Stored, so nobody loses them: members catch up with `since`.
-                        tracing::error!(error = %e, messages, "publish failed");
-                    }
-                    self.metrics
-                        .publish_seconds
-                        .observe(publishing.elapsed().as_secs_f64());
-                }
-                for sender in senders {
-                    // Whatever the delivery did not take along (pacing held
-                    // the message, or the sender left the room).
-                    sender.write_queued();
-                }
+                // many rooms, go out in one round of writes. (A commit of
+                // resends only has nothing to publish.)
+                self.handoff.commit(Commit {
+                    events: events_by_room(messages),
+                    senders,
+                    settled,
+                    place,
+                });
             }
             Err(e) => {
                 tracing::error!(error = %e, messages = jobs.len(), "storing messages failed");
@@ -331,10 +337,58 @@ impl Writer {
                         job.r#ref.as_ref(),
                     )));
                 }
+                self.handoff.commit(Commit {
+                    events: Vec::new(),
+                    senders: Vec::new(),
+                    settled,
+                    place,
+                });
             }
         }
         jobs
     }
+}
+
+/// The store's answer as the domain's message, for the broker. The store
+/// returns the wire's `ChatMessage`; this is the one place that converts
+/// (the room and author are the send's own, already parsed).
+fn stored_message(room: RoomName, author: AuthorId, stored: ChatMessage) -> Message {
+    Message {
+        room,
+        id: stored.id,
+        seq: stored.seq,
+        from: stored.from,
+        author: Some(author),
+        text: stored.text,
+        at: stored.ts,
+    }
+}
+
+/// A commit's messages as one event per room, rooms in the order they first
+/// appear, each room's messages in commit (seq) order.
+fn events_by_room(messages: Vec<Message>) -> Vec<RoomEvent> {
+    if messages.len() <= 1 {
+        return messages
+            .into_iter()
+            .map(|m| RoomEvent::Messages(Arc::from([m])))
+            .collect();
+    }
+    let mut index: HashMap<&RoomName, usize> = HashMap::with_capacity(messages.len());
+    let groups: Vec<usize> = messages
+        .iter()
+        .map(|m| {
+            let next = index.len();
+            *index.entry(&m.room).or_insert(next)
+        })
+        .collect();
+    let mut rooms: Vec<Vec<Message>> = (0..index.len()).map(|_| Vec::new()).collect();
+    for (message, group) in messages.into_iter().zip(groups) {
+        rooms[group].push(message);
+    }
+    rooms
+        .into_iter()
+        .map(|room| RoomEvent::Messages(room.into()))
+        .collect()
 }
 
 /// Whether sends are queuing faster than the writer stores and publishes
@@ -364,7 +418,8 @@ mod tests {
 
     use async_trait::async_trait;
 
-    use crate::broker::BrokerError;
+    use super::super::publish::{PUBLISH_BACKLOG, Publisher};
+    use crate::broker::{Broker, BrokerError};
     use crate::hub::Outbox;
     use crate::storage::{CatchUp, RoomCreation, RoomDeletion, StaleRooms};
 
@@ -497,19 +552,49 @@ mod tests {
         }
     }
 
-    struct LoggingBroker(Arc<Log>);
+    /// Logs each commit it publishes; the first `held` publishes each wait
+    /// for `release` (a broker that stalls).
+    struct LoggingBroker {
+        log: Arc<Log>,
+        held: Mutex<u64>,
+        release: Notify,
+    }
 
     #[async_trait]
     impl Broker for LoggingBroker {
-        async fn publish(&self, frames: Vec<(RoomName, Frame)>) -> Result<(), BrokerError> {
-            let texts: Vec<String> = frames
+        fn attach(&self, _: std::sync::Weak<dyn crate::broker::Subscriber>) {}
+
+        async fn publish(&self, events: Vec<RoomEvent>) -> Result<(), BrokerError> {
+            let texts: Vec<String> = events
                 .iter()
-                .map(|(_, frame)| {
-                    let v: serde_json::Value = serde_json::from_slice(frame.payload()).unwrap();
-                    v["text"].as_str().unwrap().to_owned()
+                .flat_map(|event| match event {
+                    RoomEvent::Messages(messages) => messages.to_vec(),
+                    RoomEvent::Membership(_) => Vec::new(),
                 })
+                .map(|m| m.text)
                 .collect();
-            self.0.push(format!("publish {}", texts.join(",")));
+            self.log.push(format!("publish {}", texts.join(",")));
+            let hold = {
+                let mut held = self.held.lock().unwrap();
+                let hold = *held > 0;
+                *held = held.saturating_sub(1);
+                hold
+            };
+            if hold {
+                self.release.notified().await;
+            }
+            Ok(())
+        }
+
+        fn subscribe(&self, _: &RoomName) {}
+
+        fn unsubscribe(&self, _: &RoomName) {}
+
+        async fn subscribed(&self, _: &RoomName) -> Result<(), BrokerError> {
+            Ok(())
+        }
+
+        fn health(&self) -> Result<(), BrokerError> {
             Ok(())
         }
     }
@@ -517,6 +602,8 @@ mod tests {
     struct Running {
         log: Arc<Log>,
         store: Arc<GatedStore>,
+        broker: Arc<LoggingBroker>,
+        metrics: Arc<Metrics>,
         jobs: mpsc::Sender<SendJob>,
         stop: CancellationToken,
         writer: tokio::task::JoinHandle<()>,
@@ -527,6 +614,12 @@ mod tests {
     }
 
     fn start_gated(gated: u64, fail_first: bool) -> Running {
+        start_with(gated, fail_first, 0, PUBLISH_BACKLOG)
+    }
+
+    /// A writer whose store holds its first `gated` commits and whose
+    /// broker holds its first `held` publishes, with `backlog` places.
+    fn start_with(gated: u64, fail_first: bool, held: u64, backlog: usize) -> Running {
         let log = Arc::new(Log::default());
         let store = Arc::new(GatedStore {
             log: log.clone(),
@@ -536,11 +629,24 @@ mod tests {
             commits: Mutex::new(0),
             seq: Mutex::new(0),
         });
+        let broker = Arc::new(LoggingBroker {
+            log: log.clone(),
+            held: Mutex::new(held),
+            release: Notify::new(),
+        });
+        let metrics = Arc::new(Metrics::new());
+        let (handoff, publications) = super::super::publish::handoff(backlog, metrics.clone());
+        let (settled, _) = tokio::sync::watch::channel(0);
+        let publisher = Publisher {
+            broker: broker.clone(),
+            metrics: metrics.clone(),
+            settled,
+        };
+        tokio::spawn(publisher.run(publications));
         let writer = Writer {
-            recent: Arc::new(RecentMessages::new(16)),
             store: store.clone(),
-            broker: Arc::new(LoggingBroker(log.clone())),
-            metrics: Arc::new(Metrics::new()),
+            handoff,
+            metrics: metrics.clone(),
             // Falling behind from two queued sends on.
             batch_max: 8,
             commit_interval: Duration::ZERO,
@@ -551,6 +657,8 @@ mod tests {
         Running {
             log,
             store,
+            broker,
+            metrics,
             jobs,
             stop,
             writer,
@@ -627,6 +735,82 @@ mod tests {
             ["append a", "publish a", "append b", "publish b"]
         );
         stop(w).await;
+    }
+
+    /// The hand-off's policy when publishing falls behind (a stalled
+    /// broker): the writer goes on committing until every place in the
+    /// backlog is taken, then waits before starting its next commit — and
+    /// counts the wait. Nothing stored is dropped: each stored send is
+    /// answered at once, and once the broker resumes every commit is
+    /// published, in commit order.
+    #[tokio::test]
+    async fn a_stalled_broker_holds_commits_back_only_once_the_backlog_is_full() {
+        let w = start_with(0, false, 1, 2);
+        let sender = Peer::new(Arc::new(Outbox::new(64, 1 << 20)));
+        // "a" is stored and its publishing stalls; "b" is stored behind it.
+        w.jobs.send(job("a", &sender)).await.unwrap();
+        wait_for(&w.log, 2).await;
+        w.jobs.send(job("b", &sender)).await.unwrap();
+        wait_for(&w.log, 3).await;
+        // Both places are taken: "c" is not committed.
+        w.jobs.send(job("c", &sender)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(w.log.events(), ["append a", "publish a", "append b"]);
+        assert_eq!(w.metrics.publish_waits.get(), 1);
+        assert_eq!(w.metrics.publish_backlog.get(), 2);
+        let (frames, _) = sender.outbox().take(16);
+        let sent = frames
+            .iter()
+            .map(|f| serde_json::from_slice::<serde_json::Value>(f.payload()).unwrap())
+            .filter(|v| v["type"] == "sent")
+            .count();
+        assert_eq!(sent, 2, "a and b were answered while unpublished");
+        w.broker.release.notify_one();
+        wait_for(&w.log, 6).await;
+        assert_eq!(publishes(&w.log), ["publish a", "publish b", "publish c"]);
+        assert!(w.log.events().contains(&"append c".to_owned()));
+        stop(w).await;
+    }
+
+    /// A commit's messages are published as one event per room, rooms in
+    /// the order they first came, each room's messages in seq order.
+    #[test]
+    fn a_commit_is_one_event_per_room() {
+        let message = |room: &str, seq| Message {
+            room: RoomName::parse(room).unwrap(),
+            id: String::new(),
+            seq,
+            from: String::new(),
+            author: None,
+            text: String::new(),
+            at: 0,
+        };
+        let events = events_by_room(vec![
+            message("b", 7),
+            message("a", 1),
+            message("b", 8),
+            message("a", 2),
+            message("c", 4),
+        ]);
+        let rooms: Vec<(String, Vec<u64>)> = events
+            .iter()
+            .map(|e| match e {
+                RoomEvent::Messages(m) => (
+                    e.room().as_str().to_owned(),
+                    m.iter().map(|m| m.seq).collect(),
+                ),
+                RoomEvent::Membership(_) => unreachable!(),
+            })
+            .collect();
+        assert_eq!(
+            rooms,
+            [
+                ("b".to_owned(), vec![7, 8]),
+                ("a".to_owned(), vec![1, 2]),
+                ("c".to_owned(), vec![4])
+            ]
+        );
+        assert!(events_by_room(Vec::new()).is_empty());
     }
 
     #[test]
