@@ -15,7 +15,8 @@
 //! - [`identity`]: who someone is — guests' name claims and session tokens
 //!   (the `NameClaims` trait; guests stored through `storage::GuestStore`).
 //! - [`storage`]: the `MessageStore` and `GuestStore` traits and their SQLite implementation.
-//! - [`broker`]: the `Broker` trait (fan-out between servers) and its in-process implementation.
+//! - [`broker`]: the `Broker` trait (room events between servers, its contract
+//!   tests) and its in-process implementation.
 //! - [`protocol`]: the wire format (requests, replies, error codes, limits).
 //! - [`domain`]: validated names and texts, look-alike keys, author ids; [`frame`]: a server frame, encoded
 //!   and WebSocket-framed once, shared by its recipients; [`clock`],
