@@ -1,7 +1,7 @@
 //! Builds the server from its configuration and runs it until shutdown.
 //!
 //! Shutdown order matters for "nothing acknowledged is lost": stop accepting
-//! connections, let the writer store every send already queued (so every
+//! connections, let the commit task store every send already queued (so every
 //! `sent` is true), hand every member what pacing still holds, then close
 //! each connection with 1001 after flushing its outbox, and wait for them.
 
@@ -31,7 +31,7 @@ use crate::storage::{GuestStore, MessageStore, RoomCreation, SqliteStore, Storag
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// How long shutdown waits for storage to take what was queued (a hung disk
 /// must not hang the process forever).
-const WRITER_GRACE: Duration = Duration::from_secs(30);
+const COMMIT_GRACE: Duration = Duration::from_secs(30);
 
 pub struct App {
     listener: TcpListener,
@@ -39,8 +39,8 @@ pub struct App {
     handshake_timeout: Duration,
     state: AppState,
     registry: Arc<Registry>,
-    writer: JoinHandle<()>,
-    writer_stop: CancellationToken,
+    commit_task: JoinHandle<()>,
+    commit_stop: CancellationToken,
     reaper: Reaper,
 }
 
@@ -93,7 +93,7 @@ impl App {
             },
             writes,
         };
-        let writer_stop = CancellationToken::new();
+        let commit_stop = CancellationToken::new();
         let hub_config = HubConfig {
             default_rooms,
             welcome: config.welcome.clone(),
@@ -112,14 +112,14 @@ impl App {
                 max_guests: config.max_guests,
             },
         );
-        let (hub, writer) = Hub::start(
+        let (hub, commit_task) = Hub::start(
             hub_config,
             delivery,
             store,
             claims,
             broker,
             metrics,
-            writer_stop.clone(),
+            commit_stop.clone(),
         );
         let registry = hub.registry().clone();
         let hub = Arc::new(hub);
@@ -180,8 +180,8 @@ impl App {
             handshake_timeout: config.handshake_timeout,
             state,
             registry,
-            writer,
-            writer_stop,
+            commit_task,
+            commit_stop,
             reaper,
         })
     }
@@ -211,8 +211,8 @@ impl App {
             handshake_timeout,
             state,
             registry,
-            writer,
-            writer_stop,
+            commit_task,
+            commit_stop,
             reaper,
         } = self;
         tracing::info!(
@@ -249,16 +249,16 @@ impl App {
         let reaper = tokio::spawn(reaper.run(stop_reaping.clone()));
         shutdown.await;
         stop_accepting.cancel();
-        // No room is removed while shutting down (a removal waits for the writer).
+        // No room is removed while shutting down (a removal waits for the commit task).
         stop_reaping.cancel();
         if let Err(e) = reaper.await {
             tracing::error!(error = %e, "room reaper failed");
         }
         // Store everything queued before any connection is told to go.
-        writer_stop.cancel();
-        match tokio::time::timeout(WRITER_GRACE, writer).await {
+        commit_stop.cancel();
+        match tokio::time::timeout(COMMIT_GRACE, commit_task).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "writer task failed"),
+            Ok(Err(e)) => tracing::error!(error = %e, "commit task failed"),
             Err(_) => tracing::error!("storage did not finish the queued writes in time"),
         }
         // Messages held back by pacing go to the outboxes now, to be flushed

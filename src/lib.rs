@@ -9,7 +9,7 @@
 //! - [`conn`]: one WebSocket session on its TCP socket, one task: a reader
 //!   (frames decoded in `conn::wire`) and a writer for what the outbox could
 //!   not write straight through (`hub::peer`).
-//! - [`hub`]: names, rooms, presence and pacing, the group-commit writer — who is where;
+//! - [`hub`]: names, rooms, presence and pacing, the commit task (group commit) and its publisher — who is where;
 //!   a delivery round's socket writes batched through io_uring (`hub::batch`);
 //!   removal of unused rooms (`hub::lifecycle`).
 //! - [`identity`]: who someone is — guests' name claims and session tokens

@@ -35,14 +35,14 @@ pub struct Metrics {
     pub batched_sends: Counter,
     pub send_batches: Counter,
     /// Where a message's time goes on the server (seconds): waiting for
-    /// the writer (`send_wait`), its transaction (`commit`), and the
+    /// the commit task (`send_wait`), its transaction (`commit`), and the
     /// delivery round that publishing its commit ran (`publish`).
     pub send_wait: Histogram,
     pub commit_seconds: Histogram,
     pub publish_seconds: Histogram,
     /// Commits stored and waiting to be published (`hub::publish`).
     pub publish_backlog: Gauge,
-    /// Times the writer waited for a place in the publishing backlog.
+    /// Times the commit task waited for a place in the publishing backlog.
     pub publish_waits: Counter,
     /// Commits the broker refused to publish (stored; members catch up).
     pub publish_failures: Counter,
@@ -114,7 +114,7 @@ impl Metrics {
         let send_wait = buckets();
         registry.register(
             "send_wait_seconds",
-            "Time an accepted send waited for the writer to take it into a commit",
+            "Time an accepted send waited for the commit task to take it into a commit",
             send_wait.clone(),
         );
         let commit_seconds = buckets();
@@ -138,7 +138,7 @@ impl Metrics {
         let publish_waits = Counter::default();
         registry.register(
             "publish_waits",
-            "Times the writer waited to start a commit because the publishing backlog was full",
+            "Times the commit task waited to start a commit because the publishing backlog was full",
             publish_waits.clone(),
         );
         let publish_failures = Counter::default();

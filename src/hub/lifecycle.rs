@@ -47,8 +47,8 @@ const DELETIONS_POLL: Duration = Duration::from_secs(1);
 /// Records of operators' removals are kept this long: every running server
 /// reads them within a second or so.
 const DELETIONS_KEPT: Duration = Duration::from_secs(24 * 3600);
-/// Longest a removal waits for the writer to settle queued sends (a hung
-/// disk must not stop the reaper for good; the writer has its own grace).
+/// Longest a removal waits for the commit task to settle queued sends (a hung
+/// disk must not stop the reaper for good; the commit task has its own grace).
 const SETTLE_WAIT: Duration = Duration::from_secs(30);
 
 /// What members of a room an operator removed are told, before `left`.

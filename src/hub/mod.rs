@@ -8,7 +8,7 @@
 //! once in `app.rs`.
 //!
 //! The order of events for a send: membership checked here → queued to the
-//! `writer` → stored (group commit) → `sent` queued to the sender → the
+//! commit task (`commit`) → stored (group commit) → `sent` queued to the sender → the
 //! commit's messages handed to the publisher (`publish`, a bounded
 //! hand-off) → published through the broker as one
 //! [`RoomEvent`](crate::broker::RoomEvent) per room
@@ -27,6 +27,7 @@
 //! [`Reaper`] (`lifecycle`), which also makes the hub forget them.
 
 mod batch;
+mod commit;
 mod lifecycle;
 mod peer;
 mod presence;
@@ -34,16 +35,15 @@ mod publish;
 mod recent;
 mod refusal;
 mod registry;
-mod writer;
 
 pub use crate::frame::Frame;
 pub use batch::SocketWrites;
+pub use commit::{SendTicket, SendsInFlight};
 pub use lifecycle::{Reaper, ReaperConfig};
 pub use peer::{ConnId, DirectWrite, Kick, Outbox, Peer, Pushed};
 pub use publish::{Handoff, PUBLISH_BACKLOG, Publications, handoff};
 pub use refusal::Refusal;
 pub use registry::{Delivery, Pacing, PreparedCatchUp, Registry};
-pub use writer::{SendTicket, SendsInFlight};
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -65,8 +65,8 @@ use crate::protocol::{
     HISTORY_LIMIT_MAX, Ref, RoomInfo, SINCE_LIMIT, SINCE_MAX_BYTES,
 };
 use crate::storage::{MessageStore, RoomCreation, SendKey, StorageError};
+use commit::{CommitTask, SendJob};
 use publish::Publisher;
-use writer::{SendJob, Writer};
 
 /// Most rooms a room list holds.
 pub const ROOM_LIST_MAX: usize = 100;
@@ -84,7 +84,7 @@ pub struct HubConfig {
     pub history_on_join: u32,
     /// Most messages stored in one transaction.
     pub write_batch_max: usize,
-    /// Accepted sends waiting for the writer before senders wait too.
+    /// Accepted sends waiting for the commit task before senders wait too.
     pub write_queue: usize,
     /// Least time between the starts of two commits.
     pub commit_interval: Duration,
@@ -128,7 +128,7 @@ pub struct Hub {
     /// Joins and sends hold it to read; removing a room holds it to write,
     /// so that no join or send is half done for a room while it goes.
     lifecycle: RwLock<()>,
-    /// Sends handed to the writer so far, and (from the publisher) sends
+    /// Sends handed to the commit task so far, and (from the publisher) sends
     /// stored and published, or failed: a removal waits until the second
     /// reaches the first, so that no send accepted before it recreates the
     /// room or is delivered after it.
@@ -166,7 +166,7 @@ pub enum Unhealthy {
 
 impl Hub {
     /// Builds the hub — its registry attached to `broker` — and starts its
-    /// writer and publisher. The writer stops when `writer_stop` fires,
+    /// commit task and publisher. The commit task stops when `commit_stop` fires,
     /// after storing everything already queued; the returned handle
     /// finishes once that is published too.
     pub fn start(
@@ -176,7 +176,7 @@ impl Hub {
         claims: Arc<dyn NameClaims>,
         broker: Arc<dyn Broker>,
         metrics: Arc<Metrics>,
-        writer_stop: CancellationToken,
+        commit_stop: CancellationToken,
     ) -> (Self, JoinHandle<()>) {
         let (jobs_tx, jobs_rx) = mpsc::channel(config.write_queue);
         let (handoff, publications) = publish::handoff(PUBLISH_BACKLOG, metrics.clone());
@@ -194,14 +194,14 @@ impl Hub {
             settled: settled_tx,
         };
         tokio::spawn(publisher.run(publications));
-        let writer = Writer {
+        let commit_task = CommitTask {
             store: store.clone(),
             handoff,
             metrics: metrics.clone(),
             batch_max: config.write_batch_max,
             commit_interval: config.commit_interval,
         };
-        let writer = tokio::spawn(writer.run(jobs_rx, writer_stop));
+        let commit_task = tokio::spawn(commit_task.run(jobs_rx, commit_stop));
         let hub = Self {
             registry,
             known_rooms: Mutex::new(HashSet::new()),
@@ -217,7 +217,7 @@ impl Hub {
             config,
             metrics,
         };
-        (hub, writer)
+        (hub, commit_task)
     }
 
     /// Who is where on this server (for shutdown's last flush).
@@ -357,7 +357,7 @@ impl Hub {
         })
     }
 
-    /// Accepts a message for storing; the writer replies `sent` once it is
+    /// Accepts a message for storing; the commit task replies `sent` once it is
     /// durable. With a `nonce`, a resend of a message stored before (same
     /// sender, same nonce, within [`crate::protocol::NONCE_WINDOW_MS`]) is
     /// answered with that message's `sent` instead. The send counts in
@@ -377,7 +377,7 @@ impl Hub {
             r#ref,
         } = outgoing;
         // Held until the send is queued: a room's removal waits for it,
-        // then for the writer to store it (see `lifecycle`).
+        // then for the commit task to store it (see `lifecycle`).
         let _open = self.lifecycle.read().await;
         self.require_member(&room, peer)?;
         let text = MessageText::parse(text).map_err(|e| match e {

@@ -1,6 +1,6 @@
-//! The writer: the one task that stores sends and hands them on to be published.
+//! The commit task: the one task that stores sends and hands them on to be published.
 //!
-//! Every accepted `send` is queued here. The writer takes whatever is queued
+//! Every accepted `send` is queued here. The commit task takes whatever is queued
 //! (up to a batch limit), stores it in one transaction — concurrent senders
 //! share one commit and one fsync — and only then, in seq order, queues
 //! `sent` to each sender and hands the commit's messages to the publisher
@@ -55,7 +55,7 @@ pub struct SendJob {
     pub _ticket: SendTicket,
 }
 
-/// One connection's sends handed to the writer and not answered yet (their
+/// One connection's sends handed to the commit task and not answered yet (their
 /// `sent` or `error` not queued). A connection being closed — for abuse,
 /// on shutdown — waits for them before its close frame, so that the close
 /// does not overtake the commit: a client then knows which of its sends
@@ -94,7 +94,7 @@ impl SendsInFlight {
 }
 
 /// A send's place in its connection's [`SendsInFlight`], given up on drop:
-/// once its answer is queued, or with the send if it never reached the writer.
+/// once its answer is queued, or with the send if it never reached the commit task.
 #[derive(Debug)]
 pub struct SendTicket(Arc<SendsInFlight>);
 
@@ -106,7 +106,7 @@ impl Drop for SendTicket {
     }
 }
 
-pub struct Writer {
+pub struct CommitTask {
     pub store: Arc<dyn MessageStore>,
     /// Where finished commits go to be published ([`super::publish`]).
     pub handoff: Handoff,
@@ -139,7 +139,7 @@ struct InFlight<'a> {
 type StoreFuture<'a> = Pin<Box<dyn Future<Output = StoreResult> + Send + 'a>>;
 type StoreResult = Result<Vec<Appended>, StorageError>;
 
-impl Writer {
+impl CommitTask {
     /// Stores queued sends and hands them to the publisher until
     /// `shutdown`; then refuses new ones, finishes everything already
     /// queued and waits for it to be published before returning.
@@ -162,7 +162,7 @@ impl Writer {
         // (two alternate while commits overlap deliveries).
         let mut spare: Vec<SendJob> = Vec::with_capacity(self.batch_max);
         loop {
-            // A writer that stays behind never waits below, where `shutdown`
+            // A commit task that stays behind never waits below, where `shutdown`
             // is also watched: it must still stop taking new sends.
             if !closing && shutdown.is_cancelled() {
                 closing = true;
@@ -233,7 +233,7 @@ impl Writer {
             spare = emptied;
         }
         self.handoff.drained().await;
-        tracing::debug!("writer stopped");
+        tracing::debug!("commit task stopped");
     }
 
     /// Hands `jobs` to the store as one batch. The store's future is polled
@@ -391,7 +391,7 @@ fn events_by_room(messages: Vec<Message>) -> Vec<RoomEvent> {
         .collect()
 }
 
-/// Whether sends are queuing faster than the writer stores and publishes
+/// Whether sends are queuing faster than the commit task stores and publishes
 /// them in turn: a quarter of a batch or more waiting when a commit ends.
 /// Only then does the next commit overlap this one's deliveries. Below
 /// that, overlapping them bought nothing and cost 5–15 % more CPU per
@@ -423,7 +423,7 @@ mod tests {
     use crate::hub::Outbox;
     use crate::storage::{CatchUp, RoomCreation, RoomDeletion, StaleRooms};
 
-    /// What the writer did, in order: `append` when a batch reached the
+    /// What the commit task did, in order: `append` when a batch reached the
     /// store, `publish` when its messages went to the broker.
     #[derive(Default)]
     struct Log(Mutex<Vec<String>>);
@@ -491,45 +491,45 @@ mod tests {
                 .collect())
         }
         async fn create_room(&self, _: &RoomName) -> Result<RoomCreation, StorageError> {
-            unreachable!("the writer only appends")
+            unreachable!("the commit task only appends")
         }
         async fn room_exists(&self, _: &RoomName) -> Result<bool, StorageError> {
-            unreachable!("the writer only appends")
+            unreachable!("the commit task only appends")
         }
         async fn recent_rooms(&self, _: i64, _: u32) -> Result<Vec<String>, StorageError> {
-            unreachable!("the writer only appends")
+            unreachable!("the commit task only appends")
         }
         async fn touch_rooms(&self, _: &[RoomName], _: i64) -> Result<(), StorageError> {
-            unreachable!("the writer only appends")
+            unreachable!("the commit task only appends")
         }
         async fn stale_rooms(&self, _: StaleRooms, _: u32) -> Result<Vec<RoomName>, StorageError> {
-            unreachable!("the writer only appends")
+            unreachable!("the commit task only appends")
         }
         async fn delete_stale_messages(
             &self,
             _: StaleRooms,
             _: &[RoomName],
         ) -> Result<u64, StorageError> {
-            unreachable!("the writer only appends")
+            unreachable!("the commit task only appends")
         }
         async fn delete_stale_rooms(
             &self,
             _: StaleRooms,
             _: &[RoomName],
         ) -> Result<Vec<RoomName>, StorageError> {
-            unreachable!("the writer only appends")
+            unreachable!("the commit task only appends")
         }
         async fn delete_room(&self, _: &RoomName, _: bool) -> Result<bool, StorageError> {
-            unreachable!("the writer only appends")
+            unreachable!("the commit task only appends")
         }
         async fn room_deletions(&self, _: i64) -> Result<Vec<RoomDeletion>, StorageError> {
-            unreachable!("the writer only appends")
+            unreachable!("the commit task only appends")
         }
         async fn last_room_deletion(&self) -> Result<i64, StorageError> {
-            unreachable!("the writer only appends")
+            unreachable!("the commit task only appends")
         }
         async fn forget_room_deletions(&self, _: i64) -> Result<(), StorageError> {
-            unreachable!("the writer only appends")
+            unreachable!("the commit task only appends")
         }
         async fn catch_up(
             &self,
@@ -537,7 +537,7 @@ mod tests {
             _: Option<u64>,
             _: u32,
         ) -> Result<CatchUp, StorageError> {
-            unreachable!("the writer only appends")
+            unreachable!("the commit task only appends")
         }
         async fn history(
             &self,
@@ -545,7 +545,7 @@ mod tests {
             _: Option<u64>,
             _: u32,
         ) -> Result<Vec<ChatMessage>, StorageError> {
-            unreachable!("the writer only appends")
+            unreachable!("the commit task only appends")
         }
         async fn ping(&self) -> Result<(), StorageError> {
             Ok(())
@@ -606,7 +606,7 @@ mod tests {
         metrics: Arc<Metrics>,
         jobs: mpsc::Sender<SendJob>,
         stop: CancellationToken,
-        writer: tokio::task::JoinHandle<()>,
+        commit_task: tokio::task::JoinHandle<()>,
     }
 
     fn start(fail_first: bool) -> Running {
@@ -617,7 +617,7 @@ mod tests {
         start_with(gated, fail_first, 0, PUBLISH_BACKLOG)
     }
 
-    /// A writer whose store holds its first `gated` commits and whose
+    /// A commit task whose store holds its first `gated` commits and whose
     /// broker holds its first `held` publishes, with `backlog` places.
     fn start_with(gated: u64, fail_first: bool, held: u64, backlog: usize) -> Running {
         let log = Arc::new(Log::default());
@@ -643,7 +643,7 @@ mod tests {
             settled,
         };
         tokio::spawn(publisher.run(publications));
-        let writer = Writer {
+        let commit_task = CommitTask {
             store: store.clone(),
             handoff,
             metrics: metrics.clone(),
@@ -653,7 +653,7 @@ mod tests {
         };
         let (jobs, jobs_rx) = mpsc::channel(64);
         let stop = CancellationToken::new();
-        let writer = tokio::spawn(writer.run(jobs_rx, stop.clone()));
+        let commit_task = tokio::spawn(commit_task.run(jobs_rx, stop.clone()));
         Running {
             log,
             store,
@@ -661,7 +661,7 @@ mod tests {
             metrics,
             jobs,
             stop,
-            writer,
+            commit_task,
         }
     }
 
@@ -686,7 +686,7 @@ mod tests {
             }
         })
         .await
-        .expect("the writer got that far");
+        .expect("the commit task got that far");
     }
 
     /// Sends "a", waits until the store holds its commit, and queues `more`
@@ -703,7 +703,7 @@ mod tests {
 
     async fn stop(w: Running) {
         w.stop.cancel();
-        w.writer.await.unwrap();
+        w.commit_task.await.unwrap();
     }
 
     /// Pipelining, once sends queue up: those that did during a commit reach
@@ -723,9 +723,9 @@ mod tests {
         stop(w).await;
     }
 
-    /// A writer keeping up publishes each commit before starting the next.
+    /// A commit task keeping up publishes each commit before starting the next.
     #[tokio::test]
-    async fn a_writer_keeping_up_commits_and_publishes_in_turn() {
+    async fn a_commit_task_keeping_up_commits_and_publishes_in_turn() {
         let w = start(false);
         a_held_then(&w, &["b"]).await;
         w.store.release.notify_one();
@@ -738,7 +738,7 @@ mod tests {
     }
 
     /// The hand-off's policy when publishing falls behind (a stalled
-    /// broker): the writer goes on committing until every place in the
+    /// broker): the commit task goes on committing until every place in the
     /// backlog is taken, then waits before starting its next commit — and
     /// counts the wait. Nothing stored is dropped: each stored send is
     /// answered at once, and once the broker resumes every commit is
@@ -908,39 +908,39 @@ mod tests {
         stop(w).await;
     }
 
-    /// A writer kept behind by a flood still stops taking sends when told
+    /// A commit task kept behind by a flood still stops taking sends when told
     /// to stop, though it never waits for one.
     #[tokio::test]
-    async fn a_writer_behind_stops_taking_sends_when_told() {
+    async fn a_commit_task_behind_stops_taking_sends_when_told() {
         let w = start_gated(2, false);
         let sender = a_held_then(&w, &["b", "c"]).await;
         w.stop.cancel();
         w.store.release.notify_one();
         // "b,c" is still being committed (held by the store) when the
-        // writer closes its queue.
+        // commit task closes its queue.
         tokio::time::timeout(Duration::from_secs(5), w.jobs.closed())
             .await
-            .expect("the writer closed its queue while a commit was in flight");
+            .expect("the commit task closed its queue while a commit was in flight");
         assert_eq!(w.log.events(), ["append a", "append b,c", "publish a"]);
         assert!(w.jobs.send(job("late", &sender)).await.is_err());
         w.store.release.notify_one();
-        w.writer.await.unwrap();
+        w.commit_task.await.unwrap();
         assert_eq!(
             w.log.events(),
             ["append a", "append b,c", "publish a", "publish b,c"]
         );
     }
 
-    /// Sends queued when the writer is told to stop are still stored and published.
+    /// Sends queued when the commit task is told to stop are still stored and published.
     #[tokio::test]
     async fn stopping_finishes_the_commits_in_flight() {
         let w = start(false);
         a_held_then(&w, &["b", "c"]).await;
         w.stop.cancel();
         w.store.release.notify_one();
-        tokio::time::timeout(Duration::from_secs(5), w.writer)
+        tokio::time::timeout(Duration::from_secs(5), w.commit_task)
             .await
-            .expect("the writer stopped")
+            .expect("the commit task stopped")
             .unwrap();
         assert_eq!(
             w.log.events(),
