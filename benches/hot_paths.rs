@@ -5,12 +5,12 @@
 use std::hint::black_box;
 use std::sync::Arc;
 
-use chatterpro::broker::LocalDelivery;
-use chatterpro::domain::{MessageText, Nickname, RoomName};
-use chatterpro::hub::{Pacing, PreparedCatchUp, Registry};
+use chatterpro::broker::{LocalBroker, RoomEvent, Subscriber};
+use chatterpro::domain::{Message, MessageText, Nickname, RoomName};
+use chatterpro::hub::{Delivery, Pacing, PreparedCatchUp, Registry};
 use chatterpro::metrics::Metrics;
 use chatterpro::outbox::{Frame, Outbox, Peer, SocketWrites};
-use chatterpro::protocol::{self, ChatMessage, ClientMsg, EncodedMessages, ServerMsg};
+use chatterpro::protocol::{self, ChatMessage, ClientMsg, EncodedMessages};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 
 const SEND: &str = r#"{"type":"send","room":"Chat Room","text":"hello everyone, how is it going today?","ref":42}"#;
@@ -59,11 +59,19 @@ fn encode_broadcast(c: &mut Criterion) {
 
 fn fanout(c: &mut Criterion) {
     const MEMBERS: usize = 1000;
-    // Pacing off: this measures handing one frame to every member.
+    // Pacing off: this measures encoding one message (once) and handing
+    // its frame to every member, as a server receiving it from the broker does.
+    let metrics = Arc::new(Metrics::new());
+    let (handoff, _publications) = chatterpro::hub::handoff(8, metrics.clone());
     let registry = Registry::new(
-        Arc::new(Metrics::new()),
-        Pacing::OFF,
-        SocketWrites::OneByOne,
+        metrics,
+        Delivery {
+            pacing: Pacing::OFF,
+            writes: SocketWrites::OneByOne,
+        },
+        100,
+        Arc::new(LocalBroker::new()),
+        handoff,
     );
     let room = RoomName::parse("Big Room").unwrap();
     let mut outboxes = Vec::with_capacity(MEMBERS);
@@ -90,18 +98,26 @@ fn fanout(c: &mut Criterion) {
         let (taken, _) = outbox.take(usize::MAX);
         outbox.written(taken.iter().map(Frame::len).sum());
     }
-    let text = protocol::encode(&ServerMsg::Message(message()), None);
     let mut seq = 1;
     let mut group = c.benchmark_group("fan-out");
     group.throughput(Throughput::Elements(MEMBERS as u64));
-    group.bench_function("one frame to 1,000 outboxes", |b| {
+    group.bench_function("one message to 1,000 outboxes", |b| {
         b.iter_custom(|iters| {
             let mut elapsed = std::time::Duration::ZERO;
             for _ in 0..iters {
-                let frames = [(room.clone(), Frame::message(text.clone(), seq))];
+                let m = message();
+                let events = [RoomEvent::Messages(Arc::from([Message {
+                    room: room.clone(),
+                    id: m.id,
+                    seq,
+                    from: m.from,
+                    author: None,
+                    text: m.text,
+                    at: m.ts,
+                }]))];
                 seq += 1;
                 let start = std::time::Instant::now();
-                registry.deliver(&frames);
+                registry.receive(&events);
                 elapsed += start.elapsed();
                 // Drain outside the timed part, as the connections' writers would.
                 for (_, outbox) in &outboxes {

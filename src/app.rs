@@ -1,7 +1,7 @@
 //! Builds the server from its configuration and runs it until shutdown.
 //!
 //! Shutdown order matters for "nothing acknowledged is lost": stop accepting
-//! connections, let the writer store every send already queued (so every
+//! connections, let the commit task store every send already queued (so every
 //! `sent` is true), hand every member what pacing still holds, then close
 //! each connection with 1001 after flushing its outbox, and wait for them.
 
@@ -21,18 +21,18 @@ use crate::config::Config;
 use crate::conn;
 use crate::domain::RoomName;
 use crate::http::{self, AllowedOrigins, AppState, ServeSettings, SocketBudget, TrustedProxies};
-use crate::hub::{Hub, HubConfig, Pacing, Reaper, ReaperConfig, Registry};
+use crate::hub::{Delivery, Hub, HubConfig, Pacing, Reaper, ReaperConfig, Registry};
+use crate::outbox::SocketWrites;
 use crate::identity::{GuestClaims, IdentityConfig};
 use crate::limits::AddressLimits;
 use crate::metrics::Metrics;
-use crate::outbox::SocketWrites;
 use crate::storage::{GuestStore, MessageStore, RoomCreation, SqliteStore, StorageError};
 
 /// How long shutdown waits for connections to say goodbye.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// How long shutdown waits for storage to take what was queued (a hung disk
 /// must not hang the process forever).
-const WRITER_GRACE: Duration = Duration::from_secs(30);
+const COMMIT_GRACE: Duration = Duration::from_secs(30);
 
 pub struct App {
     listener: TcpListener,
@@ -40,8 +40,8 @@ pub struct App {
     handshake_timeout: Duration,
     state: AppState,
     registry: Arc<Registry>,
-    writer: JoinHandle<()>,
-    writer_stop: CancellationToken,
+    commit_task: JoinHandle<()>,
+    commit_stop: CancellationToken,
     reaper: Reaper,
 }
 
@@ -61,6 +61,15 @@ async fn open_store(
 impl App {
     /// Opens storage, creates the default rooms and binds the listener.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        // One server: its broker is in-process.
+        Self::build_with_broker(config, Arc::new(LocalBroker::new())).await
+    }
+
+    /// [`App::build`] with the broker given (tests: a broker that fails).
+    pub async fn build_with_broker(
+        config: Config,
+        broker: Arc<dyn Broker>,
+    ) -> anyhow::Result<Self> {
         config.validate().map_err(anyhow::Error::msg)?;
         let (store, guests) = open_store(&config.database_url)
             .await
@@ -77,17 +86,15 @@ impl App {
         let metrics = Arc::new(Metrics::new());
         let writes = SocketWrites::detect(config.io_uring);
         tracing::debug!(?writes, "room deliveries' socket writes");
-        let registry = Registry::new(
-            metrics.clone(),
-            Pacing {
+        let delivery = Delivery {
+            pacing: Pacing {
                 per_member: config.broadcast_per_member,
                 max_window: config.broadcast_window,
                 presence_interval: config.presence_interval,
             },
             writes,
-        );
-        let broker: Arc<dyn Broker> = Arc::new(LocalBroker::new(registry.clone()));
-        let writer_stop = CancellationToken::new();
+        };
+        let commit_stop = CancellationToken::new();
         let hub_config = HubConfig {
             default_rooms,
             welcome: config.welcome.clone(),
@@ -106,15 +113,16 @@ impl App {
                 max_guests: config.max_guests,
             },
         );
-        let (hub, writer) = Hub::start(
+        let (hub, commit_task) = Hub::start(
             hub_config,
-            registry.clone(),
+            delivery,
             store,
             claims,
             broker,
             metrics,
-            writer_stop.clone(),
+            commit_stop.clone(),
         );
+        let registry = hub.registry().clone();
         let hub = Arc::new(hub);
         let reaper = Reaper::build(
             hub.clone(),
@@ -173,8 +181,8 @@ impl App {
             handshake_timeout: config.handshake_timeout,
             state,
             registry,
-            writer,
-            writer_stop,
+            commit_task,
+            commit_stop,
             reaper,
         })
     }
@@ -204,8 +212,8 @@ impl App {
             handshake_timeout,
             state,
             registry,
-            writer,
-            writer_stop,
+            commit_task,
+            commit_stop,
             reaper,
         } = self;
         tracing::info!(
@@ -242,16 +250,16 @@ impl App {
         let reaper = tokio::spawn(reaper.run(stop_reaping.clone()));
         shutdown.await;
         stop_accepting.cancel();
-        // No room is removed while shutting down (a removal waits for the writer).
+        // No room is removed while shutting down (a removal waits for the commit task).
         stop_reaping.cancel();
         if let Err(e) = reaper.await {
             tracing::error!(error = %e, "room reaper failed");
         }
         // Store everything queued before any connection is told to go.
-        writer_stop.cancel();
-        match tokio::time::timeout(WRITER_GRACE, writer).await {
+        commit_stop.cancel();
+        match tokio::time::timeout(COMMIT_GRACE, commit_task).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "writer task failed"),
+            Ok(Err(e)) => tracing::error!(error = %e, "commit task failed"),
             Err(_) => tracing::error!("storage did not finish the queued writes in time"),
         }
         // Messages held back by pacing go to the outboxes now, to be flushed

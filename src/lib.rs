@@ -9,12 +9,15 @@
 //! - [`conn`]: one WebSocket connection on its TCP socket, one task: a reader
 //!   (frames decoded in `conn::wire`, requests handled in `conn::handler`)
 //!   and a socket writer for what the outbox could not write straight through.
-//! - [`hub`]: names, rooms, presence and pacing, the group-commit writer — who is where,
-//!   state only (never a socket); removal of unused rooms (`hub::lifecycle`).
+//! - [`hub`]: who is where, state only (never a socket): rooms, membership,
+//!   the join gate, pacing and presence (`hub::registry`), the commit task
+//!   (group commit) and its publisher, the recent tail, removal of unused
+//!   rooms (`hub::lifecycle`).
 //! - [`identity`]: who someone is — guests' name claims and session tokens
 //!   (the `NameClaims` trait; guests stored through `storage::GuestStore`).
 //! - [`storage`]: the `MessageStore` and `GuestStore` traits and their SQLite implementation.
-//! - [`broker`]: the `Broker` trait (fan-out between servers) and its in-process implementation.
+//! - [`broker`]: the `Broker` trait (room events between servers, its contract
+//!   tests) and its in-process implementation.
 //! - [`outbox`]: the bytes going out — server frames encoded and WebSocket-framed
 //!   once, each connection's bounded queue and kill switch, direct socket writes,
 //!   and a delivery round's writes handed to the kernel through io_uring.

@@ -35,11 +35,19 @@ pub struct Metrics {
     pub batched_sends: Counter,
     pub send_batches: Counter,
     /// Where a message's time goes on the server (seconds): waiting for
-    /// the writer (`send_wait`), its transaction (`commit`), and the
+    /// the commit task (`send_wait`), its transaction (`commit`), and the
     /// delivery round that publishing its commit ran (`publish`).
     pub send_wait: Histogram,
     pub commit_seconds: Histogram,
     pub publish_seconds: Histogram,
+    /// Commits stored and waiting to be published (`hub::publish`).
+    pub publish_backlog: Gauge,
+    /// Times the commit task waited for a place in the publishing backlog.
+    pub publish_waits: Counter,
+    /// Commits the broker refused to publish (stored; members catch up).
+    pub publish_failures: Counter,
+    /// Room events the broker reported lost (`broker::Subscriber::lagged`).
+    pub broker_events_lost: Counter,
     errors: Family<ErrorLabels, Counter>,
     closes: Family<CloseLabels, Counter>,
 }
@@ -106,7 +114,7 @@ impl Metrics {
         let send_wait = buckets();
         registry.register(
             "send_wait_seconds",
-            "Time an accepted send waited for the writer to take it into a commit",
+            "Time an accepted send waited for the commit task to take it into a commit",
             send_wait.clone(),
         );
         let commit_seconds = buckets();
@@ -120,6 +128,30 @@ impl Metrics {
             "publish_seconds",
             "Time publishing a commit's messages took (the delivery round it ran, unless pacing held them)",
             publish_seconds.clone(),
+        );
+        let publish_backlog = Gauge::default();
+        registry.register(
+            "publish_backlog",
+            "Commits stored and not yet published through the broker",
+            publish_backlog.clone(),
+        );
+        let publish_waits = Counter::default();
+        registry.register(
+            "publish_waits",
+            "Times the commit task waited to start a commit because the publishing backlog was full",
+            publish_waits.clone(),
+        );
+        let publish_failures = Counter::default();
+        registry.register(
+            "publish_failures",
+            "Commits the broker failed to publish (stored: members catch up with since)",
+            publish_failures.clone(),
+        );
+        let broker_events_lost = Counter::default();
+        registry.register(
+            "broker_events_lost",
+            "Room events the broker reported lost before they reached this server",
+            broker_events_lost.clone(),
         );
         let errors = Family::<ErrorLabels, Counter>::default();
         registry.register("errors", "Error replies sent, by code", errors.clone());
@@ -148,6 +180,10 @@ impl Metrics {
             send_wait,
             commit_seconds,
             publish_seconds,
+            publish_backlog,
+            publish_waits,
+            publish_failures,
+            broker_events_lost,
             errors,
             closes,
         }

@@ -485,8 +485,24 @@ pub struct ChatMessage {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EncodedMessage(std::sync::Arc<str>);
 
+/// [`ChatMessage`]'s wire form over borrowed fields: the same JSON, for a
+/// server that holds a message in another shape and encodes it without
+/// copying it.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ChatMessageRef<'a> {
+    pub room: &'a str,
+    pub id: &'a str,
+    pub seq: u64,
+    pub from: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub author: Option<u64>,
+    pub text: &'a str,
+    pub ts: i64,
+}
+
 impl EncodedMessage {
-    pub fn new(message: &ChatMessage) -> Self {
+    /// Serializes a [`ChatMessage`] or a [`ChatMessageRef`].
+    pub fn new<M: Serialize>(message: &M) -> Self {
         Self(
             serde_json::to_string(message)
                 .expect("messages always serialize")
@@ -1044,6 +1060,26 @@ mod tests {
             v,
             json!({"type":"message","room":"r","id":"i","seq":1,"from":"alice","author":9,"text":"hi","ts":5})
         );
+    }
+
+    #[test]
+    fn a_borrowed_message_encodes_as_the_owned_one() {
+        for author in [Some(7), None] {
+            let owned = ChatMessage {
+                author,
+                ..chat(3, "hé \"there\"")
+            };
+            let borrowed = ChatMessageRef {
+                room: &owned.room,
+                id: &owned.id,
+                seq: owned.seq,
+                from: &owned.from,
+                author: owned.author,
+                text: &owned.text,
+                ts: owned.ts,
+            };
+            assert_eq!(EncodedMessage::new(&borrowed), EncodedMessage::new(&owned));
+        }
     }
 
     fn chat(seq: u64, text: &str) -> ChatMessage {

@@ -5,13 +5,21 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 
 use super::AppState;
+use crate::hub::Unhealthy;
 
-/// 200 when storage answers, 503 otherwise.
+/// 200 when storage answers and the broker can deliver, 503 otherwise
+/// (naming which failed; the cause goes to the log).
 pub async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
-    if state.hub.healthy().await {
-        (StatusCode::OK, "ok\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "storage unavailable\n")
+    match state.hub.health().await {
+        Ok(()) => (StatusCode::OK, "ok\n"),
+        Err(e) => {
+            tracing::warn!(error = %e, cause = %std::error::Error::source(&e).map(ToString::to_string).unwrap_or_default(), "unhealthy");
+            let body = match e {
+                Unhealthy::Storage(_) => "storage unavailable\n",
+                Unhealthy::Broker(_) => "broker unavailable\n",
+            };
+            (StatusCode::SERVICE_UNAVAILABLE, body)
+        }
     }
 }
 
@@ -24,4 +32,72 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         )],
         state.hub.metrics().render(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Weak};
+
+    use async_trait::async_trait;
+
+    use crate::broker::{Broker, BrokerError, LocalBroker, RoomEvent, Subscriber};
+    use crate::domain::RoomName;
+    use crate::{App, Config};
+
+    /// A local broker that can be made to go away.
+    #[derive(Default)]
+    struct FailingBroker {
+        inner: LocalBroker,
+        gone: AtomicBool,
+    }
+
+    #[async_trait]
+    impl Broker for FailingBroker {
+        fn attach(&self, subscriber: Weak<dyn Subscriber>) {
+            self.inner.attach(subscriber);
+        }
+        async fn publish(&self, events: Vec<RoomEvent>) -> Result<(), BrokerError> {
+            self.inner.publish(events).await
+        }
+        fn subscribe(&self, room: &RoomName) {
+            self.inner.subscribe(room);
+        }
+        fn unsubscribe(&self, room: &RoomName) {
+            self.inner.unsubscribe(room);
+        }
+        async fn subscribed(&self, room: &RoomName) -> Result<(), BrokerError> {
+            self.inner.subscribed(room).await
+        }
+        fn health(&self) -> Result<(), BrokerError> {
+            if self.gone.load(Ordering::Relaxed) {
+                return Err(BrokerError::Unavailable("connection lost".into()));
+            }
+            self.inner.health()
+        }
+    }
+
+    /// A broker that went away fails `/healthz`, naming the broker.
+    #[tokio::test]
+    async fn a_broker_that_went_away_fails_healthz() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("h.db").display());
+        let broker = Arc::new(FailingBroker::default());
+        let app = App::build_with_broker(Config::for_tests(url), broker.clone())
+            .await
+            .unwrap();
+        let healthz = format!("http://{}/healthz", app.local_addr());
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(app.run(async move {
+            let _ = stop_rx.await;
+        }));
+        let answer = reqwest::get(&healthz).await.unwrap();
+        assert_eq!(answer.status(), 200);
+        broker.gone.store(true, Ordering::Relaxed);
+        let answer = reqwest::get(&healthz).await.unwrap();
+        assert_eq!(answer.status(), 503);
+        assert_eq!(answer.text().await.unwrap(), "broker unavailable\n");
+        stop_tx.send(()).unwrap();
+        running.await.unwrap().unwrap();
+    }
 }

@@ -16,9 +16,10 @@
 //! (so a later join creates it afresh), its recent-messages tail and last
 //! committed seq, its pacing state (with the registry's room), and the room
 //! list. A removal holds the hub's lifecycle lock for writing, so no join or
-//! send is half done for that room meanwhile, and first waits for the writer
-//! to settle every send already queued ([`Tally`]): none of them can
-//! recreate the room after it is gone.
+//! send is half done for that room meanwhile, and first waits until every
+//! send already queued is settled — stored and published, or failed
+//! (counted by the publisher, `super::publish`): none of them can recreate
+//! the room, or be delivered to it, after it is gone.
 //!
 //! A room created again under a removed room's name starts its seqs at 1;
 //! a client that rejoins with a `since` from the old room is answered as a
@@ -28,19 +29,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::Hub;
 use crate::clock;
 use crate::domain::RoomName;
-use crate::protocol::ChatMessage;
-use crate::storage::{
-    Appended, CatchUp, MessageStore, NewMessage, RoomCreation, RoomDeletion, StaleRooms,
-    StorageError,
-};
+use crate::storage::{RoomDeletion, StaleRooms, StorageError};
 
 /// Rooms removed in one transaction; a pass repeats rounds while they come full.
 const REAP_BATCH: u32 = 500;
@@ -52,8 +47,8 @@ const DELETIONS_POLL: Duration = Duration::from_secs(1);
 /// Records of operators' removals are kept this long: every running server
 /// reads them within a second or so.
 const DELETIONS_KEPT: Duration = Duration::from_secs(24 * 3600);
-/// Longest a removal waits for the writer to settle queued sends (a hung
-/// disk must not stop the reaper for good; the writer has its own grace).
+/// Longest a removal waits for the commit task to settle queued sends (a hung
+/// disk must not stop the reaper for good; the commit task has its own grace).
 const SETTLE_WAIT: Duration = Duration::from_secs(30);
 
 /// What members of a room an operator removed are told, before `left`.
@@ -207,9 +202,9 @@ impl Hub {
         Ok(members)
     }
 
-    /// Waits until the writer has stored (or failed) every send queued so
-    /// far. Called with the lifecycle lock held for writing, so no send is
-    /// between its membership check and the queue.
+    /// Waits until every send queued so far is stored and published (or
+    /// failed). Called with the lifecycle lock held for writing, so no send
+    /// is between its membership check and the queue.
     async fn settle_writes(&self) {
         let target = self.queued.load(Ordering::Acquire);
         let mut settled = self.settled.clone();
@@ -222,110 +217,7 @@ impl Hub {
     /// Forgets what memory holds of a removed room.
     fn forget_room(&self, room: &RoomName) {
         self.known_rooms().remove(room);
-        self.recent.forget(room);
+        self.registry.recent().forget(room);
         *self.room_list_slot() = None;
-    }
-}
-
-/// The writer's store: every call goes to the real one, and each batch
-/// appended (stored or failed) is counted, so that a removal can wait for
-/// the sends queued before it ([`Hub::settle_writes`]).
-pub(super) struct Tally {
-    inner: Arc<dyn MessageStore>,
-    settled: watch::Sender<u64>,
-}
-
-impl Tally {
-    pub(super) fn new(inner: Arc<dyn MessageStore>) -> (Self, watch::Receiver<u64>) {
-        let (settled, settled_rx) = watch::channel(0);
-        (Self { inner, settled }, settled_rx)
-    }
-}
-
-#[async_trait]
-impl MessageStore for Tally {
-    async fn append(&self, batch: Vec<NewMessage>) -> Result<Vec<Appended>, StorageError> {
-        let n = batch.len() as u64;
-        let stored = self.inner.append(batch).await;
-        self.settled.send_modify(|settled| *settled += n);
-        stored
-    }
-
-    async fn create_room(&self, room: &RoomName) -> Result<RoomCreation, StorageError> {
-        self.inner.create_room(room).await
-    }
-
-    async fn room_exists(&self, room: &RoomName) -> Result<bool, StorageError> {
-        self.inner.room_exists(room).await
-    }
-
-    async fn recent_rooms(&self, since: i64, limit: u32) -> Result<Vec<String>, StorageError> {
-        self.inner.recent_rooms(since, limit).await
-    }
-
-    async fn touch_rooms(&self, rooms: &[RoomName], now: i64) -> Result<(), StorageError> {
-        self.inner.touch_rooms(rooms, now).await
-    }
-
-    async fn stale_rooms(
-        &self,
-        stale: StaleRooms,
-        limit: u32,
-    ) -> Result<Vec<RoomName>, StorageError> {
-        self.inner.stale_rooms(stale, limit).await
-    }
-
-    async fn delete_stale_messages(
-        &self,
-        stale: StaleRooms,
-        rooms: &[RoomName],
-    ) -> Result<u64, StorageError> {
-        self.inner.delete_stale_messages(stale, rooms).await
-    }
-
-    async fn delete_stale_rooms(
-        &self,
-        stale: StaleRooms,
-        rooms: &[RoomName],
-    ) -> Result<Vec<RoomName>, StorageError> {
-        self.inner.delete_stale_rooms(stale, rooms).await
-    }
-
-    async fn delete_room(&self, room: &RoomName, announce: bool) -> Result<bool, StorageError> {
-        self.inner.delete_room(room, announce).await
-    }
-
-    async fn room_deletions(&self, after: i64) -> Result<Vec<RoomDeletion>, StorageError> {
-        self.inner.room_deletions(after).await
-    }
-
-    async fn last_room_deletion(&self) -> Result<i64, StorageError> {
-        self.inner.last_room_deletion().await
-    }
-
-    async fn forget_room_deletions(&self, before: i64) -> Result<(), StorageError> {
-        self.inner.forget_room_deletions(before).await
-    }
-
-    async fn catch_up(
-        &self,
-        room: &RoomName,
-        after: Option<u64>,
-        limit: u32,
-    ) -> Result<CatchUp, StorageError> {
-        self.inner.catch_up(room, after, limit).await
-    }
-
-    async fn history(
-        &self,
-        room: &RoomName,
-        before: Option<u64>,
-        limit: u32,
-    ) -> Result<Vec<ChatMessage>, StorageError> {
-        self.inner.history(room, before, limit).await
-    }
-
-    async fn ping(&self) -> Result<(), StorageError> {
-        self.inner.ping().await
     }
 }

@@ -10,24 +10,37 @@
 //! `app.rs`.
 //!
 //! The order of events for a send: membership checked here → queued to the
-//! `writer` → stored (group commit) → recorded in `recent` → `sent` queued
-//! to the sender → the commit's messages published together via the broker
-//! → delivered by the [`Registry`] to each member's outbox → the round's
-//! socket writes handed to the kernel together (`outbox::write_round`). A join reads its
-//! catch-up from `recent` when it can, from storage otherwise.
+//! commit task (`commit`) → stored (group commit) → `sent` queued to the sender → the
+//! commit's messages handed to the publisher (`publish`, a bounded
+//! hand-off) → published through the broker as one
+//! [`RoomEvent`](crate::broker::RoomEvent) per room
+//! → on every subscribed server (this one included) received by the
+//! [`Registry`]: encoded once per room, recorded in the `recent` tail,
+//! queued to each member's outbox → the round's socket writes handed to
+//! the kernel together (`outbox::write_round`) → the senders' `sent` written if the
+//! round did not take it along. A join: the join gate goes up, the room is
+//! subscribed (on its first local member) and the joiner waits for the
+//! subscription, then reads its catch-up from `recent` when it can, from
+//! storage otherwise. A person's first connection in a room, and their
+//! last leaving it, are published as membership events through the same
+//! hand-off; presence is computed from them, wherever they happened.
 //!
 //! Rooms nobody uses, and rooms an operator removed, are removed by the
 //! [`Reaper`] (`lifecycle`), which also makes the hub forget them.
 
+mod commit;
 mod lifecycle;
 mod presence;
+mod publish;
 mod recent;
+mod refusal;
 mod registry;
-mod writer;
 
+pub use commit::{SendTicket, SendsInFlight};
 pub use lifecycle::{Reaper, ReaperConfig};
-pub use registry::{Pacing, PreparedCatchUp, Refusal, Registry};
-pub use writer::{SendTicket, SendsInFlight};
+pub use publish::{Handoff, PUBLISH_BACKLOG, Publications, handoff};
+pub use refusal::Refusal;
+pub use registry::{Delivery, Pacing, PreparedCatchUp, Registry};
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,7 +52,7 @@ use tokio::sync::{RwLock, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::Broker;
+use crate::broker::{Broker, BrokerError};
 use crate::clock;
 use crate::domain::{AuthorId, InputError, MessageText, Nickname, Nonce, RoomName};
 use crate::identity::{Claim, ClaimError, NameClaims};
@@ -50,12 +63,12 @@ use crate::protocol::{
     HISTORY_LIMIT_MAX, Ref, RoomInfo, SINCE_LIMIT, SINCE_MAX_BYTES,
 };
 use crate::storage::{MessageStore, RoomCreation, SendKey, StorageError};
-use recent::RecentMessages;
-use writer::{SendJob, Writer};
+use commit::{CommitTask, SendJob};
+use publish::Publisher;
 
 /// Most rooms a room list holds.
 pub const ROOM_LIST_MAX: usize = 100;
-/// Newest messages kept in memory per joined room (at least the join history).
+/// Newest messages kept in memory per subscribed room (at least the join history).
 const RECENT_KEPT: usize = 100;
 
 /// Settings the hub takes from the configuration.
@@ -69,7 +82,7 @@ pub struct HubConfig {
     pub history_on_join: u32,
     /// Most messages stored in one transaction.
     pub write_batch_max: usize,
-    /// Accepted sends waiting for the writer before senders wait too.
+    /// Accepted sends waiting for the commit task before senders wait too.
     pub write_queue: usize,
     /// Least time between the starts of two commits.
     pub commit_interval: Duration,
@@ -97,9 +110,9 @@ pub struct Outgoing<'a> {
 }
 
 pub struct Hub {
+    /// Who is where, presence, delivery, and the newest messages of the
+    /// rooms followed (most joins need no storage read).
     registry: Arc<Registry>,
-    /// Newest messages of joined rooms: most joins need no storage read.
-    recent: Arc<RecentMessages>,
     /// Rooms known to exist in storage, so that checking before a join
     /// does not cost a query each time. A room is taken out when it is
     /// removed ([`lifecycle`]).
@@ -113,13 +126,15 @@ pub struct Hub {
     /// Joins and sends hold it to read; removing a room holds it to write,
     /// so that no join or send is half done for a room while it goes.
     lifecycle: RwLock<()>,
-    /// Sends handed to the writer so far, and (from the writer's store)
-    /// sends it has stored or failed: a removal waits until the second
-    /// reaches the first, so that no send accepted before it recreates the room.
+    /// Sends handed to the commit task so far, and (from the publisher) sends
+    /// stored and published, or failed: a removal waits until the second
+    /// reaches the first, so that no send accepted before it recreates the
+    /// room or is delivered after it.
     queued: AtomicU64,
     settled: watch::Receiver<u64>,
     store: Arc<dyn MessageStore>,
     claims: Arc<dyn NameClaims>,
+    broker: Arc<dyn Broker>,
     jobs_tx: mpsc::Sender<SendJob>,
     config: HubConfig,
     /// The server's names and limits, for `welcome` and `GET /api/info`.
@@ -168,36 +183,55 @@ pub fn parse_room(raw: &str) -> Result<RoomName, Refusal> {
     RoomName::parse(raw).map_err(|e| Refusal::new(ErrorCode::InvalidRoom, format!("room name {e}")))
 }
 
+/// Why `/healthz` fails.
+#[derive(Debug, thiserror::Error)]
+pub enum Unhealthy {
+    #[error("storage unavailable")]
+    Storage(#[source] StorageError),
+    #[error("broker unavailable")]
+    Broker(#[source] BrokerError),
+}
+
 impl Hub {
-    /// Builds the hub and starts its writer. The writer stops when
-    /// `writer_stop` fires, after storing everything already queued; the
-    /// returned handle finishes then.
+    /// Builds the hub — its registry attached to `broker` — and starts its
+    /// commit task and publisher. The commit task stops when `commit_stop` fires,
+    /// after storing everything already queued; the returned handle
+    /// finishes once that is published too.
     pub fn start(
         config: HubConfig,
-        registry: Arc<Registry>,
+        delivery: Delivery,
         store: Arc<dyn MessageStore>,
         claims: Arc<dyn NameClaims>,
         broker: Arc<dyn Broker>,
         metrics: Arc<Metrics>,
-        writer_stop: CancellationToken,
+        commit_stop: CancellationToken,
     ) -> (Self, JoinHandle<()>) {
         let (jobs_tx, jobs_rx) = mpsc::channel(config.write_queue);
-        let recent = Arc::new(RecentMessages::new(
+        let (handoff, publications) = publish::handoff(PUBLISH_BACKLOG, metrics.clone());
+        let registry = Registry::new(
+            metrics.clone(),
+            delivery,
             (config.history_on_join as usize).max(RECENT_KEPT),
-        ));
-        let (tally, settled) = lifecycle::Tally::new(store.clone());
-        let writer = Writer {
-            recent: recent.clone(),
-            store: Arc::new(tally),
-            broker,
+            broker.clone(),
+            handoff.clone(),
+        );
+        let (settled_tx, settled) = watch::channel(0);
+        let publisher = Publisher {
+            broker: broker.clone(),
+            metrics: metrics.clone(),
+            settled: settled_tx,
+        };
+        tokio::spawn(publisher.run(publications));
+        let commit_task = CommitTask {
+            store: store.clone(),
+            handoff,
             metrics: metrics.clone(),
             batch_max: config.write_batch_max,
             commit_interval: config.commit_interval,
         };
-        let writer = tokio::spawn(writer.run(jobs_rx, writer_stop));
+        let commit_task = tokio::spawn(commit_task.run(jobs_rx, commit_stop));
         let info = ServerFacts::new(&config);
         let hub = Self {
-            recent,
             registry,
             known_rooms: Mutex::new(HashSet::new()),
             room_list: Mutex::new(None),
@@ -207,12 +241,18 @@ impl Hub {
             settled,
             store,
             claims,
+            broker,
             jobs_tx,
             config,
             info,
             metrics,
         };
-        (hub, writer)
+        (hub, commit_task)
+    }
+
+    /// Who is where on this server (for shutdown's last flush).
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -270,6 +310,11 @@ impl Hub {
         }
         let was_member = self.registry.begin_join(&room, peer, name);
         let catch_up = async {
+            // Whatever is stored after the read below must reach the
+            // joiner live: only once the room's subscription holds.
+            if let Err(e) = self.broker.subscribed(&room).await {
+                return Err(JoinFailed::Broker(e));
+            }
             let prepared = self.catch_up(&room, since).await?;
             // A `since` beyond the room's newest message was given for an
             // earlier room of this name, since removed: the client is told
@@ -279,7 +324,7 @@ impl Hub {
                 fresh.truncated = true;
                 return Ok(fresh);
             }
-            Ok::<_, StorageError>(prepared)
+            Ok::<_, JoinFailed>(prepared)
         };
         match catch_up.await {
             Ok(catch_up) => {
@@ -291,7 +336,16 @@ impl Hub {
             }
             Err(e) => {
                 self.registry.abort_join(&room, peer.id(), was_member);
-                Err(internal(e))
+                Err(match e {
+                    JoinFailed::Storage(e) => internal(e),
+                    JoinFailed::Broker(e) => {
+                        tracing::error!(error = %e, "subscribing to a room failed");
+                        Refusal::new(
+                            ErrorCode::Internal,
+                            "the server could not complete this request",
+                        )
+                    }
+                })
             }
         }
     }
@@ -309,7 +363,8 @@ impl Hub {
         } else {
             self.config.history_on_join
         };
-        if let Some((messages, last_seq)) = self.recent.catch_up(room, since, limit)
+        let recent = self.registry.recent();
+        if let Some((messages, last_seq)) = recent.catch_up(room, since, limit)
             && (since.is_none() || messages.as_json().len() <= SINCE_MAX_BYTES)
         {
             return Ok(PreparedCatchUp {
@@ -324,7 +379,7 @@ impl Hub {
         }
         let stored = self.store.catch_up(room, since, limit).await?;
         if since.is_none() {
-            self.recent.offer(room, &stored, limit);
+            recent.offer(room, &stored, limit);
         }
         // Serialized here, outside the registry's lock.
         if since.is_some() {
@@ -342,7 +397,7 @@ impl Hub {
         })
     }
 
-    /// Accepts a message for storing; the writer replies `sent` once it is
+    /// Accepts a message for storing; the commit task replies `sent` once it is
     /// durable. With a `nonce`, a resend of a message stored before (same
     /// sender, same nonce, within [`crate::protocol::NONCE_WINDOW_MS`]) is
     /// answered with that message's `sent` instead. The send counts in
@@ -362,7 +417,7 @@ impl Hub {
             r#ref,
         } = outgoing;
         // Held until the send is queued: a room's removal waits for it,
-        // then for the writer to store it (see `lifecycle`).
+        // then for the commit task to store it (see `lifecycle`).
         let _open = self.lifecycle.read().await;
         self.require_member(&room, peer)?;
         let text = MessageText::parse(text).map_err(|e| match e {
@@ -551,9 +606,10 @@ impl Hub {
         }
     }
 
-    /// Whether storage answers.
-    pub async fn healthy(&self) -> bool {
-        self.store.ping().await.is_ok()
+    /// Whether storage answers and the broker can deliver.
+    pub async fn health(&self) -> Result<(), Unhealthy> {
+        self.store.ping().await.map_err(Unhealthy::Storage)?;
+        self.broker.health().map_err(Unhealthy::Broker)
     }
 
     fn require_member(&self, room: &RoomName, peer: &Peer) -> Result<(), Refusal> {
@@ -580,6 +636,18 @@ fn newest_within(messages: &[ChatMessage], max_bytes: usize) -> (EncodedMessages
     }
     let cut = encoded.len() < messages.len();
     (EncodedMessages::concat(encoded.iter().rev()), cut)
+}
+
+/// Why a join's catch-up could not be prepared.
+enum JoinFailed {
+    Storage(StorageError),
+    Broker(BrokerError),
+}
+
+impl From<StorageError> for JoinFailed {
+    fn from(e: StorageError) -> Self {
+        JoinFailed::Storage(e)
+    }
 }
 
 fn not_member(room: &RoomName) -> Refusal {

@@ -1,6 +1,8 @@
 //! Presence of one room, coalesced: who joined and who left since the room's
 //! last announcement, and the frames that announce it. State only: the
-//! registry owns the lock, the members and the clock's wake-ups.
+//! registry owns the lock, the members and the clock's wake-ups, and records
+//! here each person arriving or going — on this server, or on another one
+//! as its membership events tell (`registry::membership`).
 //!
 //! Why coalesce: a presence frame goes to every member, so one connection
 //! looping join/leave makes N frames per loop for a room of N. Here a room

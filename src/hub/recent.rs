@@ -1,23 +1,29 @@
-//! The newest messages of recently joined rooms, in memory, so that a join —
-//! and a reconnect whose `since` is recent — needs no storage read.
+//! The newest messages of the rooms this server follows, in memory, so
+//! that a join — and a reconnect whose `since` is recent — needs no storage
+//! read.
 //!
 //! Correctness rests on one rule: a room's tail is always exactly the newest
-//! messages up to its `last_seq`, with no gap. The writer reports every
-//! commit here (in seq order, before publishing), and a tail that would gap is
-//! dropped; a snapshot read from storage is only adopted if no commit for that
-//! room happened since it was read. The join gate in the registry then works
-//! as with a storage read: everything up to `last_seq` is in the reply, and
-//! everything after arrives live.
+//! messages up to its `last_seq`, with no gap. The tail is fed from the
+//! broker's event stream (`registry::delivery`), so messages committed on
+//! any server land in it: every message of a subscribed room is recorded
+//! here, in seq order, before it is delivered, and a tail that would gap is
+//! dropped. A snapshot read from storage is only adopted if no message of
+//! that room arrived since it was read. The join gate in the registry then
+//! works as with a storage read: everything up to `last_seq` is in the
+//! reply, and everything after arrives live.
 //!
-//! It assumes this server is the only writer of its rooms, which holds for
-//! the SQLite store with the local broker; a deployment of several servers
-//! must feed it every commit (through the broker) or not use it.
+//! The stream only covers subscribed rooms, so a room's tail lives while the
+//! server is subscribed to it: when its last local member leaves, the
+//! registry unsubscribes and forgets the tail in the same step (under its
+//! lock), and the next joiner waits for the new subscription before it
+//! reads, so a snapshot it offers is followed by every later message. A
+//! broker that lost events clears every tail ([`RecentMessages::clear`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 
-use crate::domain::RoomName;
-use crate::protocol::{ChatMessage, EncodedMessage, EncodedMessages};
+use crate::domain::{Message, RoomName};
+use crate::protocol::{EncodedMessage, EncodedMessages};
 use crate::storage::CatchUp;
 
 /// Rooms whose tails are kept; beyond it an arbitrary tail is dropped
@@ -39,8 +45,8 @@ struct Inner {
     tails: HashMap<RoomName, Tail>,
     /// Bytes of message JSON in `tails`.
     bytes: usize,
-    /// The last seq committed in each room by this process: a snapshot older
-    /// than this is stale. One small entry per room written to.
+    /// The last seq that arrived in each subscribed room: a snapshot older
+    /// than this is stale. One small entry per room.
     committed: HashMap<RoomName, u64>,
 }
 
@@ -71,31 +77,33 @@ impl RecentMessages {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A message was committed (`encoded` is its JSON). Called by the
-    /// writer in seq order, before it publishes.
-    pub fn committed(&self, message: &ChatMessage, encoded: &EncodedMessage) {
+    /// A message was committed (`encoded` is its JSON). Called as it
+    /// arrives from the broker, in seq order, before it is delivered.
+    pub fn committed(&self, message: &Message, encoded: &EncodedMessage) {
         let mut inner = self.lock();
-        let Ok(room) = RoomName::parse(&message.room) else {
-            return;
-        };
+        let room = &message.room;
         let seq = message.seq;
-        let last = inner.committed.entry(room.clone()).or_insert(0);
-        *last = (*last).max(seq);
+        match inner.committed.get_mut(room) {
+            Some(last) => *last = (*last).max(seq),
+            None => {
+                inner.committed.insert(room.clone(), seq);
+            }
+        }
         let keep = self.keep;
-        let Some(tail) = inner.tails.get_mut(&room) else {
+        let Some(tail) = inner.tails.get_mut(room) else {
             return;
         };
         if seq <= tail.last_seq {
             return; // the snapshot already had it
         }
         if seq != tail.last_seq + 1 {
-            inner.drop_tail(&room);
+            inner.drop_tail(room);
             return;
         }
         tail.messages.push_back((seq, encoded.clone()));
         tail.last_seq = seq;
         let mut bytes = inner.bytes + encoded.as_json().len();
-        let tail = inner.tails.get_mut(&room).expect("just pushed to");
+        let tail = inner.tails.get_mut(room).expect("just pushed to");
         if tail.messages.len() > keep
             && let Some((_, dropped)) = tail.messages.pop_front()
         {
@@ -188,12 +196,20 @@ impl RecentMessages {
 }
 
 impl RecentMessages {
-    /// Forgets a removed room: its tail and its last committed seq (a room
-    /// created again under the name starts its seqs over).
+    /// Forgets a room: its tail and its last committed seq. For a room no
+    /// longer subscribed (nothing would keep its tail whole), and for a
+    /// removed room (one created again under the name starts its seqs over).
     pub fn forget(&self, room: &RoomName) {
         let mut inner = self.lock();
         inner.drop_tail(room);
         inner.committed.remove(room);
+    }
+
+    /// Forgets every tail: some message may have been lost on its way here.
+    pub fn clear(&self) {
+        let mut inner = self.lock();
+        inner.tails.clear();
+        inner.bytes = 0;
     }
 }
 
@@ -222,6 +238,7 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::ChatMessage;
 
     fn msg(seq: u64) -> ChatMessage {
         ChatMessage {
@@ -237,7 +254,16 @@ mod tests {
 
     fn commit(recent: &RecentMessages, seq: u64) {
         let m = msg(seq);
-        recent.committed(&m, &EncodedMessage::new(&m));
+        let message = Message {
+            room: room(),
+            id: m.id.clone(),
+            seq,
+            from: m.from.clone(),
+            author: None,
+            text: m.text.clone(),
+            at: m.ts,
+        };
+        recent.committed(&message, &EncodedMessage::new(&m));
     }
 
     fn room() -> RoomName {

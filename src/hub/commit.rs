@@ -1,14 +1,16 @@
-//! The writer: the one task that stores sends and then publishes them.
+//! The commit task: the one task that stores sends and hands them on to be published.
 //!
-//! Every accepted `send` is queued here. The writer takes whatever is queued
+//! Every accepted `send` is queued here. The commit task takes whatever is queued
 //! (up to a batch limit), stores it in one transaction — concurrent senders
 //! share one commit and one fsync — and only then, in seq order, queues
-//! `sent` to each sender and publishes each `message`. Because one task does
-//! both, delivery order equals storage order for every member. Commits start
-//! at most every `--commit-interval` (2 ms) once commits carry several sends:
-//! under load the sends arriving meanwhile join the next commit, so the cost
-//! of a transaction (its fsync, its hand-off to the storage thread) is shared
-//! by more of them, while a trickle of sends is stored without waiting.
+//! `sent` to each sender and hands the commit's messages to the publisher
+//! ([`super::publish`]), which publishes commits in the order they were
+//! stored. Because one task stores and one task publishes, delivery order
+//! equals storage order for every member. Commits start at most every
+//! `--commit-interval` (2 ms) once commits carry several sends: under load
+//! the sends arriving meanwhile join the next commit, so the cost of a
+//! transaction (its fsync, its hand-off to the storage thread) is shared by
+//! more of them, while a trickle of sends is stored without waiting.
 //!
 //! A send may carry the client's nonce: the store then keeps the message at
 //! most once per (sender, nonce), and a resend is answered with the first
@@ -16,6 +18,7 @@
 //! hands over holds a [`SendTicket`] until its answer is queued, so that the
 //! connection can wait for its answers before it sends its close frame.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -27,13 +30,13 @@ use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::recent::RecentMessages;
-use crate::broker::Broker;
-use crate::clock;
-use crate::domain::{AuthorId, MessageText, Nickname, RoomName};
-use crate::metrics::Metrics;
+use super::publish::{Commit, Handoff, Place};
+use crate::broker::RoomEvent;
 use crate::outbox::{Frame, Peer};
-use crate::protocol::{self, EncodedMessage, ErrorCode, Ref, ServerMsg, encode};
+use crate::clock;
+use crate::domain::{AuthorId, Message, MessageText, Nickname, RoomName};
+use crate::metrics::Metrics;
+use crate::protocol::{ChatMessage, ErrorCode, Ref, ServerMsg, encode};
 use crate::storage::{Appended, MessageStore, NewMessage, SendKey, StorageError};
 
 /// One accepted send, waiting to be stored.
@@ -52,7 +55,7 @@ pub struct SendJob {
     pub _ticket: SendTicket,
 }
 
-/// One connection's sends handed to the writer and not answered yet (their
+/// One connection's sends handed to the commit task and not answered yet (their
 /// `sent` or `error` not queued). A connection being closed — for abuse,
 /// on shutdown — waits for them before its close frame, so that the close
 /// does not overtake the commit: a client then knows which of its sends
@@ -91,7 +94,7 @@ impl SendsInFlight {
 }
 
 /// A send's place in its connection's [`SendsInFlight`], given up on drop:
-/// once its answer is queued, or with the send if it never reached the writer.
+/// once its answer is queued, or with the send if it never reached the commit task.
 #[derive(Debug)]
 pub struct SendTicket(Arc<SendsInFlight>);
 
@@ -103,10 +106,10 @@ impl Drop for SendTicket {
     }
 }
 
-pub struct Writer {
-    pub recent: Arc<RecentMessages>,
+pub struct CommitTask {
     pub store: Arc<dyn MessageStore>,
-    pub broker: Arc<dyn Broker>,
+    /// Where finished commits go to be published ([`super::publish`]).
+    pub handoff: Handoff,
     pub metrics: Arc<Metrics>,
     pub batch_max: usize,
     /// Least time between the starts of two commits (see `--commit-interval`).
@@ -124,36 +127,42 @@ fn wait_until(last: Option<(Instant, usize)>, interval: Duration) -> Option<Inst
     (carried > 1).then(|| started + interval)
 }
 
-/// A commit handed to the store and not yet reported on, with the sends it carries.
+/// A commit handed to the store and not yet reported on, with the sends it
+/// carries and its place in the publishing backlog.
 struct InFlight<'a> {
     jobs: Vec<SendJob>,
     started: Instant,
     stored: StoreFuture<'a>,
+    place: Place,
 }
 
 type StoreFuture<'a> = Pin<Box<dyn Future<Output = StoreResult> + Send + 'a>>;
 type StoreResult = Result<Vec<Appended>, StorageError>;
 
-impl Writer {
-    /// Stores and publishes queued sends until `shutdown`; then refuses new
-    /// ones and finishes everything already queued before returning.
+impl CommitTask {
+    /// Stores queued sends and hands them to the publisher until
+    /// `shutdown`; then refuses new ones, finishes everything already
+    /// queued and waits for it to be published before returning.
     ///
-    /// When the writer falls behind, commits are pipelined with deliveries:
-    /// as a commit ends, the sends that queued up meanwhile are handed to
-    /// the store at once, and only then are the finished commit's messages
-    /// delivered — so the next commit's fsync and SQLite work overlap this
-    /// one's socket writes instead of following them. Commits still run one
-    /// after another, and their messages are delivered in commit order, by
-    /// this one task.
+    /// Publishing is the [`super::publish::Publisher`]'s: this task never
+    /// awaits the broker, only a place in the publishing backlog before it
+    /// starts a commit (see [`super::publish`]). When it falls behind,
+    /// commits are pipelined with deliveries: as a commit ends and is
+    /// handed off, the sends that queued up meanwhile are handed to the
+    /// store at once, so the next commit's fsync and SQLite work overlap
+    /// this one's socket writes instead of following them. When it keeps
+    /// up, it lets the publisher deliver before it starts the next commit.
+    /// Commits still run one after another, and are published in commit
+    /// order.
     pub async fn run(self, mut jobs_rx: mpsc::Receiver<SendJob>, shutdown: CancellationToken) {
         let mut closing = false;
         let mut last_commit: Option<(Instant, usize)> = None;
         let mut in_flight: Option<InFlight<'_>> = None;
-        // A published commit's emptied buffer, to gather the next one in
+        // A finished commit's emptied buffer, to gather the next one in
         // (two alternate while commits overlap deliveries).
         let mut spare: Vec<SendJob> = Vec::with_capacity(self.batch_max);
         loop {
-            // A writer that stays behind never waits below, where `shutdown`
+            // A commit task that stays behind never waits below, where `shutdown`
             // is also watched: it must still stop taking new sends.
             if !closing && shutdown.is_cancelled() {
                 closing = true;
@@ -163,6 +172,7 @@ impl Writer {
                 jobs,
                 started,
                 stored,
+                place,
             }) = in_flight.take()
             else {
                 // Nothing in flight: wait for sends.
@@ -189,38 +199,47 @@ impl Writer {
                     tokio::time::sleep_until(at).await;
                     take_queued(&mut jobs_rx, &mut jobs, self.batch_max);
                 }
+                let place = self.handoff.place().await;
                 last_commit = Some((Instant::now(), jobs.len()));
-                in_flight = Some(self.start_commit(jobs).await);
+                in_flight = Some(self.start_commit(jobs, place).await);
                 continue;
             };
             let stored = stored.await;
             self.metrics
                 .commit_seconds
                 .observe(started.elapsed().as_secs_f64());
+            let behind = falling_behind(jobs_rx.len(), self.batch_max);
+            let emptied = self.finish(jobs, stored, place);
             // Behind (see `falling_behind`): the sends that arrived during
             // the commit start theirs now, before its deliveries are
             // written, if the interval allows.
-            if falling_behind(jobs_rx.len(), self.batch_max)
+            if behind
                 && wait_until(last_commit, self.commit_interval)
                     .is_none_or(|at| Instant::now() >= at)
             {
                 let mut next = std::mem::take(&mut spare);
                 take_queued(&mut jobs_rx, &mut next, self.batch_max);
-                // (An empty `next` is dropped: publishing hands back a buffer.)
                 if !next.is_empty() {
+                    let place = self.handoff.place().await;
                     last_commit = Some((Instant::now(), next.len()));
-                    in_flight = Some(self.start_commit(next).await);
+                    in_flight = Some(self.start_commit(next, place).await);
                 }
+            } else {
+                // Keeping up: the publisher delivers this commit before the
+                // next one starts (on a one-core server the storage thread
+                // would otherwise preempt the round of writes).
+                tokio::task::yield_now().await;
             }
-            spare = self.publish(jobs, stored).await;
+            spare = emptied;
         }
-        tracing::debug!("writer stopped");
+        self.handoff.drained().await;
+        tracing::debug!("commit task stopped");
     }
 
     /// Hands `jobs` to the store as one batch. The store's future is polled
     /// once here, which for SQLite passes the batch to its thread: the
     /// commit proceeds there while this task goes on.
-    async fn start_commit(&self, mut jobs: Vec<SendJob>) -> InFlight<'_> {
+    async fn start_commit(&self, mut jobs: Vec<SendJob>, place: Place) -> InFlight<'_> {
         let started = Instant::now();
         for job in &jobs {
             self.metrics
@@ -250,20 +269,23 @@ impl Writer {
             jobs,
             started,
             stored,
+            place,
         }
     }
 
-    /// Acknowledges and delivers a finished commit's sends, or reports its
-    /// failure; returns the emptied buffer for the next commit.
-    async fn publish(&self, mut jobs: Vec<SendJob>, stored: StoreResult) -> Vec<SendJob> {
+    /// Answers a finished commit's senders (`sent`, or an error) and hands
+    /// its messages to the publisher; returns the emptied buffer for the
+    /// next commit.
+    fn finish(&self, mut jobs: Vec<SendJob>, stored: StoreResult, place: Place) -> Vec<SendJob> {
+        let settled = jobs.len() as u64;
         match stored {
             Ok(outcomes) => {
                 self.metrics.commits.inc();
-                let mut frames = Vec::with_capacity(outcomes.len());
+                let mut messages = Vec::with_capacity(outcomes.len());
                 let mut senders = Vec::with_capacity(outcomes.len());
                 for (job, outcome) in jobs.drain(..).zip(outcomes) {
                     let message = match outcome {
-                        Appended::Stored(message) => message,
+                        Appended::Stored(message) => stored_message(job.room, job.author, message),
                         Appended::Duplicate(receipt) => {
                             // A resend: the first copy's `sent` again; its
                             // message was published when it was stored.
@@ -279,48 +301,32 @@ impl Writer {
                             continue;
                         }
                     };
-                    // Before publishing: a joiner that reads the tail after
-                    // this gets the message in its reply, or live — never neither.
-                    let encoded = EncodedMessage::new(&message);
-                    self.recent.committed(&message, &encoded);
                     // Queued, not written yet: the sender is usually a member,
                     // and its `sent` then leaves in one write with its own
                     // copy of the message (and after it is stored, before it).
                     let sent = Frame::new(encode(
                         &ServerMsg::Sent {
-                            room: message.room.clone(),
+                            room: message.room.as_str().to_owned(),
                             id: message.id.clone(),
                             seq: message.seq,
-                            ts: message.ts,
+                            ts: message.at,
                         },
                         job.r#ref.as_ref(),
                     ));
                     job.sender.queue(std::slice::from_ref(&sent));
-                    let seq = message.seq;
-                    let frame = Frame::message(protocol::encode_message(&encoded), seq);
-                    frames.push((job.room, frame));
                     senders.push(job.sender);
+                    messages.push(message);
                 }
+                self.metrics.messages_stored.inc_by(messages.len() as u64);
                 // The whole commit at once: its deliveries, over however
-                // many rooms, go out in one round of writes.
-                let messages = frames.len();
-                self.metrics.messages_stored.inc_by(messages as u64);
-                // (A commit of resends only has nothing to publish.)
-                if messages > 0 {
-                    let publishing = Instant::now();
-                    if let Err(e) = self.broker.publish(frames).await {
-                        // Stored, so nobody loses them: members catch up with `since`.
-                        tracing::error!(error = %e, messages, "publish failed");
-                    }
-                    self.metrics
-                        .publish_seconds
-                        .observe(publishing.elapsed().as_secs_f64());
-                }
-                for sender in senders {
-                    // Whatever the delivery did not take along (pacing held
-                    // the message, or the sender left the room).
-                    sender.write_queued();
-                }
+                // many rooms, go out in one round of writes. (A commit of
+                // resends only has nothing to publish.)
+                self.handoff.commit(Commit {
+                    events: events_by_room(messages),
+                    senders,
+                    settled,
+                    place,
+                });
             }
             Err(e) => {
                 tracing::error!(error = %e, messages = jobs.len(), "storing messages failed");
@@ -331,13 +337,61 @@ impl Writer {
                         job.r#ref.as_ref(),
                     )));
                 }
+                self.handoff.commit(Commit {
+                    events: Vec::new(),
+                    senders: Vec::new(),
+                    settled,
+                    place,
+                });
             }
         }
         jobs
     }
 }
 
-/// Whether sends are queuing faster than the writer stores and publishes
+/// The store's answer as the domain's message, for the broker. The store
+/// returns the wire's `ChatMessage`; this is the one place that converts
+/// (the room and author are the send's own, already parsed).
+fn stored_message(room: RoomName, author: AuthorId, stored: ChatMessage) -> Message {
+    Message {
+        room,
+        id: stored.id,
+        seq: stored.seq,
+        from: stored.from,
+        author: Some(author),
+        text: stored.text,
+        at: stored.ts,
+    }
+}
+
+/// A commit's messages as one event per room, rooms in the order they first
+/// appear, each room's messages in commit (seq) order.
+fn events_by_room(messages: Vec<Message>) -> Vec<RoomEvent> {
+    if messages.len() <= 1 {
+        return messages
+            .into_iter()
+            .map(|m| RoomEvent::Messages(Arc::from([m])))
+            .collect();
+    }
+    let mut index: HashMap<&RoomName, usize> = HashMap::with_capacity(messages.len());
+    let groups: Vec<usize> = messages
+        .iter()
+        .map(|m| {
+            let next = index.len();
+            *index.entry(&m.room).or_insert(next)
+        })
+        .collect();
+    let mut rooms: Vec<Vec<Message>> = (0..index.len()).map(|_| Vec::new()).collect();
+    for (message, group) in messages.into_iter().zip(groups) {
+        rooms[group].push(message);
+    }
+    rooms
+        .into_iter()
+        .map(|room| RoomEvent::Messages(room.into()))
+        .collect()
+}
+
+/// Whether sends are queuing faster than the commit task stores and publishes
 /// them in turn: a quarter of a batch or more waiting when a commit ends.
 /// Only then does the next commit overlap this one's deliveries. Below
 /// that, overlapping them bought nothing and cost 5–15 % more CPU per
@@ -364,11 +418,12 @@ mod tests {
 
     use async_trait::async_trait;
 
-    use crate::broker::BrokerError;
+    use super::super::publish::{PUBLISH_BACKLOG, Publisher};
+    use crate::broker::{Broker, BrokerError};
     use crate::outbox::Outbox;
     use crate::storage::{CatchUp, RoomCreation, RoomDeletion, StaleRooms};
 
-    /// What the writer did, in order: `append` when a batch reached the
+    /// What the commit task did, in order: `append` when a batch reached the
     /// store, `publish` when its messages went to the broker.
     #[derive(Default)]
     struct Log(Mutex<Vec<String>>);
@@ -436,45 +491,45 @@ mod tests {
                 .collect())
         }
         async fn create_room(&self, _: &RoomName) -> Result<RoomCreation, StorageError> {
-            unreachable!("the writer only appends")
+            unreachable!("the commit task only appends")
         }
         async fn room_exists(&self, _: &RoomName) -> Result<bool, StorageError> {
-            unreachable!("the writer only appends")
+            unreachable!("the commit task only appends")
         }
         async fn recent_rooms(&self, _: i64, _: u32) -> Result<Vec<String>, StorageError> {
-            unreachable!("the writer only appends")
+            unreachable!("the commit task only appends")
         }
         async fn touch_rooms(&self, _: &[RoomName], _: i64) -> Result<(), StorageError> {
-            unreachable!("the writer only appends")
+            unreachable!("the commit task only appends")
         }
         async fn stale_rooms(&self, _: StaleRooms, _: u32) -> Result<Vec<RoomName>, StorageError> {
-            unreachable!("the writer only appends")
+            unreachable!("the commit task only appends")
         }
         async fn delete_stale_messages(
             &self,
             _: StaleRooms,
             _: &[RoomName],
         ) -> Result<u64, StorageError> {
-            unreachable!("the writer only appends")
+            unreachable!("the commit task only appends")
         }
         async fn delete_stale_rooms(
             &self,
             _: StaleRooms,
             _: &[RoomName],
         ) -> Result<Vec<RoomName>, StorageError> {
-            unreachable!("the writer only appends")
+            unreachable!("the commit task only appends")
         }
         async fn delete_room(&self, _: &RoomName, _: bool) -> Result<bool, StorageError> {
-            unreachable!("the writer only appends")
+            unreachable!("the commit task only appends")
         }
         async fn room_deletions(&self, _: i64) -> Result<Vec<RoomDeletion>, StorageError> {
-            unreachable!("the writer only appends")
+            unreachable!("the commit task only appends")
         }
         async fn last_room_deletion(&self) -> Result<i64, StorageError> {
-            unreachable!("the writer only appends")
+            unreachable!("the commit task only appends")
         }
         async fn forget_room_deletions(&self, _: i64) -> Result<(), StorageError> {
-            unreachable!("the writer only appends")
+            unreachable!("the commit task only appends")
         }
         async fn catch_up(
             &self,
@@ -482,7 +537,7 @@ mod tests {
             _: Option<u64>,
             _: u32,
         ) -> Result<CatchUp, StorageError> {
-            unreachable!("the writer only appends")
+            unreachable!("the commit task only appends")
         }
         async fn history(
             &self,
@@ -490,26 +545,56 @@ mod tests {
             _: Option<u64>,
             _: u32,
         ) -> Result<Vec<ChatMessage>, StorageError> {
-            unreachable!("the writer only appends")
+            unreachable!("the commit task only appends")
         }
         async fn ping(&self) -> Result<(), StorageError> {
             Ok(())
         }
     }
 
-    struct LoggingBroker(Arc<Log>);
+    /// Logs each commit it publishes; the first `held` publishes each wait
+    /// for `release` (a broker that stalls).
+    struct LoggingBroker {
+        log: Arc<Log>,
+        held: Mutex<u64>,
+        release: Notify,
+    }
 
     #[async_trait]
     impl Broker for LoggingBroker {
-        async fn publish(&self, frames: Vec<(RoomName, Frame)>) -> Result<(), BrokerError> {
-            let texts: Vec<String> = frames
+        fn attach(&self, _: std::sync::Weak<dyn crate::broker::Subscriber>) {}
+
+        async fn publish(&self, events: Vec<RoomEvent>) -> Result<(), BrokerError> {
+            let texts: Vec<String> = events
                 .iter()
-                .map(|(_, frame)| {
-                    let v: serde_json::Value = serde_json::from_slice(frame.payload()).unwrap();
-                    v["text"].as_str().unwrap().to_owned()
+                .flat_map(|event| match event {
+                    RoomEvent::Messages(messages) => messages.to_vec(),
+                    RoomEvent::Membership(_) => Vec::new(),
                 })
+                .map(|m| m.text)
                 .collect();
-            self.0.push(format!("publish {}", texts.join(",")));
+            self.log.push(format!("publish {}", texts.join(",")));
+            let hold = {
+                let mut held = self.held.lock().unwrap();
+                let hold = *held > 0;
+                *held = held.saturating_sub(1);
+                hold
+            };
+            if hold {
+                self.release.notified().await;
+            }
+            Ok(())
+        }
+
+        fn subscribe(&self, _: &RoomName) {}
+
+        fn unsubscribe(&self, _: &RoomName) {}
+
+        async fn subscribed(&self, _: &RoomName) -> Result<(), BrokerError> {
+            Ok(())
+        }
+
+        fn health(&self) -> Result<(), BrokerError> {
             Ok(())
         }
     }
@@ -517,9 +602,11 @@ mod tests {
     struct Running {
         log: Arc<Log>,
         store: Arc<GatedStore>,
+        broker: Arc<LoggingBroker>,
+        metrics: Arc<Metrics>,
         jobs: mpsc::Sender<SendJob>,
         stop: CancellationToken,
-        writer: tokio::task::JoinHandle<()>,
+        commit_task: tokio::task::JoinHandle<()>,
     }
 
     fn start(fail_first: bool) -> Running {
@@ -527,6 +614,12 @@ mod tests {
     }
 
     fn start_gated(gated: u64, fail_first: bool) -> Running {
+        start_with(gated, fail_first, 0, PUBLISH_BACKLOG)
+    }
+
+    /// A commit task whose store holds its first `gated` commits and whose
+    /// broker holds its first `held` publishes, with `backlog` places.
+    fn start_with(gated: u64, fail_first: bool, held: u64, backlog: usize) -> Running {
         let log = Arc::new(Log::default());
         let store = Arc::new(GatedStore {
             log: log.clone(),
@@ -536,24 +629,39 @@ mod tests {
             commits: Mutex::new(0),
             seq: Mutex::new(0),
         });
-        let writer = Writer {
-            recent: Arc::new(RecentMessages::new(16)),
+        let broker = Arc::new(LoggingBroker {
+            log: log.clone(),
+            held: Mutex::new(held),
+            release: Notify::new(),
+        });
+        let metrics = Arc::new(Metrics::new());
+        let (handoff, publications) = super::super::publish::handoff(backlog, metrics.clone());
+        let (settled, _) = tokio::sync::watch::channel(0);
+        let publisher = Publisher {
+            broker: broker.clone(),
+            metrics: metrics.clone(),
+            settled,
+        };
+        tokio::spawn(publisher.run(publications));
+        let commit_task = CommitTask {
             store: store.clone(),
-            broker: Arc::new(LoggingBroker(log.clone())),
-            metrics: Arc::new(Metrics::new()),
+            handoff,
+            metrics: metrics.clone(),
             // Falling behind from two queued sends on.
             batch_max: 8,
             commit_interval: Duration::ZERO,
         };
         let (jobs, jobs_rx) = mpsc::channel(64);
         let stop = CancellationToken::new();
-        let writer = tokio::spawn(writer.run(jobs_rx, stop.clone()));
+        let commit_task = tokio::spawn(commit_task.run(jobs_rx, stop.clone()));
         Running {
             log,
             store,
+            broker,
+            metrics,
             jobs,
             stop,
-            writer,
+            commit_task,
         }
     }
 
@@ -578,7 +686,7 @@ mod tests {
             }
         })
         .await
-        .expect("the writer got that far");
+        .expect("the commit task got that far");
     }
 
     /// Sends "a", waits until the store holds its commit, and queues `more`
@@ -595,7 +703,7 @@ mod tests {
 
     async fn stop(w: Running) {
         w.stop.cancel();
-        w.writer.await.unwrap();
+        w.commit_task.await.unwrap();
     }
 
     /// Pipelining, once sends queue up: those that did during a commit reach
@@ -615,9 +723,9 @@ mod tests {
         stop(w).await;
     }
 
-    /// A writer keeping up publishes each commit before starting the next.
+    /// A commit task keeping up publishes each commit before starting the next.
     #[tokio::test]
-    async fn a_writer_keeping_up_commits_and_publishes_in_turn() {
+    async fn a_commit_task_keeping_up_commits_and_publishes_in_turn() {
         let w = start(false);
         a_held_then(&w, &["b"]).await;
         w.store.release.notify_one();
@@ -627,6 +735,82 @@ mod tests {
             ["append a", "publish a", "append b", "publish b"]
         );
         stop(w).await;
+    }
+
+    /// The hand-off's policy when publishing falls behind (a stalled
+    /// broker): the commit task goes on committing until every place in the
+    /// backlog is taken, then waits before starting its next commit — and
+    /// counts the wait. Nothing stored is dropped: each stored send is
+    /// answered at once, and once the broker resumes every commit is
+    /// published, in commit order.
+    #[tokio::test]
+    async fn a_stalled_broker_holds_commits_back_only_once_the_backlog_is_full() {
+        let w = start_with(0, false, 1, 2);
+        let sender = Peer::new(Arc::new(Outbox::new(64, 1 << 20)));
+        // "a" is stored and its publishing stalls; "b" is stored behind it.
+        w.jobs.send(job("a", &sender)).await.unwrap();
+        wait_for(&w.log, 2).await;
+        w.jobs.send(job("b", &sender)).await.unwrap();
+        wait_for(&w.log, 3).await;
+        // Both places are taken: "c" is not committed.
+        w.jobs.send(job("c", &sender)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(w.log.events(), ["append a", "publish a", "append b"]);
+        assert_eq!(w.metrics.publish_waits.get(), 1);
+        assert_eq!(w.metrics.publish_backlog.get(), 2);
+        let (frames, _) = sender.outbox().take(16);
+        let sent = frames
+            .iter()
+            .map(|f| serde_json::from_slice::<serde_json::Value>(f.payload()).unwrap())
+            .filter(|v| v["type"] == "sent")
+            .count();
+        assert_eq!(sent, 2, "a and b were answered while unpublished");
+        w.broker.release.notify_one();
+        wait_for(&w.log, 6).await;
+        assert_eq!(publishes(&w.log), ["publish a", "publish b", "publish c"]);
+        assert!(w.log.events().contains(&"append c".to_owned()));
+        stop(w).await;
+    }
+
+    /// A commit's messages are published as one event per room, rooms in
+    /// the order they first came, each room's messages in seq order.
+    #[test]
+    fn a_commit_is_one_event_per_room() {
+        let message = |room: &str, seq| Message {
+            room: RoomName::parse(room).unwrap(),
+            id: String::new(),
+            seq,
+            from: String::new(),
+            author: None,
+            text: String::new(),
+            at: 0,
+        };
+        let events = events_by_room(vec![
+            message("b", 7),
+            message("a", 1),
+            message("b", 8),
+            message("a", 2),
+            message("c", 4),
+        ]);
+        let rooms: Vec<(String, Vec<u64>)> = events
+            .iter()
+            .map(|e| match e {
+                RoomEvent::Messages(m) => (
+                    e.room().as_str().to_owned(),
+                    m.iter().map(|m| m.seq).collect(),
+                ),
+                RoomEvent::Membership(_) => unreachable!(),
+            })
+            .collect();
+        assert_eq!(
+            rooms,
+            [
+                ("b".to_owned(), vec![7, 8]),
+                ("a".to_owned(), vec![1, 2]),
+                ("c".to_owned(), vec![4])
+            ]
+        );
+        assert!(events_by_room(Vec::new()).is_empty());
     }
 
     #[test]
@@ -724,39 +908,39 @@ mod tests {
         stop(w).await;
     }
 
-    /// A writer kept behind by a flood still stops taking sends when told
+    /// A commit task kept behind by a flood still stops taking sends when told
     /// to stop, though it never waits for one.
     #[tokio::test]
-    async fn a_writer_behind_stops_taking_sends_when_told() {
+    async fn a_commit_task_behind_stops_taking_sends_when_told() {
         let w = start_gated(2, false);
         let sender = a_held_then(&w, &["b", "c"]).await;
         w.stop.cancel();
         w.store.release.notify_one();
         // "b,c" is still being committed (held by the store) when the
-        // writer closes its queue.
+        // commit task closes its queue.
         tokio::time::timeout(Duration::from_secs(5), w.jobs.closed())
             .await
-            .expect("the writer closed its queue while a commit was in flight");
+            .expect("the commit task closed its queue while a commit was in flight");
         assert_eq!(w.log.events(), ["append a", "append b,c", "publish a"]);
         assert!(w.jobs.send(job("late", &sender)).await.is_err());
         w.store.release.notify_one();
-        w.writer.await.unwrap();
+        w.commit_task.await.unwrap();
         assert_eq!(
             w.log.events(),
             ["append a", "append b,c", "publish a", "publish b,c"]
         );
     }
 
-    /// Sends queued when the writer is told to stop are still stored and published.
+    /// Sends queued when the commit task is told to stop are still stored and published.
     #[tokio::test]
     async fn stopping_finishes_the_commits_in_flight() {
         let w = start(false);
         a_held_then(&w, &["b", "c"]).await;
         w.stop.cancel();
         w.store.release.notify_one();
-        tokio::time::timeout(Duration::from_secs(5), w.writer)
+        tokio::time::timeout(Duration::from_secs(5), w.commit_task)
             .await
-            .expect("the writer stopped")
+            .expect("the commit task stopped")
             .unwrap();
         assert_eq!(
             w.log.events(),
