@@ -42,6 +42,8 @@ pub struct App {
     writer: JoinHandle<()>,
     writer_stop: CancellationToken,
     reaper: Reaper,
+    /// To save guests' queued writes once every connection has closed.
+    claims: Arc<GuestClaims>,
 }
 
 /// Picks the storage backend from the URL's scheme: messages and guests
@@ -53,7 +55,10 @@ async fn open_store(
         let store = Arc::new(SqliteStore::connect(url).await?);
         Ok((store.clone(), store))
     } else {
-        Err(StorageError::UnsupportedUrl(url.to_owned()))
+        Err(StorageError::invalid(
+            format!("unsupported database URL {url:?}: expected sqlite://PATH (a file)"),
+            None,
+        ))
     }
 }
 
@@ -100,7 +105,7 @@ impl App {
         let claims = GuestClaims::start(
             guests,
             IdentityConfig {
-                session_ttl: config.session_ttl,
+                guest_ttl: config.guest_ttl(),
                 name_hold: config.name_hold,
                 max_guests: config.max_guests,
             },
@@ -109,7 +114,7 @@ impl App {
             hub_config,
             registry.clone(),
             store,
-            claims,
+            claims.clone(),
             broker,
             metrics,
             writer_stop.clone(),
@@ -175,6 +180,7 @@ impl App {
             writer,
             writer_stop,
             reaper,
+            claims,
         })
     }
 
@@ -206,6 +212,7 @@ impl App {
             writer,
             writer_stop,
             reaper,
+            claims,
         } = self;
         tracing::info!(
             addr = %listener.local_addr()?,
@@ -263,6 +270,15 @@ impl App {
             .is_err()
         {
             tracing::warn!("some connections did not close in time");
+        }
+        // Their last leavings included: a clean restart loses no claim.
+        match tokio::time::timeout(WRITER_GRACE, claims.save_queued()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(
+                error = &e as &dyn std::error::Error,
+                "could not save guests' claims"
+            ),
+            Err(_) => tracing::error!("storage did not save guests' claims in time"),
         }
         match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
             Ok(Ok(())) => {}

@@ -35,8 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Hub;
 use crate::clock;
-use crate::domain::RoomName;
-use crate::protocol::ChatMessage;
+use crate::domain::{Message, RoomName};
 use crate::storage::{
     Appended, CatchUp, MessageStore, NewMessage, RoomCreation, RoomDeletion, StaleRooms,
     StorageError,
@@ -111,11 +110,17 @@ impl Reaper {
                 () = tokio::time::sleep(poll) => {}
             }
             if let Err(e) = self.follow_deletions().await {
-                tracing::warn!(error = %e, "reading room removals failed");
+                tracing::warn!(
+                    error = &e as &dyn std::error::Error,
+                    "reading room removals failed"
+                );
             }
             if Instant::now() >= next_pass {
                 if let Err(e) = self.pass().await {
-                    tracing::warn!(error = %e, "removing unused rooms failed");
+                    tracing::warn!(
+                        error = &e as &dyn std::error::Error,
+                        "removing unused rooms failed"
+                    );
                 }
                 next_pass = Instant::now() + self.config.interval;
             }
@@ -321,7 +326,7 @@ impl MessageStore for Tally {
         room: &RoomName,
         before: Option<u64>,
         limit: u32,
-    ) -> Result<Vec<ChatMessage>, StorageError> {
+    ) -> Result<Vec<Message>, StorageError> {
         self.inner.history(room, before, limit).await
     }
 

@@ -44,7 +44,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::Broker;
 use crate::clock;
-use crate::domain::{AuthorId, InputError, MessageText, Nickname, Nonce, RoomName};
+use crate::domain::{AuthorId, InputError, Message, MessageText, Nickname, Nonce, RoomName};
 use crate::identity::{Claim, ClaimError, NameClaims};
 use crate::metrics::Metrics;
 use crate::protocol::{
@@ -128,7 +128,12 @@ pub struct Hub {
 }
 
 fn internal(e: StorageError) -> Refusal {
-    tracing::error!(error = %e, "storage request failed");
+    // As an error value: the subscriber prints the driver's error (the
+    // source) after what went wrong.
+    tracing::error!(
+        error = &e as &dyn std::error::Error,
+        "storage request failed"
+    );
     Refusal::new(
         ErrorCode::Internal,
         "the server could not complete this request",
@@ -288,15 +293,17 @@ impl Hub {
         }
         // Serialized here, outside the registry's lock.
         if since.is_some() {
-            let (messages, cut) = newest_within(&stored.messages, SINCE_MAX_BYTES);
+            let (messages, cut) = newest_within(stored.messages, SINCE_MAX_BYTES);
             return Ok(PreparedCatchUp {
                 messages,
                 last_seq: stored.last_seq,
                 truncated: stored.truncated || cut,
             });
         }
+        let messages: Vec<ChatMessage> =
+            stored.messages.into_iter().map(ChatMessage::from).collect();
         Ok(PreparedCatchUp {
-            messages: EncodedMessages::encode(&stored.messages),
+            messages: EncodedMessages::encode(&messages),
             last_seq: stored.last_seq,
             truncated: stored.truncated,
         })
@@ -387,7 +394,7 @@ impl Hub {
             .history(&room, before, limit)
             .await
             .map_err(internal)?;
-        Ok((room, messages))
+        Ok((room, messages.into_iter().map(ChatMessage::from).collect()))
     }
 
     /// The room list people pick from (see [`Hub::room_list`]).
@@ -527,19 +534,37 @@ impl Hub {
 
 /// The newest of `messages` (oldest first) whose JSON fits in `max_bytes`,
 /// as a reply's array, and whether any were left out.
-fn newest_within(messages: &[ChatMessage], max_bytes: usize) -> (EncodedMessages, bool) {
+fn newest_within(messages: Vec<Message>, max_bytes: usize) -> (EncodedMessages, bool) {
+    let total = messages.len();
     let mut encoded: Vec<EncodedMessage> = Vec::new();
     let mut bytes = 0;
-    for message in messages.iter().rev() {
-        let json = EncodedMessage::new(message);
+    for message in messages.into_iter().rev() {
+        let json = EncodedMessage::new(&ChatMessage::from(message));
         bytes += json.as_json().len() + 1;
         if bytes > max_bytes {
             break;
         }
         encoded.push(json);
     }
-    let cut = encoded.len() < messages.len();
+    let cut = encoded.len() < total;
     (EncodedMessages::concat(encoded.iter().rev()), cut)
+}
+
+/// A stored message as clients see it: the one conversion from the domain's
+/// [`Message`] to the wire's [`ChatMessage`], made where the hub encodes
+/// for its members (storage and the broker never see the wire type).
+impl From<Message> for ChatMessage {
+    fn from(message: Message) -> Self {
+        ChatMessage {
+            room: message.room.into_string(),
+            id: message.id,
+            seq: message.seq,
+            from: message.from,
+            author: message.author.map(AuthorId::get),
+            text: message.text,
+            ts: message.at,
+        }
+    }
 }
 
 fn not_member(room: &RoomName) -> Refusal {

@@ -16,14 +16,12 @@
 //! hands over holds a [`SendTicket`] until its answer is queued, so that the
 //! connection can wait for its answers before it sends its close frame.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::Poll;
 use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -33,7 +31,7 @@ use crate::broker::Broker;
 use crate::clock;
 use crate::domain::{AuthorId, MessageText, Nickname, RoomName};
 use crate::metrics::Metrics;
-use crate::protocol::{self, EncodedMessage, ErrorCode, Ref, ServerMsg, encode};
+use crate::protocol::{self, ChatMessage, EncodedMessage, ErrorCode, Ref, ServerMsg, encode};
 use crate::storage::{Appended, MessageStore, NewMessage, SendKey, StorageError};
 
 /// One accepted send, waiting to be stored.
@@ -125,13 +123,13 @@ fn wait_until(last: Option<(Instant, usize)>, interval: Duration) -> Option<Inst
 }
 
 /// A commit handed to the store and not yet reported on, with the sends it carries.
-struct InFlight<'a> {
+struct InFlight {
     jobs: Vec<SendJob>,
     started: Instant,
-    stored: StoreFuture<'a>,
+    /// The append, running as a task of its own (see [`Writer::start_commit`]).
+    stored: JoinHandle<StoreResult>,
 }
 
-type StoreFuture<'a> = Pin<Box<dyn Future<Output = StoreResult> + Send + 'a>>;
 type StoreResult = Result<Vec<Appended>, StorageError>;
 
 impl Writer {
@@ -148,7 +146,7 @@ impl Writer {
     pub async fn run(self, mut jobs_rx: mpsc::Receiver<SendJob>, shutdown: CancellationToken) {
         let mut closing = false;
         let mut last_commit: Option<(Instant, usize)> = None;
-        let mut in_flight: Option<InFlight<'_>> = None;
+        let mut in_flight: Option<InFlight> = None;
         // A published commit's emptied buffer, to gather the next one in
         // (two alternate while commits overlap deliveries).
         let mut spare: Vec<SendJob> = Vec::with_capacity(self.batch_max);
@@ -190,10 +188,17 @@ impl Writer {
                     take_queued(&mut jobs_rx, &mut jobs, self.batch_max);
                 }
                 last_commit = Some((Instant::now(), jobs.len()));
-                in_flight = Some(self.start_commit(jobs).await);
+                in_flight = Some(self.start_commit(jobs));
                 continue;
             };
-            let stored = stored.await;
+            let stored = stored.await.unwrap_or_else(|e| {
+                // The store panicked (or the runtime is going away): its
+                // senders are told, as for any failed commit.
+                Err(StorageError::unavailable(
+                    "the commit did not finish",
+                    Some(Box::new(e)),
+                ))
+            });
             self.metrics
                 .commit_seconds
                 .observe(started.elapsed().as_secs_f64());
@@ -209,7 +214,11 @@ impl Writer {
                 // (An empty `next` is dropped: publishing hands back a buffer.)
                 if !next.is_empty() {
                     last_commit = Some((Instant::now(), next.len()));
-                    in_flight = Some(self.start_commit(next).await);
+                    in_flight = Some(self.start_commit(next));
+                    // Lets the commit's task start (on a one-core runtime it
+                    // would otherwise wait for the publishing below to end),
+                    // so that its storage work overlaps these deliveries.
+                    tokio::task::yield_now().await;
                 }
             }
             spare = self.publish(jobs, stored).await;
@@ -217,10 +226,13 @@ impl Writer {
         tracing::debug!("writer stopped");
     }
 
-    /// Hands `jobs` to the store as one batch. The store's future is polled
-    /// once here, which for SQLite passes the batch to its thread: the
-    /// commit proceeds there while this task goes on.
-    async fn start_commit(&self, mut jobs: Vec<SendJob>) -> InFlight<'_> {
+    /// Hands `jobs` to the store as one batch, appended by a task of its
+    /// own: the commit makes progress while this task publishes the last
+    /// one, whatever the store (a driver whose future only works while
+    /// polled, as most async database clients', as well as SQLite's thread).
+    /// At most one commit is in flight, so commits still follow one another
+    /// in order.
+    fn start_commit(&self, mut jobs: Vec<SendJob>) -> InFlight {
         let started = Instant::now();
         for job in &jobs {
             self.metrics
@@ -240,12 +252,8 @@ impl Writer {
                 key: job.key.take(),
             })
             .collect();
-        let mut stored = self.store.append(batch);
-        let stored: StoreFuture<'_> =
-            match std::future::poll_fn(|cx| Poll::Ready(stored.as_mut().poll(cx))).await {
-                Poll::Ready(done) => Box::pin(std::future::ready(done)),
-                Poll::Pending => stored,
-            };
+        let store = self.store.clone();
+        let stored = tokio::spawn(async move { store.append(batch).await });
         InFlight {
             jobs,
             started,
@@ -281,6 +289,7 @@ impl Writer {
                     };
                     // Before publishing: a joiner that reads the tail after
                     // this gets the message in its reply, or live — never neither.
+                    let message = ChatMessage::from(message);
                     let encoded = EncodedMessage::new(&message);
                     self.recent.committed(&message, &encoded);
                     // Queued, not written yet: the sender is usually a member,
@@ -323,7 +332,11 @@ impl Writer {
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, messages = jobs.len(), "storing messages failed");
+                tracing::error!(
+                    error = &e as &dyn std::error::Error,
+                    messages = jobs.len(),
+                    "storing messages failed"
+                );
                 for job in jobs.drain(..) {
                     self.metrics.count_error(ErrorCode::Internal);
                     job.sender.push(Frame::new(encode(
@@ -360,7 +373,7 @@ mod tests {
     use super::*;
     use std::sync::Mutex;
 
-    use crate::protocol::ChatMessage;
+    use crate::domain::Message;
 
     use async_trait::async_trait;
 
@@ -391,6 +404,8 @@ mod tests {
         fail_first: bool,
         commits: Mutex<u64>,
         seq: Mutex<u64>,
+        /// Appends that returned.
+        finished: AtomicUsize,
     }
 
     #[async_trait]
@@ -407,8 +422,9 @@ mod tests {
                 self.release.notified().await;
             }
             if n == 1 && self.fail_first {
-                return Err(StorageError::AppenderGone);
+                return Err(StorageError::unavailable("gated to fail", None));
             }
+            self.finished.fetch_add(1, Ordering::AcqRel);
             let mut seq = self.seq.lock().unwrap();
             Ok(batch
                 .into_iter()
@@ -423,14 +439,14 @@ mod tests {
                         });
                     }
                     *seq += 1;
-                    Appended::Stored(ChatMessage {
-                        room: m.room.into_string(),
+                    Appended::Stored(Message {
+                        room: m.room,
                         id: m.id,
                         seq: *seq,
                         from: m.from.into_string(),
-                        author: Some(m.author.get()),
+                        author: Some(m.author),
                         text: m.text.into_string(),
-                        ts: m.ts,
+                        at: m.ts,
                     })
                 })
                 .collect())
@@ -489,7 +505,7 @@ mod tests {
             _: &RoomName,
             _: Option<u64>,
             _: u32,
-        ) -> Result<Vec<ChatMessage>, StorageError> {
+        ) -> Result<Vec<Message>, StorageError> {
             unreachable!("the writer only appends")
         }
         async fn ping(&self) -> Result<(), StorageError> {
@@ -527,24 +543,7 @@ mod tests {
     }
 
     fn start_gated(gated: u64, fail_first: bool) -> Running {
-        let log = Arc::new(Log::default());
-        let store = Arc::new(GatedStore {
-            log: log.clone(),
-            release: Notify::new(),
-            gated,
-            fail_first,
-            commits: Mutex::new(0),
-            seq: Mutex::new(0),
-        });
-        let writer = Writer {
-            recent: Arc::new(RecentMessages::new(16)),
-            store: store.clone(),
-            broker: Arc::new(LoggingBroker(log.clone())),
-            metrics: Arc::new(Metrics::new()),
-            // Falling behind from two queued sends on.
-            batch_max: 8,
-            commit_interval: Duration::ZERO,
-        };
+        let (writer, store, log) = gated_writer(gated, fail_first);
         let (jobs, jobs_rx) = mpsc::channel(64);
         let stop = CancellationToken::new();
         let writer = tokio::spawn(writer.run(jobs_rx, stop.clone()));
@@ -555,6 +554,53 @@ mod tests {
             stop,
             writer,
         }
+    }
+
+    /// A writer on a [`GatedStore`], not running.
+    fn gated_writer(gated: u64, fail_first: bool) -> (Writer, Arc<GatedStore>, Arc<Log>) {
+        let log = Arc::new(Log::default());
+        let store = Arc::new(GatedStore {
+            log: log.clone(),
+            release: Notify::new(),
+            gated,
+            fail_first,
+            commits: Mutex::new(0),
+            seq: Mutex::new(0),
+            finished: AtomicUsize::new(0),
+        });
+        let writer = Writer {
+            recent: Arc::new(RecentMessages::new(16)),
+            store: store.clone(),
+            broker: Arc::new(LoggingBroker(log.clone())),
+            metrics: Arc::new(Metrics::new()),
+            // Falling behind from two queued sends on.
+            batch_max: 8,
+            commit_interval: Duration::ZERO,
+        };
+        (writer, store, log)
+    }
+
+    /// A started commit makes progress while the writer does anything but
+    /// wait for it (publishing the last commit): the store's future runs as
+    /// a task of its own. A store whose future only works while polled —
+    /// like an async database client's; this one waits on a `Notify` —
+    /// still commits. Polled once and then left alone, it would not.
+    #[tokio::test]
+    async fn a_commit_progresses_while_the_writer_does_not_poll_it() {
+        let (writer, store, log) = gated_writer(1, false);
+        let sender = Peer::new(Arc::new(Outbox::new(64, 1 << 20)));
+        let in_flight = writer.start_commit(vec![job("a", &sender)]);
+        wait_for(&log, 1).await;
+        store.release.notify_one();
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while store.finished.load(Ordering::Acquire) == 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .expect("the commit finished without the writer polling it");
+        let stored = in_flight.stored.await.unwrap().unwrap();
+        assert!(matches!(&stored[..], [Appended::Stored(m)] if m.seq == 1));
     }
 
     fn job(text: &str, sender: &Peer) -> SendJob {
