@@ -3,8 +3,17 @@
 //! The trait is shaped by what the chat needs (append a batch, catch up a
 //! joiner, page back through history), not by tables, so a PostgreSQL
 //! implementation can sit beside [`SqliteStore`] without the hub changing.
-//! SQL lives only in this module. Guests' stored identities are behind a
-//! trait of their own, [`GuestStore`], used by `identity`.
+//! It speaks in domain types ([`Message`], never the wire's `ChatMessage`),
+//! and its errors say what the caller can do about them ([`StorageError`]),
+//! not which driver failed. SQL lives only in this module. Guests' stored
+//! identities are behind a trait of their own, [`GuestStore`], used by
+//! `identity`.
+//!
+//! What every backend must do is one test suite, `contract`, generic over
+//! the backend: a new backend's tests call it with a factory of its own
+//! (`sqlite` does). Futures returned by a store need not make progress
+//! unless polled: callers that overlap a store call with other work (the
+//! hub's commit task) spawn it.
 
 #[cfg(test)]
 pub(crate) mod contract;
