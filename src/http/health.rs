@@ -5,14 +5,21 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 
 use super::AppState;
+use crate::storage::StorageError;
 
-/// 200 when storage answers, 503 otherwise.
+/// 200 when storage answers, 503 otherwise, saying what kind of failure
+/// (the details are logged, not served).
 pub async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
-    if state.hub.healthy().await {
-        (StatusCode::OK, "ok\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "storage unavailable\n")
-    }
+    let Err(e) = state.hub.health().await else {
+        return (StatusCode::OK, "ok\n");
+    };
+    tracing::warn!(error = &e as &dyn std::error::Error, "health check failed");
+    let body = match e {
+        StorageError::Unavailable { .. } => "storage unavailable\n",
+        StorageError::Corrupt { .. } => "stored data cannot be read\n",
+        StorageError::Conflict { .. } | StorageError::Invalid { .. } => "storage failing\n",
+    };
+    (StatusCode::SERVICE_UNAVAILABLE, body)
 }
 
 /// Prometheus text format.

@@ -519,8 +519,9 @@ impl Hub {
     }
 
     /// Whether storage answers.
-    pub async fn healthy(&self) -> bool {
-        self.store.ping().await.is_ok()
+    /// Whether storage answers, and if not, what is wrong with it.
+    pub async fn health(&self) -> Result<(), StorageError> {
+        self.store.ping().await
     }
 
     fn require_member(&self, room: &RoomName, peer: &Peer) -> Result<(), Refusal> {
