@@ -31,7 +31,17 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             let store = SqliteStore::connect(&args.database_url)
                 .await
                 .with_context(|| format!("opening {}", args.database_url))?;
-            if !store.delete_room(&room, true).await? {
+            let existed = match store.delete_room(&room, true).await {
+                Ok(existed) => existed,
+                Err(e) if e.is_transient() => {
+                    return Err(anyhow::Error::new(e).context(
+                        "the database is busy or unreachable: run the command again \
+                         (removing a room can be repeated)",
+                    ));
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if !existed {
                 bail!("there is no room {:?}", room.as_str());
             }
             println!(

@@ -22,10 +22,10 @@ use crate::conn;
 use crate::domain::RoomName;
 use crate::http::{self, AllowedOrigins, AppState, ServeSettings, SocketBudget, TrustedProxies};
 use crate::hub::{Delivery, Hub, HubConfig, Pacing, Reaper, ReaperConfig, Registry};
-use crate::outbox::SocketWrites;
 use crate::identity::{GuestClaims, IdentityConfig};
 use crate::limits::AddressLimits;
 use crate::metrics::Metrics;
+use crate::outbox::SocketWrites;
 use crate::storage::{GuestStore, MessageStore, RoomCreation, SqliteStore, StorageError};
 
 /// How long shutdown waits for connections to say goodbye.
@@ -43,6 +43,8 @@ pub struct App {
     commit_task: JoinHandle<()>,
     commit_stop: CancellationToken,
     reaper: Reaper,
+    /// To save guests' queued writes once every connection has closed.
+    claims: Arc<GuestClaims>,
 }
 
 /// Picks the storage backend from the URL's scheme: messages and guests
@@ -54,7 +56,10 @@ async fn open_store(
         let store = Arc::new(SqliteStore::connect(url).await?);
         Ok((store.clone(), store))
     } else {
-        Err(StorageError::UnsupportedUrl(url.to_owned()))
+        Err(StorageError::invalid(
+            format!("unsupported database URL {url:?}: expected sqlite://PATH (a file)"),
+            None,
+        ))
     }
 }
 
@@ -108,7 +113,7 @@ impl App {
         let claims = GuestClaims::start(
             guests,
             IdentityConfig {
-                session_ttl: config.session_ttl,
+                guest_ttl: config.guest_ttl(),
                 name_hold: config.name_hold,
                 max_guests: config.max_guests,
             },
@@ -117,7 +122,7 @@ impl App {
             hub_config,
             delivery,
             store,
-            claims,
+            claims.clone(),
             broker,
             metrics,
             commit_stop.clone(),
@@ -184,6 +189,7 @@ impl App {
             commit_task,
             commit_stop,
             reaper,
+            claims,
         })
     }
 
@@ -215,6 +221,7 @@ impl App {
             commit_task,
             commit_stop,
             reaper,
+            claims,
         } = self;
         tracing::info!(
             addr = %listener.local_addr()?,
@@ -272,6 +279,15 @@ impl App {
             .is_err()
         {
             tracing::warn!("some connections did not close in time");
+        }
+        // Their last leavings included: a clean restart loses no claim.
+        match tokio::time::timeout(COMMIT_GRACE, claims.save_queued()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(
+                error = &e as &dyn std::error::Error,
+                "could not save guests' claims"
+            ),
+            Err(_) => tracing::error!("storage did not save guests' claims in time"),
         }
         match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
             Ok(Ok(())) => {}

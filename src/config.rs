@@ -126,24 +126,30 @@ pub struct Config {
     )]
     pub welcome: String,
 
-    /// How long a guest's session token stays valid after its last use: while
+    /// How long a guest's reclaim token stays valid after its last use: while
     /// valid, the browser that holds it gets its name (and author id) back,
-    /// across restarts. Unused longer, it is forgotten.
-    #[arg(long, env = "CHATTERPRO_SESSION_TTL", default_value = "30days",
+    /// across restarts. Unused longer, it is forgotten. [default: 30days]
+    #[arg(long = "guest-ttl", env = "CHATTERPRO_GUEST_TTL",
           value_parser = humantime::parse_duration)]
-    pub session_ttl: Duration,
+    guest_ttl_set: Option<Duration>,
+
+    /// The older name of `--guest-ttl` (`CHATTERPRO_SESSION_TTL`), still
+    /// accepted, hidden from the help; `--guest-ttl` wins if both are given.
+    #[arg(long = "session-ttl", env = "CHATTERPRO_SESSION_TTL", hide = true,
+          value_parser = humantime::parse_duration)]
+    old_session_ttl: Option<Duration>,
 
     /// How long a guest's name stays theirs after they were last online
-    /// (and after each server start): only their session token claims it
+    /// (and after each server start): only their reclaim token claims it
     /// meanwhile. Past it, anyone may take the name (a new identity).
     #[arg(long, env = "CHATTERPRO_NAME_HOLD", default_value = "1h",
           value_parser = humantime::parse_duration)]
     pub name_hold: Duration,
 
-    /// Most guests (names with a session token) stored. Checked hourly;
+    /// Most guests (names with a reclaim token) stored. Checked hourly;
     /// beyond it the least recently seen are forgotten, and their tokens no
     /// longer reclaim anything. Without it, a client making up a new name
-    /// per connection could grow the database for the whole --session-ttl.
+    /// per connection could grow the database for the whole --guest-ttl.
     #[arg(long, env = "CHATTERPRO_MAX_GUESTS", default_value_t = 1_000_000)]
     pub max_guests: u64,
 
@@ -454,14 +460,24 @@ fn parse_window(raw: &str) -> Result<Duration, String> {
     Ok(window)
 }
 
+/// `--guest-ttl` when not given.
+const GUEST_TTL_DEFAULT: Duration = Duration::from_secs(30 * 24 * 3600);
+
 impl Config {
+    /// `--guest-ttl`, given under its name or its older one, or its default.
+    pub fn guest_ttl(&self) -> Duration {
+        self.guest_ttl_set
+            .or(self.old_session_ttl)
+            .unwrap_or(GUEST_TTL_DEFAULT)
+    }
+
     /// Checks settings that depend on each other.
     pub fn validate(&self) -> Result<(), String> {
-        if self.name_hold > self.session_ttl {
+        if self.name_hold > self.guest_ttl() {
             return Err(format!(
-                "--name-hold ({}) must not exceed --session-ttl ({}): a name is held for a valid token",
+                "--name-hold ({}) must not exceed --guest-ttl ({}): a name is held for a valid token",
                 humantime::format_duration(self.name_hold),
-                humantime::format_duration(self.session_ttl)
+                humantime::format_duration(self.guest_ttl())
             ));
         }
         if self.outbox_capacity < 2 * self.write_batch {
@@ -563,6 +579,25 @@ mod tests {
         assert!(parse_origin("chat.example").is_err());
         assert!(parse_origin("https://chat.example/app").is_err());
         assert!(parse_origin("ftp://chat.example").is_err());
+    }
+
+    /// `--session-ttl` is the older name of `--guest-ttl`, still taken;
+    /// the new name wins when both are given.
+    #[test]
+    fn the_guest_ttl_answers_to_its_older_name_too() {
+        let ttl = |args: &[&str]| {
+            let mut argv = vec!["chatterpro"];
+            argv.extend_from_slice(args);
+            Cli::try_parse_from(argv).unwrap().serve.guest_ttl()
+        };
+        let day = Duration::from_secs(86_400);
+        assert_eq!(ttl(&[]), 30 * day);
+        assert_eq!(ttl(&["--guest-ttl", "2days"]), 2 * day);
+        assert_eq!(ttl(&["--session-ttl", "3days"]), 3 * day);
+        assert_eq!(
+            ttl(&["--session-ttl", "3days", "--guest-ttl", "2days"]),
+            2 * day
+        );
     }
 
     #[test]

@@ -134,6 +134,8 @@ impl<'de> Deserialize<'de> for Ref {
 pub enum ClientMsg {
     Hello {
         name: String,
+        /// The guest's reclaim token from an earlier `welcome` (named
+        /// `session` on the wire since v1; not an account's session).
         #[serde(default)]
         session: Option<String>,
     },
@@ -612,6 +614,7 @@ pub enum PresenceEvent {
 pub enum ServerMsg {
     Welcome {
         name: String,
+        /// The guest's reclaim token for the name (see `Hello::session`).
         session: String,
         /// The identity's author id, as in its messages' `author`.
         author: u64,

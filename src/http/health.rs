@@ -6,21 +6,25 @@ use axum::response::IntoResponse;
 
 use super::AppState;
 use crate::hub::Unhealthy;
+use crate::storage::StorageError;
 
-/// 200 when storage answers and the broker can deliver, 503 otherwise
-/// (naming which failed; the cause goes to the log).
+/// 200 when storage answers and the broker can deliver, 503 otherwise,
+/// saying which failed and what kind of failure (the details are logged,
+/// not served).
 pub async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
-    match state.hub.health().await {
-        Ok(()) => (StatusCode::OK, "ok\n"),
-        Err(e) => {
-            tracing::warn!(error = %e, cause = %std::error::Error::source(&e).map(ToString::to_string).unwrap_or_default(), "unhealthy");
-            let body = match e {
-                Unhealthy::Storage(_) => "storage unavailable\n",
-                Unhealthy::Broker(_) => "broker unavailable\n",
-            };
-            (StatusCode::SERVICE_UNAVAILABLE, body)
+    let Err(e) = state.hub.health().await else {
+        return (StatusCode::OK, "ok\n");
+    };
+    tracing::warn!(error = &e as &dyn std::error::Error, "health check failed");
+    let body = match e {
+        Unhealthy::Storage(StorageError::Unavailable { .. }) => "storage unavailable\n",
+        Unhealthy::Storage(StorageError::Corrupt { .. }) => "stored data cannot be read\n",
+        Unhealthy::Storage(StorageError::Conflict { .. } | StorageError::Invalid { .. }) => {
+            "storage failing\n"
         }
-    }
+        Unhealthy::Broker(_) => "broker unavailable\n",
+    };
+    (StatusCode::SERVICE_UNAVAILABLE, body)
 }
 
 /// Prometheus text format.

@@ -19,24 +19,22 @@
 //! connection can wait for its answers before it sends its close frame.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::Poll;
 use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::publish::{Commit, Handoff, Place};
 use crate::broker::RoomEvent;
-use crate::outbox::{Frame, Peer};
 use crate::clock;
 use crate::domain::{AuthorId, Message, MessageText, Nickname, RoomName};
 use crate::metrics::Metrics;
-use crate::protocol::{ChatMessage, ErrorCode, Ref, ServerMsg, encode};
+use crate::outbox::{Frame, Peer};
+use crate::protocol::{ErrorCode, Ref, ServerMsg, encode};
 use crate::storage::{Appended, MessageStore, NewMessage, SendKey, StorageError};
 
 /// One accepted send, waiting to be stored.
@@ -129,14 +127,14 @@ fn wait_until(last: Option<(Instant, usize)>, interval: Duration) -> Option<Inst
 
 /// A commit handed to the store and not yet reported on, with the sends it
 /// carries and its place in the publishing backlog.
-struct InFlight<'a> {
+struct InFlight {
     jobs: Vec<SendJob>,
     started: Instant,
-    stored: StoreFuture<'a>,
+    /// The append, running as a task of its own (see [`CommitTask::start_commit`]).
+    stored: JoinHandle<StoreResult>,
     place: Place,
 }
 
-type StoreFuture<'a> = Pin<Box<dyn Future<Output = StoreResult> + Send + 'a>>;
 type StoreResult = Result<Vec<Appended>, StorageError>;
 
 impl CommitTask {
@@ -157,7 +155,7 @@ impl CommitTask {
     pub async fn run(self, mut jobs_rx: mpsc::Receiver<SendJob>, shutdown: CancellationToken) {
         let mut closing = false;
         let mut last_commit: Option<(Instant, usize)> = None;
-        let mut in_flight: Option<InFlight<'_>> = None;
+        let mut in_flight: Option<InFlight> = None;
         // A finished commit's emptied buffer, to gather the next one in
         // (two alternate while commits overlap deliveries).
         let mut spare: Vec<SendJob> = Vec::with_capacity(self.batch_max);
@@ -201,10 +199,17 @@ impl CommitTask {
                 }
                 let place = self.handoff.place().await;
                 last_commit = Some((Instant::now(), jobs.len()));
-                in_flight = Some(self.start_commit(jobs, place).await);
+                in_flight = Some(self.start_commit(jobs, place));
                 continue;
             };
-            let stored = stored.await;
+            let stored = stored.await.unwrap_or_else(|e| {
+                // The store panicked (or the runtime is going away): its
+                // senders are told, as for any failed commit.
+                Err(StorageError::unavailable(
+                    "the commit did not finish",
+                    Some(Box::new(e)),
+                ))
+            });
             self.metrics
                 .commit_seconds
                 .observe(started.elapsed().as_secs_f64());
@@ -222,7 +227,11 @@ impl CommitTask {
                 if !next.is_empty() {
                     let place = self.handoff.place().await;
                     last_commit = Some((Instant::now(), next.len()));
-                    in_flight = Some(self.start_commit(next, place).await);
+                    in_flight = Some(self.start_commit(next, place));
+                    // Lets the commit's task start (on a one-core runtime it
+                    // would otherwise wait for the publishing below to end),
+                    // so that its storage work overlaps these deliveries.
+                    tokio::task::yield_now().await;
                 }
             } else {
                 // Keeping up: the publisher delivers this commit before the
@@ -236,10 +245,13 @@ impl CommitTask {
         tracing::debug!("commit task stopped");
     }
 
-    /// Hands `jobs` to the store as one batch. The store's future is polled
-    /// once here, which for SQLite passes the batch to its thread: the
-    /// commit proceeds there while this task goes on.
-    async fn start_commit(&self, mut jobs: Vec<SendJob>, place: Place) -> InFlight<'_> {
+    /// Hands `jobs` to the store as one batch, appended by a task of its
+    /// own: the commit makes progress while this task hands the last one to
+    /// the publisher, whatever the store (a driver whose future only works
+    /// while polled, as most async database clients', as well as SQLite's
+    /// thread). At most one commit is in flight, so commits still follow
+    /// one another in order.
+    fn start_commit(&self, mut jobs: Vec<SendJob>, place: Place) -> InFlight {
         let started = Instant::now();
         for job in &jobs {
             self.metrics
@@ -259,12 +271,8 @@ impl CommitTask {
                 key: job.key.take(),
             })
             .collect();
-        let mut stored = self.store.append(batch);
-        let stored: StoreFuture<'_> =
-            match std::future::poll_fn(|cx| Poll::Ready(stored.as_mut().poll(cx))).await {
-                Poll::Ready(done) => Box::pin(std::future::ready(done)),
-                Poll::Pending => stored,
-            };
+        let store = self.store.clone();
+        let stored = tokio::spawn(async move { store.append(batch).await });
         InFlight {
             jobs,
             started,
@@ -285,7 +293,7 @@ impl CommitTask {
                 let mut senders = Vec::with_capacity(outcomes.len());
                 for (job, outcome) in jobs.drain(..).zip(outcomes) {
                     let message = match outcome {
-                        Appended::Stored(message) => stored_message(job.room, job.author, message),
+                        Appended::Stored(message) => message,
                         Appended::Duplicate(receipt) => {
                             // A resend: the first copy's `sent` again; its
                             // message was published when it was stored.
@@ -349,21 +357,6 @@ impl CommitTask {
     }
 }
 
-/// The store's answer as the domain's message, for the broker. The store
-/// returns the wire's `ChatMessage`; this is the one place that converts
-/// (the room and author are the send's own, already parsed).
-fn stored_message(room: RoomName, author: AuthorId, stored: ChatMessage) -> Message {
-    Message {
-        room,
-        id: stored.id,
-        seq: stored.seq,
-        from: stored.from,
-        author: Some(author),
-        text: stored.text,
-        at: stored.ts,
-    }
-}
-
 /// A commit's messages as one event per room, rooms in the order they first
 /// appear, each room's messages in commit (seq) order.
 fn events_by_room(messages: Vec<Message>) -> Vec<RoomEvent> {
@@ -414,7 +407,7 @@ mod tests {
     use super::*;
     use std::sync::Mutex;
 
-    use crate::protocol::ChatMessage;
+    use crate::domain::Message;
 
     use async_trait::async_trait;
 
@@ -446,6 +439,8 @@ mod tests {
         fail_first: bool,
         commits: Mutex<u64>,
         seq: Mutex<u64>,
+        /// Appends that returned.
+        finished: AtomicUsize,
     }
 
     #[async_trait]
@@ -462,8 +457,9 @@ mod tests {
                 self.release.notified().await;
             }
             if n == 1 && self.fail_first {
-                return Err(StorageError::AppenderGone);
+                return Err(StorageError::unavailable("gated to fail", None));
             }
+            self.finished.fetch_add(1, Ordering::AcqRel);
             let mut seq = self.seq.lock().unwrap();
             Ok(batch
                 .into_iter()
@@ -478,14 +474,14 @@ mod tests {
                         });
                     }
                     *seq += 1;
-                    Appended::Stored(ChatMessage {
-                        room: m.room.into_string(),
+                    Appended::Stored(Message {
+                        room: m.room,
                         id: m.id,
                         seq: *seq,
                         from: m.from.into_string(),
-                        author: Some(m.author.get()),
+                        author: Some(m.author),
                         text: m.text.into_string(),
-                        ts: m.ts,
+                        at: m.ts,
                     })
                 })
                 .collect())
@@ -544,7 +540,7 @@ mod tests {
             _: &RoomName,
             _: Option<u64>,
             _: u32,
-        ) -> Result<Vec<ChatMessage>, StorageError> {
+        ) -> Result<Vec<Message>, StorageError> {
             unreachable!("the commit task only appends")
         }
         async fn ping(&self) -> Result<(), StorageError> {
@@ -628,6 +624,7 @@ mod tests {
             fail_first,
             commits: Mutex::new(0),
             seq: Mutex::new(0),
+            finished: AtomicUsize::new(0),
         });
         let broker = Arc::new(LoggingBroker {
             log: log.clone(),
@@ -959,5 +956,47 @@ mod tests {
             Some(started + interval),
             "under load"
         );
+    }
+
+    /// A started commit makes progress while the commit task does anything
+    /// but wait for it: the store's future runs as a task of its own. A
+    /// store whose future only works while polled — like an async database
+    /// client's; this one waits on a `Notify` — still commits. Polled once
+    /// and then left alone, it would not.
+    #[tokio::test]
+    async fn a_commit_progresses_while_the_commit_task_does_not_poll_it() {
+        let log = Arc::new(Log::default());
+        let store = Arc::new(GatedStore {
+            log: log.clone(),
+            release: Notify::new(),
+            gated: 1,
+            fail_first: false,
+            commits: Mutex::new(0),
+            seq: Mutex::new(0),
+            finished: AtomicUsize::new(0),
+        });
+        let metrics = Arc::new(Metrics::new());
+        let (handoff, _publications) = super::super::publish::handoff(2, metrics.clone());
+        let commit_task = CommitTask {
+            store: store.clone(),
+            handoff,
+            metrics,
+            batch_max: 8,
+            commit_interval: Duration::ZERO,
+        };
+        let sender = Peer::new(Arc::new(Outbox::new(64, 1 << 20)));
+        let place = commit_task.handoff.place().await;
+        let in_flight = commit_task.start_commit(vec![job("a", &sender)], place);
+        wait_for(&log, 1).await;
+        store.release.notify_one();
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while store.finished.load(Ordering::Acquire) == 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .expect("the commit finished without the commit task polling it");
+        let stored = in_flight.stored.await.unwrap().unwrap();
+        assert!(matches!(&stored[..], [Appended::Stored(m)] if m.seq == 1));
     }
 }

@@ -106,11 +106,17 @@ impl Reaper {
                 () = tokio::time::sleep(poll) => {}
             }
             if let Err(e) = self.follow_deletions().await {
-                tracing::warn!(error = %e, "reading room removals failed");
+                tracing::warn!(
+                    error = &e as &dyn std::error::Error,
+                    "reading room removals failed"
+                );
             }
             if Instant::now() >= next_pass {
                 if let Err(e) = self.pass().await {
-                    tracing::warn!(error = %e, "removing unused rooms failed");
+                    tracing::warn!(
+                        error = &e as &dyn std::error::Error,
+                        "removing unused rooms failed"
+                    );
                 }
                 next_pass = Instant::now() + self.config.interval;
             }

@@ -54,12 +54,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::{Broker, BrokerError};
 use crate::clock;
-use crate::domain::{AuthorId, InputError, MessageText, Nickname, Nonce, RoomName};
+use crate::domain::{AuthorId, InputError, Message, MessageText, Nickname, Nonce, RoomName};
 use crate::identity::{Claim, ClaimError, NameClaims};
 use crate::metrics::Metrics;
 use crate::outbox::Peer;
 use crate::protocol::{
-    ChatMessage, EncodedMessage, EncodedMessages, ErrorCode, HISTORY_LIMIT_DEFAULT,
+    self, ChatMessage, EncodedMessage, EncodedMessages, ErrorCode, HISTORY_LIMIT_DEFAULT,
     HISTORY_LIMIT_MAX, Ref, RoomInfo, SINCE_LIMIT, SINCE_MAX_BYTES,
 };
 use crate::storage::{MessageStore, RoomCreation, SendKey, StorageError};
@@ -171,7 +171,12 @@ impl ServerFacts {
 }
 
 fn internal(e: StorageError) -> Refusal {
-    tracing::error!(error = %e, "storage request failed");
+    // As an error value: the subscriber prints the driver's error (the
+    // source) after what went wrong.
+    tracing::error!(
+        error = &e as &dyn std::error::Error,
+        "storage request failed"
+    );
     Refusal::new(
         ErrorCode::Internal,
         "the server could not complete this request",
@@ -383,15 +388,17 @@ impl Hub {
         }
         // Serialized here, outside the registry's lock.
         if since.is_some() {
-            let (messages, cut) = newest_within(&stored.messages, SINCE_MAX_BYTES);
+            let (messages, cut) = newest_within(stored.messages, SINCE_MAX_BYTES);
             return Ok(PreparedCatchUp {
                 messages,
                 last_seq: stored.last_seq,
                 truncated: stored.truncated || cut,
             });
         }
+        let messages: Vec<ChatMessage> =
+            stored.messages.into_iter().map(ChatMessage::from).collect();
         Ok(PreparedCatchUp {
-            messages: EncodedMessages::encode(&stored.messages),
+            messages: EncodedMessages::encode(&messages),
             last_seq: stored.last_seq,
             truncated: stored.truncated,
         })
@@ -482,7 +489,7 @@ impl Hub {
             .history(&room, before, limit)
             .await
             .map_err(internal)?;
-        Ok((room, messages))
+        Ok((room, messages.into_iter().map(ChatMessage::from).collect()))
     }
 
     /// The room list people pick from (see [`Hub::room_list`]).
@@ -623,19 +630,20 @@ impl Hub {
 
 /// The newest of `messages` (oldest first) whose JSON fits in `max_bytes`,
 /// as a reply's array, and whether any were left out.
-fn newest_within(messages: &[ChatMessage], max_bytes: usize) -> (EncodedMessages, bool) {
-    let mut encoded: Vec<EncodedMessage> = Vec::new();
+fn newest_within(messages: Vec<Message>, max_bytes: usize) -> (EncodedMessages, bool) {
+    let total = messages.len();
+    let mut kept: Vec<EncodedMessage> = Vec::new();
     let mut bytes = 0;
     for message in messages.iter().rev() {
-        let json = EncodedMessage::new(message);
+        let json = encoded(message);
         bytes += json.as_json().len() + 1;
         if bytes > max_bytes {
             break;
         }
-        encoded.push(json);
+        kept.push(json);
     }
-    let cut = encoded.len() < messages.len();
-    (EncodedMessages::concat(encoded.iter().rev()), cut)
+    let cut = kept.len() < total;
+    (EncodedMessages::concat(kept.iter().rev()), cut)
 }
 
 /// Why a join's catch-up could not be prepared.
@@ -647,6 +655,37 @@ enum JoinFailed {
 impl From<StorageError> for JoinFailed {
     fn from(e: StorageError) -> Self {
         JoinFailed::Storage(e)
+    }
+}
+
+/// A stored message's JSON as clients see it, serialized from borrowed
+/// fields. With the `From` below, the hub is where the domain's [`Message`]
+/// becomes the wire's [`ChatMessage`] (storage and the broker never see the
+/// wire type).
+pub(crate) fn encoded(message: &Message) -> EncodedMessage {
+    EncodedMessage::new(&protocol::ChatMessageRef {
+        room: message.room.as_str(),
+        id: &message.id,
+        seq: message.seq,
+        from: &message.from,
+        author: message.author.map(AuthorId::get),
+        text: &message.text,
+        ts: message.at,
+    })
+}
+
+/// A stored message as clients see it, owned (history replies).
+impl From<Message> for ChatMessage {
+    fn from(message: Message) -> Self {
+        ChatMessage {
+            room: message.room.into_string(),
+            id: message.id,
+            seq: message.seq,
+            from: message.from,
+            author: message.author.map(AuthorId::get),
+            text: message.text,
+            ts: message.at,
+        }
     }
 }
 

@@ -174,7 +174,7 @@ impl RecentMessages {
             .messages
             .iter()
             .skip(skip)
-            .map(|m| (m.seq, EncodedMessage::new(m)))
+            .map(|m| (m.seq, super::encoded(m)))
             .collect();
         let complete = skip == 0 && snapshot.messages.len() < asked as usize
             || snapshot.last_seq == 0
@@ -270,9 +270,21 @@ mod tests {
         RoomName::parse("r").unwrap()
     }
 
+    fn stored(seq: u64) -> crate::domain::Message {
+        crate::domain::Message {
+            room: room(),
+            id: format!("id{seq}"),
+            seq,
+            from: "a".into(),
+            author: None,
+            text: format!("m{seq}"),
+            at: 0,
+        }
+    }
+
     fn snapshot(seqs: std::ops::RangeInclusive<u64>) -> CatchUp {
         CatchUp {
-            messages: seqs.clone().map(msg).collect(),
+            messages: seqs.clone().map(stored).collect(),
             last_seq: *seqs.end(),
             truncated: false,
         }

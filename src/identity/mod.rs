@@ -1,6 +1,7 @@
 //! Who someone is: which name a connection speaks under, and the identity
 //! behind it. Today everyone is a guest: a name, claimed with `hello`, and a
-//! session token that proves the claim again later.
+//! reclaim token that proves the claim again later (the wire calls it
+//! `session`; "session" here is kept for accounts' sessions).
 //!
 //! The hub asks through [`NameClaims`]; [`GuestClaims`] answers from two
 //! places. Who is online is kept in memory (one entry per name, counting
@@ -12,7 +13,16 @@
 //! their author id; and nobody else may take that name while its holder is
 //! online or, once offline, for `--name-hold` after it was last seen (a
 //! restart counts as seeing every stored guest: they may have been online).
-//! A token unused for `--session-ttl` expires and its row is forgotten.
+//! A token unused for `--guest-ttl` expires and its row is forgotten.
+//!
+//! Claims are answered from memory and storage's reads; the writes they
+//! make (a new guest, a time last seen) are queued and saved together every
+//! [`guests::SAVE_EVERY`] (200 ms), and on a clean stop. So a clean
+//! restart loses nothing; a crash (or power cut) loses the claims and
+//! leavings of its last 200 ms: those pages' tokens claim nothing after it,
+//! and they get new identities (under the same name, unless someone took it
+//! first). A lost leaving costs nothing: a start holds every stored name
+//! for a hold anyway.
 //!
 //! It must not touch rooms, messages or sockets.
 
@@ -29,7 +39,7 @@ use crate::storage::StorageError;
 #[derive(Debug, Clone)]
 pub struct Claim {
     pub name: Nickname,
-    /// The session token that claims the name again (sent in `welcome`).
+    /// The reclaim token that claims the name again (`welcome.session` on the wire).
     pub token: String,
     /// Stored with every message sent under this claim.
     pub author: AuthorId,

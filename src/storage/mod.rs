@@ -3,17 +3,27 @@
 //! The trait is shaped by what the chat needs (append a batch, catch up a
 //! joiner, page back through history), not by tables, so a PostgreSQL
 //! implementation can sit beside [`SqliteStore`] without the hub changing.
-//! SQL lives only in this module. Guests' stored identities are behind a
-//! trait of their own, [`GuestStore`], used by `identity`.
+//! It speaks in domain types ([`Message`], never the wire's `ChatMessage`),
+//! and its errors say what the caller can do about them ([`StorageError`]),
+//! not which driver failed. SQL lives only in this module. Guests' stored
+//! identities are behind a trait of their own, [`GuestStore`], used by
+//! `identity`.
+//!
+//! What every backend must do is one test suite, `contract`, generic over
+//! the backend: a new backend's tests call it with a factory of its own
+//! (`sqlite` does). Futures returned by a store need not make progress
+//! unless polled: callers that overlap a store call with other work (the
+//! hub's commit task) spawn it.
 
+#[cfg(test)]
+pub(crate) mod contract;
 mod sqlite;
 
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
 
-use crate::domain::{AuthorId, MessageText, Nickname, Nonce, RoomName};
-use crate::protocol::ChatMessage;
+use crate::domain::{AuthorId, Message, MessageText, Nickname, Nonce, RoomName};
 
 /// A message accepted by the hub, not yet stored.
 #[derive(Debug, Clone)]
@@ -44,7 +54,7 @@ pub struct SendKey {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Appended {
     /// Stored now, with its seq.
-    Stored(ChatMessage),
+    Stored(Message),
     /// Its key was stored before (in an earlier batch within the window, or
     /// earlier in this one): nothing was stored; this is the first copy's receipt.
     Duplicate(Receipt),
@@ -75,7 +85,7 @@ pub enum RoomCreation {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CatchUp {
     /// Oldest first.
-    pub messages: Vec<ChatMessage>,
+    pub messages: Vec<Message>,
     /// The seq of the room's newest stored message (0 for none).
     pub last_seq: u64,
     /// More messages matched than `limit`; the oldest were left out.
@@ -100,22 +110,84 @@ pub struct RoomDeletion {
     pub room: RoomName,
 }
 
+/// A driver's own error, kept as the `source` of a [`StorageError`] for logs.
+pub type ErrorSource = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What went wrong, in terms a caller can act on — never which driver or
+/// thread it came from: each backend maps its driver's errors to these once,
+/// and keeps the driver's error as the [`source`](std::error::Error::source)
+/// (log it with `error = &e as &dyn std::error::Error` to see it).
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
-    #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
-    #[error("database error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    #[error("could not start the storage thread: {0}")]
-    Thread(std::io::Error),
-    #[error("the storage thread stopped")]
-    AppenderGone,
-    #[error("migration failed: {0}")]
-    Migration(#[from] sqlx::migrate::MigrateError),
-    #[error("no free author id found")]
-    AuthorIdsExhausted,
-    #[error("unsupported database URL {0:?}: expected sqlite://PATH (a file)")]
-    UnsupportedUrl(String),
+    /// The backend cannot answer now: down, busy past its timeout, out of
+    /// space, an I/O failure, its worker gone. The same request may succeed
+    /// later; a failed write may or may not have been applied only where the
+    /// method says so (an append's batch is all or nothing).
+    #[error("storage is unavailable: {reason}")]
+    Unavailable {
+        reason: String,
+        #[source]
+        source: Option<ErrorSource>,
+    },
+    /// A uniqueness rule or a concurrent change refused the write: nothing
+    /// was changed; the caller decides (other values, or report the clash).
+    #[error("storage refused a conflicting write: {reason}")]
+    Conflict {
+        reason: String,
+        #[source]
+        source: Option<ErrorSource>,
+    },
+    /// Stored data cannot be read back as what it should be (a damaged
+    /// file, a schema this server does not know). Retrying will not help.
+    #[error("stored data cannot be read back: {reason}")]
+    Corrupt {
+        reason: String,
+        #[source]
+        source: Option<ErrorSource>,
+    },
+    /// The store refuses the request itself (an unsupported URL, a value it
+    /// cannot hold). Retrying the same request will not help.
+    #[error("storage refused the request: {reason}")]
+    Invalid {
+        reason: String,
+        #[source]
+        source: Option<ErrorSource>,
+    },
+}
+
+impl StorageError {
+    pub fn unavailable(reason: impl Into<String>, source: Option<ErrorSource>) -> Self {
+        Self::Unavailable {
+            reason: reason.into(),
+            source,
+        }
+    }
+
+    pub fn conflict(reason: impl Into<String>, source: Option<ErrorSource>) -> Self {
+        Self::Conflict {
+            reason: reason.into(),
+            source,
+        }
+    }
+
+    pub fn corrupt(reason: impl Into<String>, source: Option<ErrorSource>) -> Self {
+        Self::Corrupt {
+            reason: reason.into(),
+            source,
+        }
+    }
+
+    pub fn invalid(reason: impl Into<String>, source: Option<ErrorSource>) -> Self {
+        Self::Invalid {
+            reason: reason.into(),
+            source,
+        }
+    }
+
+    /// Whether the same request may succeed later ([`StorageError::Unavailable`]).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unavailable { .. })
+    }
 }
 
 #[async_trait]
@@ -201,16 +273,17 @@ pub trait MessageStore: Send + Sync + 'static {
         room: &RoomName,
         before: Option<u64>,
         limit: u32,
-    ) -> Result<Vec<ChatMessage>, StorageError>;
+    ) -> Result<Vec<Message>, StorageError>;
 
     /// Answers when the database does (for health checks).
     async fn ping(&self) -> Result<(), StorageError>;
 }
 
-/// A guest identity as stored: who holds a name, by their token's digest.
+/// A guest identity as stored: who holds a name, by the digest of their
+/// reclaim token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredGuest {
-    /// SHA-256 of the session token.
+    /// SHA-256 of the reclaim token.
     pub token_hash: [u8; 32],
     pub author: AuthorId,
     pub name: String,
@@ -221,43 +294,45 @@ pub struct StoredGuest {
     pub last_seen: i64,
 }
 
-/// When a stored guest still holds its name against newcomers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HoldRule {
-    /// Guests seen at or after this (Unix ms) hold their name.
-    pub seen_since: i64,
-    /// Guests whose token was used before this (Unix ms) have expired.
-    pub valid_since: i64,
+/// One change to stored guests, applied by [`GuestStore::save_guests`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuestWrite {
+    /// The guest holds its name from now on. Stored guests whose name looks
+    /// like it (same key or shape) are replaced: the caller has decided that
+    /// their hold lapsed. If its author id is taken (a 1 in 2^53 chance per
+    /// stored guest) it is not stored, and its token reclaims nothing after
+    /// a restart.
+    Register(StoredGuest),
+    /// The guest of `token_hash` was seen at `at` (its token used, or its
+    /// holder leaving). An earlier time than the stored one changes nothing.
+    Seen { token_hash: [u8; 32], at: i64 },
 }
 
 /// Guests' identities, stored so that a name and its author id survive a
-/// restart of the server.
+/// restart of the server. Deciding who holds a name is `identity`'s; the
+/// store finds and keeps guests, and applies the writes `identity` queues,
+/// many per transaction.
 #[async_trait]
 pub trait GuestStore: Send + Sync + 'static {
-    /// The guest whose token hashes to `token_hash`, if it has not expired
-    /// (used at or after `valid_since`); marks it used at `now` (an
-    /// implementation may skip the write while the stored time is recent:
-    /// expiry is counted in days).
-    async fn reclaim_guest(
+    /// The guest whose token hashes to `token_hash`, if the token was last
+    /// used at or after `valid_since` (it has not expired).
+    async fn find_guest(
         &self,
         token_hash: &[u8; 32],
         valid_since: i64,
-        now: i64,
     ) -> Result<Option<StoredGuest>, StorageError>;
 
-    /// Stores `guest` as the holder of its name, unless a guest whose name
-    /// looks like it (same key or shape) still holds it by `hold`: then
-    /// nothing changes and `false` is returned. Guests whose hold has lapsed
-    /// are replaced (their tokens no longer reclaim anything). Picks another
-    /// author id if `guest`'s is taken.
-    async fn register_guest(
+    /// The unexpired guests (seen at or after `valid_since`) whose name has
+    /// this [`Nickname::key`] or [`Nickname::shape`]: at most two.
+    async fn name_holders(
         &self,
-        guest: &mut StoredGuest,
-        hold: HoldRule,
-    ) -> Result<bool, StorageError>;
+        name_key: &str,
+        name_shape: &str,
+        valid_since: i64,
+    ) -> Result<Vec<StoredGuest>, StorageError>;
 
-    /// Notes that the guest was seen at `now` (its holder just left).
-    async fn touch_guest(&self, token_hash: &[u8; 32], now: i64) -> Result<(), StorageError>;
+    /// Applies `writes` in order, in one transaction: all of them or none.
+    async fn save_guests(&self, writes: Vec<GuestWrite>) -> Result<(), StorageError>;
 
     /// Forgets guests whose token was last used before `valid_since`, then
     /// the least recently seen beyond `keep`; returns how many.

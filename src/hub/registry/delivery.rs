@@ -16,22 +16,10 @@ use super::Registry;
 use super::pacing::Paced;
 use crate::broker::{Lost, RoomEvent, Subscriber};
 use crate::domain::{Message, RoomName};
+use crate::hub::encoded;
 use crate::outbox::Frame;
 use crate::outbox::Peer;
-use crate::protocol::{self, ChatMessageRef, EncodedMessage};
-
-/// A message's JSON as clients see it.
-fn encoded(message: &Message) -> EncodedMessage {
-    EncodedMessage::new(&ChatMessageRef {
-        room: message.room.as_str(),
-        id: &message.id,
-        seq: message.seq,
-        from: &message.from,
-        author: message.author.map(|a| a.get()),
-        text: &message.text,
-        ts: message.at,
-    })
-}
+use crate::protocol;
 
 impl Subscriber for Registry {
     fn receive(&self, events: &[RoomEvent]) {
@@ -202,15 +190,15 @@ mod tests {
         let registry = unpaced();
         join(&registry, "a", "m");
         let a = room("a");
-        let stored: Vec<ChatMessage> = (1..=3)
-            .map(|seq| ChatMessage {
-                room: "a".into(),
+        let stored: Vec<Message> = (1..=3)
+            .map(|seq| Message {
+                room: a.clone(),
                 id: format!("id{seq}"),
                 seq,
                 from: "alice".into(),
                 author: None,
                 text: format!("m{seq}"),
-                ts: 0,
+                at: 0,
             })
             .collect();
         registry.recent().offer(

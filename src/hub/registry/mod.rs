@@ -37,10 +37,10 @@ use std::time::Instant;
 use super::presence::RoomPresence;
 use super::publish::Handoff;
 use super::recent::RecentMessages;
-use crate::outbox::{self, ConnId, Frame, Peer, SocketWrites};
 use crate::broker::{Broker, ServerId, Subscriber};
 use crate::domain::{Nickname, RoomName};
 use crate::metrics::Metrics;
+use crate::outbox::{self, ConnId, Frame, Peer, SocketWrites};
 use gate::Gate;
 
 /// How the registry delivers (from the configuration).
@@ -175,8 +175,8 @@ mod testing {
     use super::*;
     use crate::broker::{LocalBroker, RoomEvent};
     use crate::domain::Message;
-    use crate::outbox::Outbox;
     use crate::hub::publish;
+    use crate::outbox::Outbox;
     use crate::protocol::EncodedMessages;
 
     /// A registry that never holds frames and writes one socket at a time.

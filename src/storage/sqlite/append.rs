@@ -20,7 +20,9 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::checkpoint::{self, CHECKPOINT_PAGES, Checkpointer, HARD_LIMIT_PAGES};
-use crate::protocol::{ChatMessage, NONCE_WINDOW_MS};
+use super::error;
+use crate::domain::Message;
+use crate::protocol::NONCE_WINDOW_MS;
 use crate::storage::{Appended, NewMessage, Receipt, SendKey, StorageError};
 
 /// Batches waiting for the thread; the hub's writer has one in flight at a time.
@@ -69,8 +71,8 @@ impl Appender {
                     keep_wal_short(&conn, &checkpointer);
                 }
             })
-            .map_err(StorageError::Thread)?;
-        opened.await.map_err(|_| StorageError::AppenderGone)??;
+            .map_err(error::no_thread)?;
+        opened.await.map_err(|_| error::worker_gone())??;
         Ok(Self {
             jobs,
             checkpointer: Some(nudger),
@@ -98,8 +100,8 @@ impl Appender {
         self.jobs
             .send(Job { batch, reply })
             .await
-            .map_err(|_| StorageError::AppenderGone)?;
-        Ok(stored.await.map_err(|_| StorageError::AppenderGone)??)
+            .map_err(|_| error::worker_gone())?;
+        Ok(stored.await.map_err(|_| error::worker_gone())??)
     }
 }
 
@@ -252,22 +254,22 @@ fn append(
     let mut outcomes: Vec<Appended> = Vec::with_capacity(batch.len());
     for ((message, seq), kind) in batch.into_iter().zip(seqs).zip(kinds) {
         let outcome = match kind {
-            Kind::New => Appended::Stored(ChatMessage {
-                room: message.room.into_string(),
+            Kind::New => Appended::Stored(Message {
+                room: message.room,
                 id: message.id,
                 seq,
                 from: message.from.into_string(),
-                author: Some(message.author.get()),
+                author: Some(message.author),
                 text: message.text.into_string(),
-                ts: message.ts,
+                at: message.ts,
             }),
             Kind::StoredBefore(i) => Appended::Duplicate(earlier[i].clone()),
             Kind::CopyOf(first) => Appended::Duplicate(match &outcomes[first] {
                 Appended::Stored(m) => Receipt {
-                    room: m.room.clone(),
+                    room: m.room.as_str().to_owned(),
                     id: m.id.clone(),
                     seq: m.seq,
-                    ts: m.ts,
+                    ts: m.at,
                 },
                 Appended::Duplicate(receipt) => receipt.clone(),
             }),
@@ -406,7 +408,7 @@ mod tests {
         }];
         assert!(matches!(
             appender.append(batch).await,
-            Err(StorageError::AppenderGone)
+            Err(StorageError::Unavailable { .. })
         ));
     }
 
@@ -439,7 +441,7 @@ mod tests {
         let missing = dir.path().join("missing.db");
         assert!(matches!(
             Appender::open(&missing).await,
-            Err(StorageError::Sqlite(_))
+            Err(StorageError::Unavailable { .. })
         ));
     }
 

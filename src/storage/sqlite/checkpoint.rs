@@ -72,7 +72,7 @@ impl Checkpointer {
                     }
                 }
             })
-            .map_err(StorageError::Thread)?;
+            .map_err(super::error::no_thread)?;
         Ok(Self { nudge })
     }
 

@@ -1,14 +1,24 @@
-//! [`GuestStore`] on SQLite: the `guests` table (migration 0003), through a
-//! pool of its own without an fsync per commit (see `SqliteStore::guests_pool`):
-//! a guest's row changes when its name is first claimed and when its holder
-//! leaves, far off the message path.
+//! [`GuestStore`] on SQLite: the `guests` table (migration 0003).
+//!
+//! Reads go through the sqlx pool `SqliteStore::guests_pool`. Writes come
+//! in batches (`identity` queues claims and leavings and saves them
+//! together): each batch is one transaction on a rusqlite connection of
+//! their own, run on a blocking thread — one hand-off per batch, statements
+//! prepared once — with `synchronous = NORMAL`, no fsync per commit (WAL
+//! mode keeps it safe from a process crash; the next fsync of a message
+//! commit makes it durable; a power cut may lose the newest claims).
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
+use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
 use sqlx::FromRow;
 
 use super::SqliteStore;
 use crate::domain::AuthorId;
-use crate::storage::{GuestStore, HoldRule, StorageError, StoredGuest};
+use crate::storage::{GuestStore, GuestWrite, StorageError, StoredGuest};
 
 #[derive(FromRow)]
 struct GuestRow {
@@ -33,81 +43,90 @@ impl GuestRow {
     }
 }
 
-/// Whether a failed statement broke a UNIQUE constraint.
-fn is_unique_violation(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+/// The connection guests' batches are written on (see the module doc).
+pub(super) type GuestWriter = Arc<Mutex<Connection>>;
+
+/// Opens `path` (created and migrated) for guests' writes.
+pub(super) fn open_writer(path: &Path) -> Result<GuestWriter, StorageError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.pragma_update(None, "synchronous", "normal")?;
+    // SQLite's own checkpoint after its commits (its default, 1,000
+    // pages): a flood of new names writes the WAL without any message
+    // commit nudging the checkpoint thread, and must not grow it unbounded.
+    conn.pragma_update(None, "wal_autocheckpoint", 1000)?;
+    Ok(Arc::new(Mutex::new(conn)))
 }
 
-/// How stale a guest's time of last use may be before a reclaim rewrites it.
-const LAST_SEEN_PRECISION_MS: i64 = 60 * 60 * 1000;
-
-/// Tries at picking a free author id before giving up (each a 1 in 2^53
-/// chance of meeting a taken one times the number of guests).
-const AUTHOR_ID_TRIES: usize = 4;
+macro_rules! columns {
+    () => {
+        "token_hash, author_id, name, name_key, name_shape, last_seen"
+    };
+}
 
 #[async_trait]
 impl GuestStore for SqliteStore {
-    async fn reclaim_guest(
+    async fn find_guest(
         &self,
         token_hash: &[u8; 32],
         valid_since: i64,
-        now: i64,
     ) -> Result<Option<StoredGuest>, StorageError> {
-        let row: Option<GuestRow> = sqlx::query_as(
-            "SELECT token_hash, author_id, name, name_key, name_shape, last_seen FROM guests \
-             WHERE token_hash = ?1 AND last_seen >= ?2",
-        )
+        let row: Option<GuestRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM guests WHERE token_hash = ?1 AND last_seen >= ?2"
+        ))
         .bind(token_hash.as_slice())
         .bind(valid_since)
         .fetch_optional(&self.guests_pool)
         .await?;
-        let Some(mut guest) = row.and_then(GuestRow::into_guest) else {
-            return Ok(None);
-        };
-        // A write costs an fsync, and after a restart every page reclaims
-        // at once: the time of use is only written when it has aged
-        // (expiry is counted in days; the name's hold is counted from the
-        // start or from when its holder leaves, written then).
-        if guest.last_seen < now.saturating_sub(LAST_SEEN_PRECISION_MS) {
-            sqlx::query("UPDATE guests SET last_seen = MAX(last_seen, ?2) WHERE token_hash = ?1")
-                .bind(token_hash.as_slice())
-                .bind(now)
-                .execute(&self.guests_pool)
-                .await?;
-            guest.last_seen = now;
-        }
-        Ok(Some(guest))
+        Ok(row.and_then(GuestRow::into_guest))
     }
 
-    async fn register_guest(
+    async fn name_holders(
         &self,
-        guest: &mut StoredGuest,
-        hold: HoldRule,
-    ) -> Result<bool, StorageError> {
-        for _ in 0..AUTHOR_ID_TRIES {
-            // IMMEDIATE: the check and the replacement happen under the
-            // write lock, so two newcomers cannot both take a free name.
-            // (A transaction dropped unfinished is rolled back.)
-            let mut tx = self.guests_pool.begin_with("BEGIN IMMEDIATE").await?;
-            match register(&mut tx, guest, hold).await {
-                Ok(true) => {
-                    tx.commit().await?;
-                    return Ok(true);
-                }
-                Ok(false) => return Ok(false),
-                Err(e) if is_unique_violation(&e) => guest.author = AuthorId::random(),
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(StorageError::AuthorIdsExhausted)
+        name_key: &str,
+        name_shape: &str,
+        valid_since: i64,
+    ) -> Result<Vec<StoredGuest>, StorageError> {
+        // Each side searches its own unique index.
+        let rows: Vec<GuestRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM guests WHERE name_key = ?1 AND last_seen >= ?3 UNION SELECT ",
+            columns!(),
+            " FROM guests WHERE name_shape = ?2 AND last_seen >= ?3"
+        ))
+        .bind(name_key)
+        .bind(name_shape)
+        .bind(valid_since)
+        .fetch_all(&self.guests_pool)
+        .await?;
+        Ok(rows.into_iter().filter_map(GuestRow::into_guest).collect())
     }
 
-    async fn touch_guest(&self, token_hash: &[u8; 32], now: i64) -> Result<(), StorageError> {
-        sqlx::query("UPDATE guests SET last_seen = MAX(last_seen, ?2) WHERE token_hash = ?1")
-            .bind(token_hash.as_slice())
-            .bind(now)
-            .execute(&self.guests_pool)
-            .await?;
+    async fn save_guests(&self, writes: Vec<GuestWrite>) -> Result<(), StorageError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let writer = self.guest_writer.clone();
+        let skipped = tokio::task::spawn_blocking(move || {
+            let mut conn = writer.lock().unwrap_or_else(|e| e.into_inner());
+            save(&mut conn, &writes)
+        })
+        .await
+        .map_err(|e| {
+            StorageError::unavailable("saving guests did not finish", Some(Box::new(e)))
+        })??;
+        if skipped > 0 {
+            tracing::warn!(
+                skipped,
+                "guests not stored: their author id was taken (their tokens reclaim nothing after a restart)"
+            );
+        }
         Ok(())
     }
 
@@ -136,42 +155,46 @@ impl GuestStore for SqliteStore {
     }
 }
 
-/// The body of [`SqliteStore::register_guest`], inside its transaction.
-async fn register(
-    conn: &mut sqlx::SqliteConnection,
-    guest: &StoredGuest,
-    hold: HoldRule,
-) -> Result<bool, sqlx::Error> {
-    let holder: Option<i64> = sqlx::query_scalar(
-        "SELECT 1 FROM guests WHERE (name_key = ?1 OR name_shape = ?2) \
-         AND last_seen >= ?3 AND last_seen >= ?4 LIMIT 1",
-    )
-    .bind(&guest.name_key)
-    .bind(&guest.name_shape)
-    .bind(hold.seen_since)
-    .bind(hold.valid_since)
-    .fetch_optional(&mut *conn)
-    .await?;
-    if holder.is_some() {
-        return Ok(false);
+/// One transaction applying `writes` in order; returns how many
+/// registrations were skipped for a taken author id.
+fn save(conn: &mut Connection, writes: &[GuestWrite]) -> Result<usize, rusqlite::Error> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut skipped = 0;
+    {
+        let mut replace =
+            tx.prepare_cached("DELETE FROM guests WHERE name_key = ?1 OR name_shape = ?2")?;
+        // A taken author id (or, as unlikely, token) is left alone: without
+        // a conflict target, DO NOTHING covers every unique index, and the
+        // name's own were cleared just before.
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO guests (token_hash, author_id, name, name_key, name_shape, last_seen) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
+        )?;
+        let mut seen = tx.prepare_cached(
+            "UPDATE guests SET last_seen = MAX(last_seen, ?2) WHERE token_hash = ?1",
+        )?;
+        for write in writes {
+            match write {
+                GuestWrite::Register(g) => {
+                    replace.execute(params![g.name_key, g.name_shape])?;
+                    let stored = insert.execute(params![
+                        g.token_hash.as_slice(),
+                        g.author.to_stored(),
+                        g.name,
+                        g.name_key,
+                        g.name_shape,
+                        g.last_seen
+                    ])?;
+                    if stored == 0 {
+                        skipped += 1;
+                    }
+                }
+                GuestWrite::Seen { token_hash, at } => {
+                    seen.execute(params![token_hash.as_slice(), at])?;
+                }
+            }
+        }
     }
-    // Whoever held a look-alike of the name before has let it lapse.
-    sqlx::query("DELETE FROM guests WHERE name_key = ?1 OR name_shape = ?2")
-        .bind(&guest.name_key)
-        .bind(&guest.name_shape)
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query(
-        "INSERT INTO guests (token_hash, author_id, name, name_key, name_shape, last_seen) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )
-    .bind(guest.token_hash.as_slice())
-    .bind(guest.author.to_stored())
-    .bind(&guest.name)
-    .bind(&guest.name_key)
-    .bind(&guest.name_shape)
-    .bind(guest.last_seen)
-    .execute(&mut *conn)
-    .await?;
-    Ok(true)
+    tx.commit()?;
+    Ok(skipped)
 }
