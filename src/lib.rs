@@ -13,7 +13,7 @@
 //!   the join gate, pacing and presence (`hub::registry`), the commit task
 //!   (group commit) and its publisher, the recent tail, removal of unused
 //!   rooms (`hub::lifecycle`).
-//! - [`identity`]: who someone is — guests' name claims and session tokens
+//! - [`identity`]: who someone is — guests' name claims and reclaim tokens
 //!   (the `NameClaims` trait; guests stored through `storage::GuestStore`).
 //! - [`storage`]: the `MessageStore` and `GuestStore` traits and their SQLite implementation.
 //! - [`broker`]: the `Broker` trait (room events between servers, its contract

@@ -547,7 +547,7 @@ impl AddressLimits {
 // ------------------------------------------------------------ join/leave churn
 //
 // Each join or leave that changes who is in a room is news for every member.
-// Presence is coalesced (hub::presence), so churn no longer multiplies bytes,
+// Presence is coalesced (hub::presence), so churn does not multiply bytes,
 // but joins still cost catch-up reads and announcements; these two limits
 // keep churn of one room cheap to refuse. A first join of a room costs a
 // join token (`--join-rate`); leaving and joining it again on the same

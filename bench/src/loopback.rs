@@ -7,7 +7,7 @@
 //! time per write, which includes, on loopback, the receiving side's TCP
 //! work and the wake-ups of the reader. With `--io-uring` each round's
 //! writes go to the kernel in calls of up to 256 sends, as the server's room
-//! deliveries do (`hub/batch.rs`): the difference is what one system call
+//! deliveries do (the server's `outbox/uring.rs`): the difference is what one system call
 //! per write costs beyond TCP's own work.
 
 use std::fmt::Display;

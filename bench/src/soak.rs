@@ -4,7 +4,7 @@
 //! Each virtual user owns one connection (one task, no shared state) and
 //! wanders: joins and leaves rooms, sends messages, asks for history and the
 //! room list, sends bad frames on purpose, and now and then drops its socket
-//! without a close frame and resumes (`hello` with its session token, then
+//! without a close frame and resumes (`hello` with its reclaim token, then
 //! `join` with `since`). Along the way it checks, per room, that the seqs it
 //! sees — live and in catch-up batches — have no gaps and no duplicates, that
 //! each acknowledged message comes back to it intact, and that every request
@@ -76,7 +76,7 @@ pub struct SoakArgs {
     pub action_rate: f64,
 
     /// Average time between one user's abrupt disconnects, each followed by
-    /// a resume with the session token and `since`.
+    /// a resume with the reclaim token and `since`.
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     pub reconnect_every: Duration,
 

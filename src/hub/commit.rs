@@ -214,31 +214,40 @@ impl CommitTask {
                 .commit_seconds
                 .observe(started.elapsed().as_secs_f64());
             let behind = falling_behind(jobs_rx.len(), self.batch_max);
-            let emptied = self.finish(jobs, stored, place);
             // Behind (see `falling_behind`): the sends that arrived during
             // the commit start theirs now, before its deliveries are
-            // written, if the interval allows.
+            // written, if the interval allows. With a place free in the
+            // backlog the next commit's task is spawned before this one is
+            // handed to the publisher, so that it runs first and its
+            // storage work overlaps the deliveries (on a one-core runtime
+            // it would otherwise wait for the publishing to end).
+            let mut next = Vec::new();
             if behind
                 && wait_until(last_commit, self.commit_interval)
                     .is_none_or(|at| Instant::now() >= at)
             {
-                let mut next = std::mem::take(&mut spare);
+                next = std::mem::take(&mut spare);
                 take_queued(&mut jobs_rx, &mut next, self.batch_max);
-                if !next.is_empty() {
-                    let place = self.handoff.place().await;
-                    last_commit = Some((Instant::now(), next.len()));
-                    in_flight = Some(self.start_commit(next, place));
-                    // Lets the commit's task start (on a one-core runtime it
-                    // would otherwise wait for the publishing below to end),
-                    // so that its storage work overlaps these deliveries.
-                    tokio::task::yield_now().await;
-                }
-            } else {
-                // Keeping up: the publisher delivers this commit before the
-                // next one starts (on a one-core server the storage thread
-                // would otherwise preempt the round of writes).
-                tokio::task::yield_now().await;
             }
+            if !next.is_empty()
+                && let Some(place) = self.handoff.try_place()
+            {
+                last_commit = Some((Instant::now(), next.len()));
+                in_flight = Some(self.start_commit(std::mem::take(&mut next), place));
+            }
+            let emptied = self.finish(jobs, stored, place);
+            if !next.is_empty() {
+                // Every place taken: this commit's (just handed over) frees
+                // once published.
+                let place = self.handoff.place().await;
+                last_commit = Some((Instant::now(), next.len()));
+                in_flight = Some(self.start_commit(next, place));
+            }
+            // Lets the next commit's task start, or (keeping up) the
+            // publisher deliver this commit before the next one starts: on
+            // a one-core server the storage thread would otherwise preempt
+            // the round of writes.
+            tokio::task::yield_now().await;
             spare = emptied;
         }
         self.handoff.drained().await;

@@ -84,6 +84,12 @@ pub(super) struct Place {
 }
 
 impl Handoff {
+    /// A place for the next commit if one is free.
+    pub(super) fn try_place(&self) -> Option<Place> {
+        let permit = self.places.clone().try_acquire_owned().ok()?;
+        Some(Place { _permit: permit })
+    }
+
     /// A place for the next commit, waiting while every place is taken.
     pub(super) async fn place(&self) -> Place {
         if let Ok(permit) = self.places.clone().try_acquire_owned() {

@@ -1,4 +1,4 @@
-//! Guests' identities across restarts: the session token that held a name
+//! Guests' identities across restarts: the reclaim token that held a name
 //! gets it back, nobody else does meanwhile, and history tells two people
 //! who used one name apart by their author id.
 

@@ -770,7 +770,7 @@ fn arb_script() -> impl Strategy<Value = Vec<Op>> {
 #[derive(Debug, Default)]
 struct Model {
     conns: [Option<ModelConn>; CLIENTS],
-    /// Online people by case-folded name: their session token and connection count.
+    /// Online people by case-folded name: their reclaim token and connection count.
     people: HashMap<String, (String, usize)>,
     /// The last token the server gave for each name, even once released.
     tokens: HashMap<String, String>,
@@ -1376,7 +1376,7 @@ impl Run {
         }
     }
 
-    /// Hello: the reply is read here, to learn the session token.
+    /// Hello: the reply is read here, to learn the reclaim token.
     async fn hello(
         &mut self,
         c: usize,
@@ -1451,7 +1451,7 @@ impl Run {
         if same_token {
             let person_token = &self.model.people[&key].0;
             if &got != person_token {
-                return Err(format!("welcome for {display} changed the session token"));
+                return Err(format!("welcome for {display} changed the reclaim token"));
             }
             if self.model.authors.get(&key) != Some(&author) {
                 return Err(format!("the same token gave {display} another author id"));

@@ -29,7 +29,7 @@ use crate::storage::StorageError;
 /// 1,000 frames few pages repeat, over 8,000 most do. Measured with 1,000
 /// rooms at 5,000 msg/s: the checkpoint thread's writes 218 → 50 MB and its
 /// CPU 0.37 → 0.08 s per 10 s, ~5 % of the server's CPU per delivery
-/// (docs/performance.md, eighth session).
+/// (docs/performance.md, "What each optimisation bought").
 pub(super) const CHECKPOINT_PAGES: i32 = 8000;
 /// WAL pages after which the append connection checkpoints by itself (~128 MiB).
 pub(super) const HARD_LIMIT_PAGES: i32 = 4 * CHECKPOINT_PAGES;

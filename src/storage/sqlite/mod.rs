@@ -3,7 +3,7 @@
 //!
 //! `synchronous = FULL` makes a committed transaction survive power loss, not
 //! only a process crash: `sent` promises durability. The cost is one fsync per
-//! transaction, which the hub's writer amortises by committing sends in batches.
+//! transaction, which the hub's commit task amortises by committing sends in batches.
 //!
 //! Reads, room creation and migrations go through an sqlx pool; appends, the
 //! hot path, through one rusqlite connection on a thread of its own
