@@ -1054,11 +1054,12 @@ async fn silent_connections_cost_little_and_their_memory_returns_when_they_close
     );
     // Memory returns after a burst: each runtime thread gives its freed
     // pages back when idle (src/allocator.rs). Measured: of ~7.5 MiB a
-    // burst took, ~0.8 MiB stays; without the collection ~6.8 MiB stayed.
+    // burst took, 0.8–2.2 MiB stays (more while other tests load the
+    // machine); without the collection ~6.8 MiB stayed.
     let grown = during - before;
     for (after, burst) in [(after, "first"), (after_again, "second")] {
         assert!(
-            after.saturating_sub(before) < grown / 4,
+            after.saturating_sub(before) < grown / 2,
             "after the {burst} burst RSS is {after} KiB: {before} before, {during} during"
         );
     }
