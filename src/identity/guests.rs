@@ -19,7 +19,7 @@
 //! the module documentation of `identity`: a crash loses the claims and
 //! leavings of the last interval; a clean stop saves them ([`GuestClaims::save_queued`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -112,7 +112,26 @@ struct Queued {
     seen: HashMap<[u8; 32], i64>,
     /// Saves completed.
     epoch: u64,
+    /// What the latest saves took out of the queue (oldest first, at most
+    /// [`SAVES_REMEMBERED`]): a claim that read storage before one of
+    /// them completed needs to read again only if that save concerned its
+    /// name or a guest it read.
+    saves: VecDeque<SavedWrites>,
 }
+
+/// What one save took out of the queue.
+struct SavedWrites {
+    /// The epoch the save completed.
+    epoch: u64,
+    /// The name keys and shapes it registered.
+    names: HashSet<String>,
+    /// Tokens whose time seen it saved.
+    seen: HashSet<[u8; 32]>,
+}
+
+/// Saves remembered for claims that read storage while they completed;
+/// a claim whose read spans more saves than this reads again.
+const SAVES_REMEMBERED: usize = 64;
 
 impl Queued {
     /// The queued registration of a look-alike of the name, if any.
@@ -152,9 +171,17 @@ impl Queued {
 
     /// `writes` were saved: what they changed is storage's to answer now.
     fn saved(&mut self, writes: &[GuestWrite]) {
+        let mut saved = SavedWrites {
+            epoch: self.epoch + 1,
+            names: HashSet::new(),
+            seen: HashSet::new(),
+        };
         for write in writes {
             match write {
                 GuestWrite::Register(guest) => {
+                    saved.names.insert(guest.name_key.clone());
+                    saved.names.insert(guest.name_shape.clone());
+                    saved.seen.insert(guest.token_hash);
                     // A token is registered once. Its times seen since are
                     // `Seen` writes, in `seen` until they are saved too.
                     self.registered.remove(&guest.token_hash);
@@ -166,6 +193,7 @@ impl Queued {
                     }
                 }
                 GuestWrite::Seen { token_hash, at } => {
+                    saved.seen.insert(*token_hash);
                     if self.seen.get(token_hash).is_some_and(|latest| latest <= at) {
                         self.seen.remove(token_hash);
                     }
@@ -173,6 +201,39 @@ impl Queued {
             }
         }
         self.epoch += 1;
+        if self.saves.len() == SAVES_REMEMBERED {
+            self.saves.pop_front();
+        }
+        self.saves.push_back(saved);
+    }
+
+    /// Whether a read of storage for `key`/`shape` that found `found`,
+    /// made while the queue was at `epoch`, may have missed what a save
+    /// since took out of the queue (so that neither the read nor the queue
+    /// shows it).
+    fn read_is_stale(&self, epoch: u64, key: &str, shape: &str, found: &Found) -> bool {
+        if self.epoch == epoch {
+            return false;
+        }
+        if self
+            .saves
+            .front()
+            .is_none_or(|oldest| oldest.epoch > epoch + 1)
+        {
+            return true;
+        }
+        let read: Vec<&[u8; 32]> = match found {
+            Found::Holder(guest) => vec![&guest.token_hash],
+            Found::Newcomer(holders) => holders.iter().map(|g| &g.token_hash).collect(),
+        };
+        self.saves
+            .iter()
+            .filter(|save| save.epoch > epoch)
+            .any(|save| {
+                save.names.contains(key)
+                    || save.names.contains(shape)
+                    || read.iter().any(|token| save.seen.contains(*token))
+            })
     }
 }
 
@@ -366,7 +427,7 @@ impl GuestClaims {
         token: Option<&str>,
         now: i64,
     ) -> Option<Result<Claim, ClaimError>> {
-        if state.queued.epoch != epoch {
+        if state.queued.read_is_stale(epoch, key, shape, &found) {
             return None;
         }
         if let Some(held) = state.online.holder_key(key, shape) {
@@ -900,5 +961,71 @@ mod tests {
         assert_eq!(token.len(), 48);
         assert_eq!(hash_token(&token), hash_token(&token.clone()));
         assert_ne!(hash_token(&token), hash_token(&new_token()));
+    }
+
+    fn stored(name: &str, token: u8) -> StoredGuest {
+        let nick = Nickname::parse(name).unwrap();
+        StoredGuest {
+            token_hash: [token; 32],
+            author: AuthorId::random(),
+            name: name.to_owned(),
+            name_key: nick.key(),
+            name_shape: nick.shape(),
+            last_seen: 1,
+        }
+    }
+
+    /// A claim that read storage while saves completed reads again only if
+    /// a save concerned its name (or a look-alike) or a guest it read, or
+    /// if more saves completed than are remembered: under a flood of new
+    /// names, claims of other names go through instead of retrying until
+    /// they give up.
+    #[test]
+    fn a_read_is_stale_only_if_a_save_since_concerned_it() {
+        let mut queued = Queued::default();
+        let alice = Nickname::parse("alice").unwrap();
+        let (key, shape) = (alice.key(), alice.shape());
+        let holder = stored("bob", 7);
+        let read = Found::Newcomer(vec![holder.clone()]);
+        let epoch = queued.epoch;
+        assert!(!queued.read_is_stale(epoch, &key, &shape, &read));
+        // Other names saved: the read still stands.
+        queued.saved(&[GuestWrite::Register(stored("carol", 1))]);
+        queued.saved(&[GuestWrite::Register(stored("dave", 2))]);
+        assert!(!queued.read_is_stale(epoch, &key, &shape, &read));
+        // A look-alike of the name saved since: read again.
+        let mut lookalike = queued_copy(&queued);
+        lookalike.saved(&[GuestWrite::Register(stored("Alice", 3))]);
+        assert!(lookalike.read_is_stale(epoch, &key, &shape, &read));
+        // A guest the read found, seen since: read again.
+        let mut seen = queued_copy(&queued);
+        seen.saved(&[GuestWrite::Seen {
+            token_hash: holder.token_hash,
+            at: 2,
+        }]);
+        assert!(seen.read_is_stale(epoch, &key, &shape, &read));
+        // More saves than remembered: read again.
+        for i in 0..SAVES_REMEMBERED {
+            queued.saved(&[GuestWrite::Register(stored(&format!("x{i}"), 9))]);
+        }
+        assert!(queued.read_is_stale(epoch, &key, &shape, &read));
+        assert!(!queued.read_is_stale(queued.epoch - 1, &key, &shape, &read));
+    }
+
+    /// The save history of `queued` (what `read_is_stale` looks at).
+    fn queued_copy(queued: &Queued) -> Queued {
+        Queued {
+            epoch: queued.epoch,
+            saves: queued
+                .saves
+                .iter()
+                .map(|s| SavedWrites {
+                    epoch: s.epoch,
+                    names: s.names.clone(),
+                    seen: s.seen.clone(),
+                })
+                .collect(),
+            ..Queued::default()
+        }
     }
 }
