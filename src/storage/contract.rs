@@ -75,11 +75,11 @@ fn room(name: &str) -> RoomName {
     RoomName::parse(name).unwrap()
 }
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     crate::clock::now_ms()
 }
 
-fn message(room_name: &str, id: &str) -> NewMessage {
+pub(crate) fn message(room_name: &str, id: &str) -> NewMessage {
     NewMessage {
         room: room(room_name),
         id: id.to_owned(),
@@ -91,7 +91,7 @@ fn message(room_name: &str, id: &str) -> NewMessage {
     }
 }
 
-fn keyed(room_name: &str, id: &str, sender: &str, nonce: &str) -> NewMessage {
+pub(crate) fn keyed(room_name: &str, id: &str, sender: &str, nonce: &str) -> NewMessage {
     NewMessage {
         key: Some(SendKey {
             sender: sender.to_owned(),
@@ -102,7 +102,7 @@ fn keyed(room_name: &str, id: &str, sender: &str, nonce: &str) -> NewMessage {
 }
 
 /// The stored messages of an append's outcomes (panics on a duplicate).
-fn stored(outcomes: Vec<Appended>) -> Vec<Message> {
+pub(crate) fn stored(outcomes: Vec<Appended>) -> Vec<Message> {
     outcomes
         .into_iter()
         .map(|o| match o {
@@ -112,7 +112,7 @@ fn stored(outcomes: Vec<Appended>) -> Vec<Message> {
         .collect()
 }
 
-fn receipt(m: &Message) -> Receipt {
+pub(crate) fn receipt(m: &Message) -> Receipt {
     Receipt {
         room: m.room.as_str().to_owned(),
         id: m.id.clone(),

@@ -561,57 +561,11 @@ mod contract {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{MessageText, Nickname, Nonce};
     use crate::protocol::NONCE_WINDOW_MS;
-    use crate::storage::{Receipt, SendKey};
 
-    /// Now, as the writer stamps messages (keys are kept for a window from then).
-    fn now() -> i64 {
-        crate::clock::now_ms()
-    }
-
-    fn message(room: &str, id: &str) -> NewMessage {
-        NewMessage {
-            room: RoomName::parse(room).unwrap(),
-            id: id.to_owned(),
-            from: Nickname::parse("alice").unwrap(),
-            author: AuthorId::from_stored(7),
-            text: MessageText::parse(&format!("text of {id}")).unwrap(),
-            ts: now(),
-            key: None,
-        }
-    }
-
-    /// `message` sent by `sender` with `nonce`.
-    fn keyed(room: &str, id: &str, sender: &str, nonce: &str) -> NewMessage {
-        NewMessage {
-            key: Some(SendKey {
-                sender: sender.to_owned(),
-                nonce: Nonce::parse(nonce).unwrap(),
-            }),
-            ..message(room, id)
-        }
-    }
-
-    /// The stored messages of an append's outcomes (panics on a duplicate).
-    fn stored(outcomes: Vec<Appended>) -> Vec<Message> {
-        outcomes
-            .into_iter()
-            .map(|o| match o {
-                Appended::Stored(m) => m,
-                Appended::Duplicate(r) => panic!("unexpected duplicate {r:?}"),
-            })
-            .collect()
-    }
-
-    fn receipt(m: &Message) -> Receipt {
-        Receipt {
-            room: m.room.as_str().to_owned(),
-            id: m.id.clone(),
-            seq: m.seq,
-            ts: m.at,
-        }
-    }
+    // The contract suite's helpers: a message, one with a nonce, the
+    // stored messages of an append, a message's receipt.
+    use crate::storage::contract::{keyed, message, now, receipt, stored};
 
     async fn room_texts(store: &SqliteStore, room: &str) -> Vec<String> {
         store
