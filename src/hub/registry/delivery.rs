@@ -190,17 +190,7 @@ mod tests {
         let registry = unpaced();
         join(&registry, "a", "m");
         let a = room("a");
-        let stored: Vec<Message> = (1..=3)
-            .map(|seq| Message {
-                room: a.clone(),
-                id: format!("id{seq}"),
-                seq,
-                from: "alice".into(),
-                author: None,
-                text: format!("m{seq}"),
-                at: 0,
-            })
-            .collect();
+        let stored: Vec<Message> = (1..=3).map(|seq| message(&a, seq)).collect();
         registry.recent().offer(
             &a,
             &CatchUp {

@@ -235,20 +235,22 @@ mod testing {
         RoomName::parse(name).unwrap()
     }
 
+    /// Message `seq` of `room`, from alice, text `m{seq}`.
+    pub(super) fn message(room: &RoomName, seq: u64) -> Message {
+        Message {
+            room: room.clone(),
+            id: format!("id{seq}"),
+            seq,
+            from: "alice".into(),
+            author: None,
+            text: format!("m{seq}"),
+            at: 0,
+        }
+    }
+
     /// An event of messages `seqs` in `room`.
     pub(super) fn messages(room: &RoomName, seqs: &[u64]) -> RoomEvent {
-        let messages: Vec<Message> = seqs
-            .iter()
-            .map(|&seq| Message {
-                room: room.clone(),
-                id: format!("id{seq}"),
-                seq,
-                from: "alice".into(),
-                author: None,
-                text: format!("m{seq}"),
-                at: 0,
-            })
-            .collect();
+        let messages: Vec<Message> = seqs.iter().map(|&seq| message(room, seq)).collect();
         RoomEvent::Messages(messages.into())
     }
 

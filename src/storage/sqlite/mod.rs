@@ -567,16 +567,6 @@ mod tests {
     // stored messages of an append, a message's receipt.
     use crate::storage::contract::{keyed, message, now, receipt, stored};
 
-    async fn room_texts(store: &SqliteStore, room: &str) -> Vec<String> {
-        store
-            .history(&RoomName::parse(room).unwrap(), None, 100)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|m| m.text)
-            .collect()
-    }
-
     async fn open(dir: &tempfile::TempDir) -> SqliteStore {
         let url = format!("sqlite://{}", dir.path().join("t.db").display());
         SqliteStore::connect(&url).await.unwrap()
@@ -701,95 +691,8 @@ mod tests {
         assert_eq!(seqs(&next), [("4", 2)]);
     }
 
-    /// A resend with the same key, in a later batch, stores nothing and gets
-    /// the first copy's receipt; the room's numbering does not move.
-    #[tokio::test]
-    async fn a_resent_key_is_stored_once_and_answered_with_the_first_receipt() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(&dir).await;
-        let first = stored(
-            store
-                .append(vec![keyed("a", "1", "alice", "n1")])
-                .await
-                .unwrap(),
-        );
-        let again = store
-            .append(vec![
-                keyed("a", "2", "alice", "n1"),
-                keyed("a", "3", "alice", "n2"),
-            ])
-            .await
-            .unwrap();
-        assert_eq!(again[0], Appended::Duplicate(receipt(&first[0])));
-        let Appended::Stored(next) = &again[1] else {
-            panic!("a new key is stored: {again:?}")
-        };
-        assert_eq!(next.seq, 2, "the resend took no seq");
-        assert_eq!(room_texts(&store, "a").await, ["text of 1", "text of 3"]);
-        // Across a restart: the key is in the database, not in memory.
-        drop(store);
-        let store = open(&dir).await;
-        let after_restart = store
-            .append(vec![keyed("a", "4", "alice", "n1")])
-            .await
-            .unwrap();
-        assert_eq!(after_restart, [Appended::Duplicate(receipt(&first[0]))]);
-    }
-
-    /// Two copies in one batch (a resend racing the original): one stored,
-    /// both answered with its receipt — also when the key was stored before.
-    #[tokio::test]
-    async fn copies_of_a_key_in_one_batch_store_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(&dir).await;
-        let outcomes = store
-            .append(vec![
-                keyed("a", "1", "alice", "n1"),
-                keyed("a", "2", "alice", "n1"),
-                keyed("a", "3", "alice", "n1"),
-            ])
-            .await
-            .unwrap();
-        let Appended::Stored(first) = &outcomes[0] else {
-            panic!("{outcomes:?}")
-        };
-        assert_eq!(outcomes[1], Appended::Duplicate(receipt(first)));
-        assert_eq!(outcomes[2], Appended::Duplicate(receipt(first)));
-        let outcomes = store
-            .append(vec![
-                keyed("b", "4", "alice", "n1"),
-                keyed("b", "5", "alice", "n1"),
-            ])
-            .await
-            .unwrap();
-        assert_eq!(
-            outcomes,
-            [
-                Appended::Duplicate(receipt(first)),
-                Appended::Duplicate(receipt(first))
-            ],
-            "the first copy's room, whichever room a resend names"
-        );
-        assert_eq!(room_texts(&store, "a").await, ["text of 1"]);
-        assert!(room_texts(&store, "b").await.is_empty());
-    }
-
-    /// A key belongs to its sender: another sender's same nonce is another message.
-    #[tokio::test]
-    async fn the_same_nonce_from_another_sender_is_another_message() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(&dir).await;
-        let outcomes = store
-            .append(vec![
-                keyed("a", "1", "alice", "n1"),
-                keyed("a", "2", "bob", "n1"),
-                message("a", "3"),
-                message("a", "4"),
-            ])
-            .await
-            .unwrap();
-        assert_eq!(stored(outcomes).len(), 4);
-    }
+    // Resends in a later batch, after a restart, copies in one batch and
+    // another sender's nonce: the contract suite (`storage::contract`).
 
     /// Past the window a key is forgotten: the same nonce stores a new
     /// message (and replaces the old row, whether or not it was pruned).
