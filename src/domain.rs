@@ -169,6 +169,11 @@ fn skeleton(s: &str) -> String {
 static BOT_KEYS: LazyLock<(String, String)> =
     LazyLock::new(|| (skeleton(&BOT_NAME.to_lowercase()), skeleton(BOT_NAME)));
 
+/// A registered account's row id (never shown on the wire: accounts are
+/// named by their name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AccountId(pub i64);
+
 /// The opaque, stable id of an identity (today a guest's session), stored
 /// with each message it sends, so that two people who used the same display
 /// name are told apart in history. Ids are random, below 2^53 so that
