@@ -368,19 +368,19 @@ impl RoomAccessStore for SqliteStore {
         .bind(account.0)
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter()
+        let mut rooms = Vec::with_capacity(rows.len());
+        for (name, kind, role) in rows {
             // A stored name that no longer parses is not a room one can enter.
-            .filter_map(|(name, kind, role)| {
-                let room = RoomName::parse(&name).ok()?;
-                Some((|| {
-                    Ok(MemberRoom {
-                        room,
-                        kind: read_kind(&kind)?,
-                        role: read_role(&role)?,
-                    })
-                })())
-            })
-            .collect()
+            let Ok(room) = RoomName::parse(&name) else {
+                continue;
+            };
+            rooms.push(MemberRoom {
+                room,
+                kind: read_kind(&kind)?,
+                role: read_role(&role)?,
+            });
+        }
+        Ok(rooms)
     }
 
     async fn ban(
