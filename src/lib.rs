@@ -15,16 +15,20 @@
 //!   rooms (`hub::lifecycle`).
 //! - [`identity`]: who someone is — guests' name claims and reclaim tokens
 //!   (the `NameClaims` trait; guests stored through `storage::GuestStore`).
-//! - [`storage`]: the `MessageStore` and `GuestStore` traits and their SQLite implementation.
+//! - [`storage`]: the `MessageStore`, `GuestStore` and `RoomAccessStore` traits and their
+//!   SQLite implementation.
 //! - [`broker`]: the `Broker` trait (room events between servers, its contract
 //!   tests) and its in-process implementation.
 //! - [`outbox`]: the bytes going out — server frames encoded and WebSocket-framed
 //!   once, each connection's bounded queue and kill switch, direct socket writes,
 //!   and a delivery round's writes handed to the kernel through io_uring.
 //! - [`protocol`]: the wire format (requests, replies, error codes, close codes, limits).
+//! - [`access`]: who may do what in which room — the authorization policy, a pure
+//!   function of stored facts (depends only on [`domain`]).
 //! - [`domain`]: validated names and texts, look-alike keys, author ids; [`clock`],
 //!   [`metrics`], [`telemetry`].
 
+pub mod access;
 pub mod admin;
 pub mod allocator;
 pub mod app;

@@ -12,6 +12,9 @@
 
 use std::future::Future;
 
+/// The rules of `RoomAccessStore`, with a macro of their own.
+pub(crate) mod access;
+
 use crate::domain::{AuthorId, Message, MessageText, Nickname, Nonce, RoomName};
 use crate::storage::{
     Appended, GuestStore, GuestWrite, MessageStore, NewMessage, Receipt, RoomCreation, SendKey,

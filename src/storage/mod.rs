@@ -7,7 +7,8 @@
 //! and its errors say what the caller can do about them ([`StorageError`]),
 //! not which driver failed. SQL lives only in this module. Guests' stored
 //! identities are behind a trait of their own, [`GuestStore`], used by
-//! `identity`.
+//! `identity`; rooms' kinds, members, roles, bans, invites, blocks and DMs
+//! behind [`RoomAccessStore`] (`access`), the facts `crate::access` decides from.
 //!
 //! What every backend must do is one test suite, `contract`, generic over
 //! the backend: a new backend's tests call it with a factory of its own
@@ -15,10 +16,12 @@
 //! unless polled: callers that overlap a store call with other work (the
 //! hub's commit task) spawn it.
 
+pub mod access;
 #[cfg(test)]
 pub(crate) mod contract;
 mod sqlite;
 
+pub use access::RoomAccessStore;
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
@@ -200,14 +203,15 @@ pub trait MessageStore: Send + Sync + 'static {
     /// Up to `limit` names of rooms with a message at or after `since`
     /// (Unix ms), the latest message first; of rooms whose last messages
     /// share a millisecond, the newest room first. Rooms without messages
-    /// are never listed, however recently created.
+    /// are never listed, however recently created; nor private rooms and DMs.
     async fn recent_rooms(&self, since: i64, limit: u32) -> Result<Vec<String>, StorageError>;
 
     /// Records that people are in these rooms at `now` (Unix ms): they are
     /// in use, and [`StaleRooms`] counts from here.
     async fn touch_rooms(&self, rooms: &[RoomName], now: i64) -> Result<(), StorageError>;
 
-    /// Up to `limit` rooms that `stale` would remove, least recently used first.
+    /// Up to `limit` rooms that `stale` would remove, least recently used
+    /// first. Only public rooms are ever stale.
     async fn stale_rooms(
         &self,
         stale: StaleRooms,

@@ -37,6 +37,7 @@ use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{FromRow, SqlitePool};
 
+mod access;
 mod append;
 mod checkpoint;
 mod error;
@@ -155,10 +156,13 @@ fn now_ms() -> i64 {
 /// The rule of [`StaleRooms`] as SQL, over `?1` (`unused_before`) and `?2`
 /// (`idle_before`): `last_active` is creation, the last message, or the
 /// last time people were seen in the room, whichever is latest. The first
-/// term lets SQLite read only that range of `rooms_by_activity`.
+/// term lets SQLite read only that range of `rooms_by_activity`. Only
+/// public rooms go: a private room or a DM is kept for its members however
+/// long it is quiet.
 macro_rules! stale {
     () => {
-        "(last_active < MAX(?1, ?2) AND ((last_seq = 0 AND last_active < ?1) OR last_active < ?2))"
+        "(last_active < MAX(?1, ?2) AND ((last_seq = 0 AND last_active < ?1) OR last_active < ?2) \
+         AND kind = 'public')"
     };
 }
 
@@ -260,10 +264,11 @@ impl MessageStore for SqliteStore {
 
     async fn recent_rooms(&self, since: i64, limit: u32) -> Result<Vec<String>, StorageError> {
         // `last_message` is 0 for rooms without messages: never at or after
-        // a real `since`, however recently the room was created.
+        // a real `since`, however recently the room was created. Private
+        // rooms and DMs are never listed to everyone.
         let names = sqlx::query_scalar(
             "SELECT name FROM rooms WHERE last_message >= ?1 AND last_message > 0 \
-             ORDER BY last_message DESC, id DESC LIMIT ?2",
+             AND kind = 'public' ORDER BY last_message DESC, id DESC LIMIT ?2",
         )
         .bind(since)
         .bind(i64::from(limit))
@@ -537,6 +542,8 @@ impl MessageStore for SqliteStore {
 #[cfg(test)]
 mod contract {
     use super::SqliteStore;
+    use crate::domain::AccountId;
+    use crate::storage::contract::access::{AccessFactory, access_contract};
     use crate::storage::contract::{StoreFactory, store_contract};
 
     struct Sqlite;
@@ -555,7 +562,23 @@ mod contract {
         }
     }
 
+    impl AccessFactory for Sqlite {
+        async fn account(&self, store: &SqliteStore, name: &str) -> AccountId {
+            let id = sqlx::query_scalar(
+                "INSERT INTO accounts (author_id, name, name_key, name_shape, password_hash, \
+                 created_at) VALUES (?1, ?2, ?2, ?2, '', 0) RETURNING id",
+            )
+            .bind(crate::domain::AuthorId::random().get() as i64)
+            .bind(name)
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+            AccountId(id)
+        }
+    }
+
     store_contract!(Sqlite);
+    access_contract!(Sqlite);
 }
 
 #[cfg(test)]
