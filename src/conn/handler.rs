@@ -281,21 +281,17 @@ impl Handler {
         })
     }
 
-    fn reply(&self, msg: &ServerMsg, r#ref: Option<&Ref>) {
-        self.peer.push(Frame::new(encode(msg, r#ref)));
-    }
-
+    /// An `error` is an answer: a connection closed as too slow still
+    /// gets it, so that its client knows which of its sends were refused.
     fn reply_error(&self, r#ref: Option<&Ref>, refusal: Refusal) {
         let code = refusal.code;
         self.hub.metrics().count_error(code);
-        self.reply(
-            &ServerMsg::Error {
-                code,
-                message: refusal.message,
-                retry_after_ms: refusal.retry_after_ms,
-            },
-            r#ref,
-        );
+        let error = ServerMsg::Error {
+            code,
+            message: refusal.message,
+            retry_after_ms: refusal.retry_after_ms,
+        };
+        self.peer.push(Frame::answer(encode(&error, r#ref)));
         // A client told to slow down that keeps going is abusing the server.
         if self.abusive.get() {
             tracing::info!(ip = %self.ip, "closing a connection for persistent abuse");
