@@ -525,6 +525,20 @@ impl AddressLimits {
         Ok(())
     }
 
+    /// Charges `bytes` already served to `ip`, overdrawn or not: for a
+    /// reply that could not wait for the check (`joined`, queued by the hub
+    /// in order with the room's frames).
+    pub fn charge(&self, ip: IpAddr, bytes: usize) {
+        self.prune_now_and_then();
+        let rate = self.config.served_bytes_per_ip;
+        let now = Instant::now();
+        let mut served = self.served.lock().unwrap_or_else(|e| e.into_inner());
+        served
+            .entry(address_key(ip))
+            .or_insert_with(|| ByteBucket::full(rate, now))
+            .spend(rate, bytes, now);
+    }
+
     /// May `ip` create a new room now? Checked per address, then for IPv6
     /// per /48 as well.
     pub fn create_room(&self, ip: IpAddr) -> Result<(), RetryAfter> {

@@ -95,8 +95,17 @@ impl Handler {
             }
         };
         // A request of a few bytes may cost a large reply: those are
-        // served within byte budgets, charged their size once built.
-        let costly = matches!(msg, ClientMsg::History { .. } | ClientMsg::Rooms);
+        // served within byte budgets, charged their size once built. A
+        // join with `since` (a catch-up: up to 1000 messages, 1 MiB) is
+        // charged in `dispatch`, its reply being queued by the hub. A join
+        // without it is not: its reply holds at most `--history-on-join`
+        // messages, the ones an honest client needs to show the room, and
+        // joins are paced by their own limits (per connection, and per
+        // address and room for membership changes).
+        let costly = matches!(
+            msg,
+            ClientMsg::History { .. } | ClientMsg::Rooms | ClientMsg::Join { since: Some(_), .. }
+        );
         if costly && let Err(refusal) = self.may_serve() {
             self.reply_error(r#ref.as_ref(), refusal);
             return;
@@ -132,6 +141,13 @@ impl Handler {
             .map_err(|r| self.limited(LimitKind::Bytes, rate_limited("bytes requested", r)))?;
         self.limits.served(bytes);
         Ok(())
+    }
+
+    /// Charges a reply of `bytes` already queued (a catch-up's `joined`)
+    /// to the connection and its address, overdrawing them if it must.
+    fn charge(&self, bytes: usize) {
+        self.address_limits.charge(self.ip, bytes);
+        self.limits.served(bytes);
     }
 
     /// Returns the reply to queue, or `None` when the hub queues it itself
@@ -186,7 +202,10 @@ impl Handler {
                         })?;
                     }
                 }
-                hub.join(peer, &identity.name, room, since, r#ref).await?;
+                let queued = hub.join(peer, &identity.name, room, since, r#ref).await?;
+                if since.is_some() {
+                    self.charge(queued);
+                }
                 Ok(None)
             }
             ClientMsg::Send { room, text, nonce } => {
@@ -262,21 +281,17 @@ impl Handler {
         })
     }
 
-    fn reply(&self, msg: &ServerMsg, r#ref: Option<&Ref>) {
-        self.peer.push(Frame::new(encode(msg, r#ref)));
-    }
-
+    /// An `error` is an answer: a connection closed as too slow still
+    /// gets it, so that its client knows which of its sends were refused.
     fn reply_error(&self, r#ref: Option<&Ref>, refusal: Refusal) {
         let code = refusal.code;
         self.hub.metrics().count_error(code);
-        self.reply(
-            &ServerMsg::Error {
-                code,
-                message: refusal.message,
-                retry_after_ms: refusal.retry_after_ms,
-            },
-            r#ref,
-        );
+        let error = ServerMsg::Error {
+            code,
+            message: refusal.message,
+            retry_after_ms: refusal.retry_after_ms,
+        };
+        self.peer.push(Frame::answer(encode(&error, r#ref)));
         // A client told to slow down that keeps going is abusing the server.
         if self.abusive.get() {
             tracing::info!(ip = %self.ip, "closing a connection for persistent abuse");

@@ -410,9 +410,9 @@ enum Work {
 }
 
 impl SocketWriter {
-    /// Writes until the connection is told to close, then flushes (unless
-    /// the client is too slow) and sends the close frame. Returns whether the
-    /// close frame went out.
+    /// Writes until the connection is told to close, then flushes (only the
+    /// answers, if the client is too slow) and sends the close frame.
+    /// Returns whether the close frame went out.
     async fn run(&mut self, stream: &TcpStream, shared: &Shared) -> bool {
         let outbox = &*shared.outbox;
         let kick = outbox.kick();
@@ -472,27 +472,25 @@ impl SocketWriter {
 
 /// Whether a connection closing with `code` first waits for the answers to
 /// its sends in flight: when it is closed on purpose — abuse
-/// (`POLICY_VIOLATION`), shutdown (`GOING_AWAY`), a broken rule
-/// (`UNSUPPORTED_DATA`, `TOO_BIG`) — and will still read them. Not for a slow
-/// consumer (`TRY_AGAIN_LATER`), whose queue is cut off at once and whose
-/// client resends with its nonces, nor when the client left (`NORMAL`) or
-/// went silent (`PING_TIMEOUT`). Codes are [`close`]'s.
+/// (`POLICY_VIOLATION`), slowness (`TRY_AGAIN_LATER`), shutdown
+/// (`GOING_AWAY`), a broken rule (`UNSUPPORTED_DATA`, `TOO_BIG`) — and may
+/// still read them. Not when the client left (`NORMAL`) or went silent
+/// (`PING_TIMEOUT`). Codes are [`close`]'s.
 fn awaits_answers(code: u16) -> bool {
-    !matches!(
-        code,
-        close::NORMAL | close::TRY_AGAIN_LATER | close::PING_TIMEOUT
-    )
+    !matches!(code, close::NORMAL | close::PING_TIMEOUT)
 }
 
-/// After the kick: flushes what is queued (unless the client is too slow)
-/// and sends the close frame, within the grace a stuck socket gets.
+/// After the kick: flushes what is queued and sends the close frame, within
+/// the grace a stuck socket gets. A slow consumer (`TRY_AGAIN_LATER`) gets
+/// only the answers to its own requests ([`Frame::answer`]: `sent`,
+/// `error`), so that its client knows what to resend; its room frames are
+/// dropped (it resumes them with `since`), and so is any other reply.
 async fn finish(stream: &TcpStream, outbox: &Outbox) -> bool {
     let (code, reason) = outbox.kick().reason().unwrap_or((close::NORMAL, ""));
-    // A slow consumer is cut off at once. Otherwise everything queued (the
-    // last `sent`s and messages before a shutdown) is flushed first.
+    let answers_only = code == close::TRY_AGAIN_LATER;
     let flush = async {
         loop {
-            let (frames, offset) = outbox.take(WRITE_MAX);
+            let (mut frames, offset) = outbox.take(WRITE_MAX);
             if frames.is_empty() {
                 if outbox.claimed() {
                     // A round's write through io_uring on another thread has
@@ -503,16 +501,15 @@ async fn finish(stream: &TcpStream, outbox: &Outbox) -> bool {
                 }
                 break;
             }
-            if code == close::TRY_AGAIN_LATER {
-                // Only the frame a direct write left half-way, so that the
-                // close frame does not land inside it.
-                if offset > 0 {
-                    write_all(stream, &frames[..1], (0, offset)).await?;
-                }
-                break;
+            let taken = frames.iter().map(Frame::len).sum();
+            if answers_only {
+                // The frame a direct write left half-way is finished
+                // whatever it is, so that nothing lands inside it.
+                let mut started = offset > 0;
+                frames.retain(|frame| std::mem::take(&mut started) || frame.is_answer());
             }
             write_all(stream, &frames, (0, offset)).await?;
-            outbox.written(frames.iter().map(Frame::len).sum());
+            outbox.written(taken);
         }
         write_all(stream, &[Frame::close(code, reason)], (0, 0)).await
     };

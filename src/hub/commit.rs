@@ -337,7 +337,7 @@ impl CommitTask {
                                 seq: receipt.seq,
                                 ts: receipt.ts,
                             };
-                            let sent = Frame::new(encode(&sent, job.r#ref.as_ref()));
+                            let sent = Frame::answer(encode(&sent, job.r#ref.as_ref()));
                             job.sender.queue(std::slice::from_ref(&sent));
                             senders.push(job.sender);
                             continue;
@@ -346,7 +346,7 @@ impl CommitTask {
                     // Queued, not written yet: the sender is usually a member,
                     // and its `sent` then leaves in one write with its own
                     // copy of the message (and after it is stored, before it).
-                    let sent = Frame::new(encode(
+                    let sent = Frame::answer(encode(
                         &ServerMsg::Sent {
                             room: message.room.as_str().to_owned(),
                             id: message.id.clone(),
@@ -374,7 +374,7 @@ impl CommitTask {
                 tracing::error!(error = %e, messages = jobs.len(), "storing messages failed");
                 for job in jobs.drain(..) {
                     self.metrics.count_error(ErrorCode::Internal);
-                    job.sender.push(Frame::new(encode(
+                    job.sender.push(Frame::answer(encode(
                         &ServerMsg::error(ErrorCode::Internal, "the message could not be stored"),
                         job.r#ref.as_ref(),
                     )));

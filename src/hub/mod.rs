@@ -286,7 +286,9 @@ impl Hub {
         })
     }
 
-    /// Joins `peer` to a room (creating it), replying `joined` through the peer.
+    /// Joins `peer` to a room (creating it), replying `joined` through the
+    /// peer. Returns the size of that reply as queued (0 if the peer went
+    /// meanwhile), for the caller to charge to whatever budget it keeps.
     pub async fn join(
         &self,
         peer: &Peer,
@@ -294,7 +296,7 @@ impl Hub {
         room: RoomName,
         since: Option<u64>,
         r#ref: Option<&Ref>,
-    ) -> Result<(), Refusal> {
+    ) -> Result<usize, Refusal> {
         // Not while the room is being removed (see `lifecycle`).
         let _open = self.lifecycle.read().await;
         // A known room needs no write. A new room must not look like an
@@ -335,9 +337,9 @@ impl Hub {
             Ok(catch_up) => {
                 self.remember_room(&room);
                 let welcome = self.config.welcome.replace("{name}", name.as_str());
-                self.registry
-                    .finish_join(&room, peer.id(), catch_up, &welcome, r#ref);
-                Ok(())
+                Ok(self
+                    .registry
+                    .finish_join(&room, peer.id(), catch_up, &welcome, r#ref))
             }
             Err(e) => {
                 self.registry.abort_join(&room, peer.id(), was_member);

@@ -14,6 +14,8 @@ use tungstenite::protocol::frame::coding::{Data, OpCode};
 /// each recipient's outbox, and written with vectored writes without being
 /// copied or re-checked per recipient. Chat messages carry their `seq` so a
 /// member who is still catching up can drop what its `joined` reply already holds.
+/// Answers ([`Frame::answer`]) are marked: they are what a connection cut
+/// off for slowness still receives.
 ///
 /// One pointer wide: the outbox's slots are paid for by every connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,20 +27,29 @@ struct Inner {
     /// Where the JSON text starts in `wire` (after the frame header).
     header_len: u8,
     seq: Option<u64>,
+    answer: bool,
 }
 
 impl Frame {
     /// A text frame holding this JSON.
     pub fn new(text: String) -> Self {
-        Self::text(text, None)
+        Self::text(text, None, false)
     }
 
     /// A `message` frame for the message with this room seq.
     pub fn message(text: String, seq: u64) -> Self {
-        Self::text(text, Some(seq))
+        Self::text(text, Some(seq), false)
     }
 
-    fn text(text: String, seq: Option<u64>) -> Self {
+    /// The answer to one of the connection's own requests that it must
+    /// get even when it is closed for being too slow (`sent`, `error`):
+    /// what tells its client whether to resend. A few hundred bytes; a
+    /// client cut off gets these and none of its room frames (see `conn`).
+    pub fn answer(text: String) -> Self {
+        Self::text(text, None, true)
+    }
+
+    fn text(text: String, seq: Option<u64>, answer: bool) -> Self {
         let header = FrameHeader {
             opcode: OpCode::Data(Data::Text),
             ..FrameHeader::default()
@@ -54,6 +65,7 @@ impl Frame {
             wire: Bytes::from(wire),
             header_len: header_len as u8,
             seq,
+            answer,
         }))
     }
 
@@ -85,6 +97,7 @@ impl Frame {
             wire: Bytes::from(wire),
             header_len: header_len as u8,
             seq: None,
+            answer: false,
         }))
     }
 
@@ -99,6 +112,11 @@ impl Frame {
 
     pub fn seq(&self) -> Option<u64> {
         self.0.seq
+    }
+
+    /// Whether this is an [answer](Frame::answer).
+    pub fn is_answer(&self) -> bool {
+        self.0.answer
     }
 
     /// The framed bytes to write to the socket.

@@ -85,8 +85,15 @@ struct Queue {
     /// A frame was refused for lack of room. Every later one is refused
     /// too, so that what is queued (and flushed if the connection closes for
     /// another reason first) never has a gap: a client resuming from the
-    /// last seq it saw gets everything after it.
+    /// last seq it saw gets everything after it. Except answers
+    /// ([`Frame::answer`]) while the connection is closing as too slow: those
+    /// are all it is still sent (its room frames are dropped), and they are
+    /// bounded by `late_answers`.
     overflowed: bool,
+    /// Answers queued past the limits after an overflow: at most
+    /// `max_frames`. (They come only from sends accepted before the
+    /// connection stopped reading, a few hundred bytes each.)
+    late_answers: usize,
 }
 
 /// What happened to a frame handed to [`Peer::push`].
@@ -146,10 +153,10 @@ impl Outbox {
     }
 
     /// Queues frames in order, without writing or waking anyone (see
-    /// [`Outbox::write_queued`]). Stops at the first that does not fit (the
-    /// connection is then being closed with [`close::TRY_AGAIN_LATER`]).
-    /// Returns what happened and
-    /// how many were queued.
+    /// [`Outbox::write_queued`]). From the first that does not fit on (the
+    /// connection is then being closed with [`close::TRY_AGAIN_LATER`]),
+    /// only answers are queued. Returns what happened and how many were
+    /// queued.
     pub(super) fn enqueue(&self, frames: &[Frame]) -> (Pushed, u64) {
         let mut queued = 0;
         let mut outcome = Pushed::Queued;
@@ -166,7 +173,16 @@ impl Outbox {
                 if full {
                     queue.overflowed = true;
                     outcome = Pushed::Overflowed;
-                    break;
+                    // Closing as too slow (or about to, below): its answers
+                    // still go out before the close frame.
+                    let too_slow = self
+                        .kick
+                        .reason()
+                        .is_none_or(|(code, _)| code == close::TRY_AGAIN_LATER);
+                    if !(frame.is_answer() && too_slow && queue.late_answers < self.max_frames) {
+                        continue;
+                    }
+                    queue.late_answers += 1;
                 }
                 queue.frames.push_back(frame.clone());
                 queue.bytes += len;
@@ -383,6 +399,33 @@ mod tests {
         assert_eq!(taken.len(), 1);
         // The first close reason stands.
         assert_eq!(outbox.kick().reason().map(|r| r.0), Some(close::GOING_AWAY));
+    }
+
+    #[test]
+    fn a_connection_closing_as_too_slow_still_queues_its_answers_within_a_bound() {
+        let outbox = Arc::new(Outbox::new(2, 1000));
+        let peer = Peer::new(outbox.clone());
+        peer.push(frame(10));
+        peer.push(frame(10));
+        assert_eq!(peer.push(frame(10)), Pushed::Overflowed);
+        // Past the overflow, answers still get in (at most `max_frames` of
+        // them), room frames do not.
+        let answer = Frame::answer("{}".into());
+        assert_eq!(peer.queue(&[frame(10), answer.clone()]), 1);
+        assert_eq!(peer.queue(std::slice::from_ref(&answer)), 1);
+        assert_eq!(peer.queue(std::slice::from_ref(&answer)), 0);
+        let (taken, _) = outbox.take(10);
+        assert_eq!(
+            taken.iter().map(Frame::is_answer).collect::<Vec<_>>(),
+            [false, false, true, true]
+        );
+
+        // Closing for another reason, the queue keeps its no-gap rule.
+        let outbox = Arc::new(Outbox::new(1, 1000));
+        let peer = Peer::new(outbox.clone());
+        peer.kick(close::GOING_AWAY, "server shutting down");
+        peer.push(frame(10));
+        assert_eq!(peer.queue(std::slice::from_ref(&answer)), 0);
     }
 
     #[test]

@@ -391,7 +391,7 @@ function confirmSent(s, entry, sent) {
   if (!room || sent.room !== room.name || !Number.isInteger(sent.seq)) return;
   const [fresh] = room.accept([{
     room: sent.room, id: sent.id, seq: sent.seq, ts: sent.ts, from: s.name, author: s.author, text: entry.text.trim(),
-  }]);
+  }], { delivered: false });
   if (!fresh) return;
   const list = $('messages');
   const stick = views.isNearBottom(list);

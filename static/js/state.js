@@ -24,15 +24,20 @@ export class RoomState {
   /**
    * Records `messages` and returns the ones not seen before, sorted by seq.
    * Anything without a numeric seq is dropped: order is defined by seq alone.
+   * `maxSeq`, where a rejoin resumes, moves only for messages the room
+   * `delivered` (live, in `joined` or `history`), which arrive in seq order:
+   * a `sent` may name a seq past messages a server closing the connection
+   * (1013) never wrote.
    */
-  accept(messages) {
+  accept(messages, { delivered = true } = {}) {
     const fresh = [];
     for (const message of messages) {
-      if (!message || !Number.isInteger(message.seq) || this.seqs.has(message.seq)) continue;
+      if (!message || !Number.isInteger(message.seq)) continue;
+      if (delivered && (this.maxSeq === null || message.seq > this.maxSeq)) this.maxSeq = message.seq;
+      if (this.seqs.has(message.seq)) continue;
       this.seqs.add(message.seq);
       fresh.push(message);
       if (this.minSeq === null || message.seq < this.minSeq) this.minSeq = message.seq;
-      if (this.maxSeq === null || message.seq > this.maxSeq) this.maxSeq = message.seq;
     }
     fresh.sort((a, b) => a.seq - b.seq);
     return fresh;

@@ -565,6 +565,71 @@ async fn connections_asking_at_once_share_one_address_budget() {
     assert_eq!(served, 1);
 }
 
+/// A `join` then `leave` of `room`, with `since` if given: the `joined`
+/// reply, or the error that refused the join.
+async fn join_and_leave(c: &mut Client, room: &str, since: Option<u64>) -> serde_json::Value {
+    let mut join = json!({"type":"join","room":room,"ref":"j"});
+    if let Some(since) = since {
+        join["since"] = since.into();
+    }
+    c.send_json(join).await;
+    let reply = loop {
+        let v = c.recv().await;
+        if v["ref"] == "j" {
+            break v;
+        }
+    };
+    if reply["type"] == "joined" {
+        c.send_json(json!({"type":"leave","room":room,"ref":"l"}))
+            .await;
+        c.recv_until("left").await;
+    }
+    reply
+}
+
+/// Regression: a `join` with `since` answers with up to 1000 messages (1 MiB)
+/// and was served outside the byte budgets, so join + leave in a loop was a
+/// `history` flood that no budget saw.
+#[tokio::test]
+async fn catch_up_joins_are_served_within_the_byte_budgets() {
+    let app = spawn_app_with(|c| {
+        unlimited(c);
+        c.served_bytes_per_conn = 10_000;
+        c.served_bytes_burst_per_conn = 500_000;
+        c.served_bytes_per_ip = 10_000;
+        c.served_bytes_burst_per_ip = 1_000_000;
+    })
+    .await;
+    // A catch-up from 0 is ~420 KB; a plain join's 50 messages, ~105 KB.
+    room_with_history(&app, "Chat Room", 200, 2000).await;
+    let mut plain = app.user("plain").await;
+    for _ in 0..4 {
+        let joined = join_and_leave(&mut plain, "Chat Room", None).await;
+        assert_eq!(joined["type"], "joined", "{}", joined["code"]);
+    }
+    // The first catch-up is served within the connection's budget, the
+    // second overdraws it, the third waits for the debt to be repaid.
+    let mut catching_up = app.user("catching-up").await;
+    for _ in 0..2 {
+        let joined = join_and_leave(&mut catching_up, "Chat Room", Some(0)).await;
+        assert_eq!(joined["messages"].as_array().unwrap().len(), 200);
+    }
+    // (Only the type is printed: a `joined` here would be ~420 KB.)
+    let refusal = join_and_leave(&mut catching_up, "Chat Room", Some(0)).await;
+    assert_eq!(refusal["code"], "rate_limited", "{}", refusal["type"]);
+    assert!(
+        refusal["retry_after_ms"].as_u64().unwrap() > 10_000,
+        "{refusal}"
+    );
+    // The address paid for both: a fresh connection gets one catch-up
+    // (the address's budget not yet overdrawn), then is refused.
+    let mut second = app.user("second").await;
+    let joined = join_and_leave(&mut second, "Chat Room", Some(0)).await;
+    assert_eq!(joined["type"], "joined", "{}", joined["code"]);
+    let refusal = join_and_leave(&mut second, "Chat Room", Some(0)).await;
+    assert_eq!(refusal["code"], "rate_limited", "{}", refusal["type"]);
+}
+
 /// The attack of a cheap request for an expensive answer, measured (not run
 /// by default): 50 connections from one address ask for 200 messages of
 /// 4,000 characters (~820 KB a reply) as fast as the server answers, for

@@ -329,3 +329,151 @@ async fn large_replies_requested_without_reading_hit_the_byte_budget() {
         "{close:?}"
     );
 }
+
+/// Regression (#14): a slow consumer closed with 1013 lost the `sent` of
+/// messages the server had accepted and stored — its queue was cut off at
+/// once, answers included — so its client could not tell what to resend.
+/// Here its `sent`s are queued behind ~2,000 room frames it does not read;
+/// once cut off, it reads what is left and finds each of them before the
+/// close frame (and none of the room frames queued after its socket filled).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_consumer_closed_with_1013_first_gets_the_sent_of_what_it_sent() {
+    use std::cell::{Cell, RefCell};
+
+    use futures_util::StreamExt;
+
+    let app = spawn_app_with(|c| {
+        unlimited(c);
+        c.outbox_capacity = 2048;
+        c.outbox_bytes = 64 << 20;
+        c.write_batch = 16;
+        c.ping_interval = Duration::from_secs(60);
+    })
+    .await;
+    let mut reader = app.member("reader", "Chat Room").await;
+    let mut sender = app.member("sender", "Chat Room").await;
+    let mut stalled = app.stalled_client().await;
+    stalled.hello("stalled").await;
+    stalled.join("Chat Room").await;
+    reader.recv_presence_of(&["sender", "stalled"], &[]).await;
+    sender.recv_presence_of(&["stalled"], &[]).await;
+
+    // From here `stalled` reads nothing until it is cut off. The first
+    // flood (~6.6 MB) is more than its socket buffers take (its 32 KiB and
+    // the server's at most 4 MiB) plus one write of the socket writer (256
+    // frames), less than its 2,048-frame outbox: its `sent`s then wait in
+    // the queue, behind room frames.
+    let text = "z".repeat(3900);
+    let first_flood = 1700;
+    let (mut sender_tx, mut sender_rx) = sender.ws.split();
+    let reader_seen = Cell::new(0);
+    let sender_seen = Cell::new(0);
+    let flooded = Cell::new(None);
+    let stalled_seqs = RefCell::new(Vec::new());
+    let stalled_left = Cell::new(false);
+    let mine = 5;
+    let drive = async {
+        let mut sent = 0;
+        let mut flood_until = async |sent: &mut u64, done: &dyn Fn(u64) -> bool| {
+            while !done(*sent) {
+                // The honest clients read as they go (at most 64 behind).
+                if *sent > reader_seen.get().min(sender_seen.get()) + 64 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    continue;
+                }
+                let frame =
+                    json!({"type":"send","room":"Chat Room","text":format!("{sent} {text}")});
+                sender_tx
+                    .send(Message::Text(frame.to_string().into()))
+                    .await
+                    .unwrap();
+                *sent += 1;
+            }
+        };
+        flood_until(&mut sent, &|sent| sent == first_flood).await;
+        while reader_seen.get() < first_flood {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        for k in 0..mine {
+            stalled
+                .send_json(json!({"type":"send","room":"Chat Room","text":format!("mine {k}")}))
+                .await;
+        }
+        while stalled_seqs.borrow().len() < mine {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // The second flood overflows its outbox: it is closed with 1013.
+        flood_until(&mut sent, &|sent| stalled_left.get() || sent > 8000).await;
+        assert!(stalled_left.get(), "the stalled client was never cut off");
+        flooded.set(Some(sent + mine as u64));
+        // Cut off: it reads what is left on its socket.
+        let mut sents = Vec::new();
+        let close = loop {
+            match stalled.next_event().await {
+                crate::helpers::Event::Json(v) if v["type"] == "sent" => {
+                    sents.push(v["seq"].as_u64().unwrap());
+                }
+                crate::helpers::Event::Json(_) => {}
+                crate::helpers::Event::Closed(frame) => break frame.map(|f| u16::from(f.code)),
+            }
+        };
+        (sents, close)
+    };
+    let read_all = async {
+        loop {
+            if flooded
+                .get()
+                .is_some_and(|total| reader_seen.get() >= total)
+            {
+                break;
+            }
+            let v = reader.recv().await;
+            if v["type"] == "message" {
+                assert_eq!(v["seq"], reader_seen.get() + 1, "out of order");
+                reader_seen.set(reader_seen.get() + 1);
+                if v["from"] == "stalled" {
+                    stalled_seqs.borrow_mut().push(v["seq"].as_u64().unwrap());
+                }
+            } else if v["type"] == "presence"
+                && v["left"].as_array().unwrap().iter().any(|n| n == "stalled")
+            {
+                stalled_left.set(true);
+            }
+        }
+    };
+    let drain_sender = async {
+        loop {
+            if flooded
+                .get()
+                .is_some_and(|total| sender_seen.get() >= total)
+            {
+                break;
+            }
+            let next = tokio::time::timeout(Duration::from_secs(30), sender_rx.next()).await;
+            if let Ok(Some(Ok(Message::Text(t)))) = next
+                && t.contains(r#""type":"message""#)
+            {
+                sender_seen.set(sender_seen.get() + 1);
+            }
+        }
+    };
+    let ((sents, close), (), ()) = tokio::join!(drive, read_all, drain_sender);
+    assert_eq!(close, Some(close::TRY_AGAIN_LATER));
+    // What was stored of its messages, as history has it.
+    let stored = stalled_seqs.into_inner();
+    let before = stored.last().unwrap() + 1;
+    let mut check = app.member("check", "Chat Room").await;
+    check
+        .send_json(json!({"type":"history","room":"Chat Room","before":before,"limit":200}))
+        .await;
+    let history = check.recv_until("history").await;
+    let in_history: Vec<u64> = history["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["from"] == "stalled")
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(in_history, stored);
+    assert_eq!(sents, stored, "the `sent`s it read before the close frame");
+}

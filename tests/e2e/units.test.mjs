@@ -33,6 +33,20 @@ test('a room keeps each seq once and in order, whatever order they arrive in', (
   assert.deepEqual(room.accept([{ text: 'x' }, null, m(5)]).map((x) => x.seq), [5]);
 });
 
+test('a rejoin resumes after what the room delivered, not after a `sent`', () => {
+  const room = new RoomState('Chat Room');
+  const m = (seq) => ({ seq, text: `m${seq}` });
+  room.accept([m(1), m(2)]);
+  // Our message 5 is confirmed by its `sent`, but 3 and 4 have not arrived
+  // (a server closing us with 1013 drops them): it is shown, and a rejoin
+  // still asks for everything after 2.
+  assert.deepEqual(room.accept([m(5)], { delivered: false }).map((x) => x.seq), [5]);
+  assert.equal(room.maxSeq, 2);
+  // The room's own copy of it, after 3 and 4, moves the resume point.
+  assert.deepEqual(room.accept([m(3), m(4), m(5)]).map((x) => x.seq), [3, 4]);
+  assert.equal(room.maxSeq, 5);
+});
+
 test('presence frames apply their net change and report only real news', () => {
   const room = new RoomState('Chat Room');
   room.setUsers(['bob', 'alice']);

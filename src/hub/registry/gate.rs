@@ -112,7 +112,9 @@ impl Registry {
 
     /// Second half of a join: queues `joined` (and, on a first join, the
     /// `welcome` notice), then what arrived meanwhile, and tells the other
-    /// members if a new person arrived.
+    /// members if a new person arrived. Returns the size on the wire of the
+    /// `joined` frame queued (0 if the member went meanwhile), for the
+    /// caller to account for: the registry knows nothing of budgets.
     pub fn finish_join(
         &self,
         room: &RoomName,
@@ -120,13 +122,13 @@ impl Registry {
         catch_up: PreparedCatchUp,
         welcome: &str,
         r#ref: Option<&Ref>,
-    ) {
+    ) -> usize {
         let mut state = self.lock();
         let Some(entry) = state.rooms.get_mut(room) else {
-            return;
+            return 0;
         };
         let Some(member) = entry.members.get_mut(&conn) else {
-            return;
+            return 0;
         };
         let name = member.name.clone();
         let Gate::CatchingUp { buffered, .. } = std::mem::replace(
@@ -135,7 +137,7 @@ impl Registry {
                 after_seq: catch_up.last_seq,
             },
         ) else {
-            return;
+            return 0;
         };
         let peer = member.peer.clone();
         let first_join = !member.counted;
@@ -172,6 +174,7 @@ impl Registry {
             catch_up.truncated,
             r#ref,
         ))];
+        let joined_bytes = frames[0].len();
         if first_join {
             frames.push(Frame::new(encode(
                 &ServerMsg::Notice {
@@ -204,6 +207,7 @@ impl Registry {
         if let Some(at) = wake {
             self.schedule_presence(room, at);
         }
+        joined_bytes
     }
 
     /// Undoes [`Registry::begin_join`] when the join could not complete.
