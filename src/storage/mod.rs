@@ -7,7 +7,7 @@
 //! and its errors say what the caller can do about them ([`StorageError`]),
 //! not which driver failed. SQL lives only in this module. Guests' stored
 //! identities are behind a trait of their own, [`GuestStore`], used by
-//! `identity`.
+//! `identity`; accounts and their sessions behind [`AccountStore`].
 //!
 //! What every backend must do is one test suite, `contract`, generic over
 //! the backend: a new backend's tests call it with a factory of its own
@@ -15,10 +15,12 @@
 //! unless polled: callers that overlap a store call with other work (the
 //! hub's commit task) spawn it.
 
+mod accounts;
 #[cfg(test)]
 pub(crate) mod contract;
 mod sqlite;
 
+pub use accounts::{AccountSession, AccountStore, CreateAccountError, NewAccount, StoredAccount};
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
