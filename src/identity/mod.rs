@@ -27,6 +27,7 @@
 //! It must not touch rooms, messages or sockets.
 
 mod guests;
+pub mod password;
 
 pub use guests::{GuestClaims, IdentityConfig};
 
