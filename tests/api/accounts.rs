@@ -469,3 +469,104 @@ async fn listed_origins_may_change_state() {
     .await;
     assert_eq!(reply.status, 201);
 }
+
+/// `chatterpro admin ARGS…` on the app's database, with `stdin` as its
+/// standard input, as an operator would run it while the server runs.
+async fn admin(app: &TestApp, args: &[&str], stdin: &str) -> std::process::Output {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatterpro"))
+        .arg("admin")
+        .args(["--database-url", &app.db_url])
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("chatterpro admin runs");
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.as_bytes()).await.unwrap();
+    drop(input);
+    child.wait_with_output().await.unwrap()
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn the_operator_creates_accounts_and_admins_while_the_server_runs() {
+    let app = spawn_app().await;
+    let out = admin(
+        &app,
+        &["create-account", "root", "--admin"],
+        "operator horse battery\n",
+    )
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let reply = sign_in(&app, "root", "operator horse battery").await;
+    assert_eq!(reply.body, json!({"name": "root", "admin": true}));
+
+    let out = admin(
+        &app,
+        &["create-account", "alice"],
+        "correct horse battery\r\n",
+    )
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let alice = sign_in(&app, "alice", PASSWORD).await;
+    assert_eq!(alice.body, json!({"name": "alice", "admin": false}));
+    let out = admin(&app, &["set-admin", "Alice"], "").await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let me = whoami(&app, &alice.token()).await;
+    assert_eq!(me.body, json!({"name": "alice", "admin": true}));
+
+    // The sign-up rules hold here too.
+    let out = admin(
+        &app,
+        &["create-account", "ALICE"],
+        "another horse battery\n",
+    )
+    .await;
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("looks like"), "{}", stderr(&out));
+    let out = admin(&app, &["create-account", "bob"], "password\n").await;
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("common"), "{}", stderr(&out));
+    let out = admin(&app, &["create-account", "bob"], "").await;
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("standard input"), "{}", stderr(&out));
+    let out = admin(&app, &["set-admin", "nobody"], "").await;
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("no account"), "{}", stderr(&out));
+}
+
+#[tokio::test]
+async fn reset_password_and_disable_sign_the_account_out_everywhere() {
+    let app = spawn_app().await;
+    let first = sign_up(&app, "alice", PASSWORD).await.token();
+    let second = sign_in(&app, "alice", PASSWORD).await.token();
+    let bob = sign_up(&app, "bob", PASSWORD).await.token();
+
+    let out = admin(
+        &app,
+        &["reset-password", "alice"],
+        "operator set this one\n",
+    )
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(whoami(&app, &first).await.status, 401);
+    assert_eq!(whoami(&app, &second).await.status, 401);
+    assert_eq!(sign_in(&app, "alice", PASSWORD).await.status, 401);
+    let third = sign_in(&app, "alice", "operator set this one").await;
+    assert_eq!(third.status, 200);
+
+    let out = admin(&app, &["disable", "alice"], "").await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(whoami(&app, &third.token()).await.status, 401);
+    // Cannot sign in, with the same answer as a wrong password.
+    let reply = sign_in(&app, "alice", "operator set this one").await;
+    assert_eq!((reply.status, reply.error_code()), (401, "bad_credentials"));
+    // Its name stays taken; bob is untouched.
+    assert_eq!(sign_up(&app, "Alice", PASSWORD).await.status, 409);
+    assert_eq!(whoami(&app, &bob).await.status, 200);
+}
