@@ -22,11 +22,13 @@ use crate::conn;
 use crate::domain::RoomName;
 use crate::http::{self, AllowedOrigins, AppState, ServeSettings, SocketBudget, TrustedProxies};
 use crate::hub::{Delivery, Hub, HubConfig, Pacing, Reaper, ReaperConfig, Registry};
-use crate::identity::{GuestClaims, IdentityConfig};
+use crate::identity::{Accounts, AccountsConfig, GuestClaims, IdentityConfig};
 use crate::limits::AddressLimits;
 use crate::metrics::Metrics;
 use crate::outbox::SocketWrites;
-use crate::storage::{GuestStore, MessageStore, RoomCreation, SqliteStore, StorageError};
+use crate::storage::{
+    AccountStore, GuestStore, MessageStore, RoomCreation, SqliteStore, StorageError,
+};
 
 /// How long shutdown waits for connections to say goodbye.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -47,14 +49,19 @@ pub struct App {
     claims: Arc<GuestClaims>,
 }
 
-/// Picks the storage backend from the URL's scheme: messages and guests
-/// live in the same database.
-async fn open_store(
-    url: &str,
-) -> Result<(Arc<dyn MessageStore>, Arc<dyn GuestStore>), StorageError> {
+/// The stores of one database, each behind its trait.
+type Stores = (
+    Arc<dyn MessageStore>,
+    Arc<dyn GuestStore>,
+    Arc<dyn AccountStore>,
+);
+
+/// Picks the storage backend from the URL's scheme: messages, guests and
+/// accounts live in the same database.
+async fn open_store(url: &str) -> Result<Stores, StorageError> {
     if url.starts_with("sqlite:") {
         let store = Arc::new(SqliteStore::connect(url).await?);
-        Ok((store.clone(), store))
+        Ok((store.clone(), store.clone(), store))
     } else {
         Err(StorageError::invalid(
             format!("unsupported database URL {url:?}: expected sqlite://PATH (a file)"),
@@ -76,7 +83,7 @@ impl App {
         broker: Arc<dyn Broker>,
     ) -> anyhow::Result<Self> {
         config.validate().map_err(anyhow::Error::msg)?;
-        let (store, guests) = open_store(&config.database_url)
+        let (store, guests, account_store) = open_store(&config.database_url)
             .await
             .with_context(|| format!("opening {}", config.database_url))?;
         let mut default_rooms = Vec::new();
@@ -118,6 +125,7 @@ impl App {
                 max_guests: config.max_guests,
             },
         );
+        let accounts = Accounts::start(account_store, claims.clone(), AccountsConfig::default());
         let (hub, commit_task) = Hub::start(
             hub_config,
             delivery,
@@ -179,6 +187,11 @@ impl App {
             trusted_proxies: Arc::new(TrustedProxies::new(config.trusted_proxies.clone())),
             close_connections: CancellationToken::new(),
             connections: TaskTracker::new(),
+            accounts,
+            secure_cookies: config
+                .public_url
+                .as_deref()
+                .is_some_and(|url| url.starts_with("https:")),
         };
         Ok(Self {
             listener,

@@ -70,6 +70,21 @@ pub enum AdminTask {
         /// The room's name, as shown in the app.
         name: String,
     },
+    /// Creates an account; its password is read from standard input (one
+    /// line). The name follows the sign-up rules.
+    CreateAccount {
+        name: String,
+        /// Makes the account a server admin.
+        #[arg(long)]
+        admin: bool,
+    },
+    /// Makes an account a server admin.
+    SetAdmin { name: String },
+    /// Sets an account's password, read from standard input (one line),
+    /// and signs it out everywhere.
+    ResetPassword { name: String },
+    /// Disables an account: signed out everywhere, and it cannot sign in.
+    Disable { name: String },
 }
 
 /// The server's settings.

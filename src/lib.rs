@@ -5,7 +5,8 @@
 //! - [`admin`]: `chatterpro admin …`, an operator's tasks on the server's database.
 //! - [`allocator`]: gives a burst's freed memory back to the system when idle.
 //! - [`http`]: the accept loop (hyper, HTTP/1.1) and the router — WebSocket
-//!   handshake, embedded assets, health, metrics.
+//!   handshake, accounts and their session cookie, embedded assets, health,
+//!   metrics.
 //! - [`conn`]: one WebSocket connection on its TCP socket, one task: a reader
 //!   (frames decoded in `conn::wire`, requests handled in `conn::handler`)
 //!   and a socket writer for what the outbox could not write straight through.
@@ -14,9 +15,11 @@
 //!   (group commit) and its publisher, the recent tail, removal of unused
 //!   rooms (`hub::lifecycle`).
 //! - [`identity`]: who someone is — guests' name claims and reclaim tokens
-//!   (the `NameClaims` trait; guests stored through `storage::GuestStore`).
-//! - [`storage`]: the `MessageStore`, `GuestStore` and `RoomAccessStore` traits and their
-//!   SQLite implementation.
+//!   (the `NameClaims` trait; guests stored through `storage::GuestStore`),
+//!   accounts, their passwords and sessions, and the live connections of
+//!   each session (`storage::AccountStore`).
+//! - [`storage`]: the `MessageStore`, `GuestStore`, `AccountStore` and
+//!   `RoomAccessStore` traits and their SQLite implementation.
 //! - [`broker`]: the `Broker` trait (room events between servers, its contract
 //!   tests) and its in-process implementation.
 //! - [`outbox`]: the bytes going out — server frames encoded and WebSocket-framed

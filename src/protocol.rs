@@ -61,6 +61,10 @@ pub mod close {
     pub const TRY_AGAIN_LATER: u16 = 1013;
     /// The client did not answer pings for two intervals (application code).
     pub const PING_TIMEOUT: u16 = 4000;
+    /// The account session the connection belongs to was revoked: signed
+    /// out, signed out everywhere, a password change, an account disabled
+    /// (application code; `identity::sessions`).
+    pub const SESSION_REVOKED: u16 = 4001;
 
     /// Whether a close frame may carry `code` (RFC 6455 §7.4.1 and §7.4.2,
     /// with the codes IANA registered since: 1012–1014). 1004 is reserved,

@@ -1,9 +1,12 @@
 //! The HTTP surface: `router()` assembles the WebSocket endpoint, the JSON
-//! room list and server facts, health and the embedded browser app, all
+//! room list and server facts, accounts and their sessions (state-changing
+//! `/api/` requests behind the origin check), health and the embedded
+//! browser app, all
 //! behind the security headers every response carries, the plain routes
 //! behind a per-address request rate; `metrics_router()` serves `/metrics` on its own listener
 //! (`--metrics-addr`, loopback by default), never on the public one.
 
+mod accounts;
 mod api;
 mod assets;
 mod client_ip;
@@ -22,11 +25,11 @@ use std::sync::Arc;
 use std::net::SocketAddr;
 
 use axum::Router;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::set_header::SetResponseHeaderLayer;
@@ -35,6 +38,7 @@ pub use client_ip::TrustedProxies;
 
 use crate::conn;
 use crate::hub::Hub;
+use crate::identity::Accounts;
 use crate::limits::AddressLimits;
 
 /// What request handlers share.
@@ -52,6 +56,11 @@ pub struct AppState {
     pub close_connections: CancellationToken,
     /// Tracks WebSocket connections so shutdown can wait for them.
     pub connections: TaskTracker,
+    /// Accounts, their sessions, and the live connections of each session
+    /// (`accounts.sessions()`).
+    pub accounts: Arc<Accounts>,
+    /// The session cookie is `Secure` (the public URL is https).
+    pub secure_cookies: bool,
 }
 
 /// The page may load only its own scripts, styles and images, talk only to
@@ -64,6 +73,23 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/rooms", get(api::rooms))
         .route("/api/info", get(api::info))
+        .route("/api/accounts", post(accounts::sign_up))
+        .route(
+            "/api/session",
+            get(accounts::whoami)
+                .post(accounts::sign_in)
+                .delete(accounts::sign_out),
+        )
+        .route(
+            "/api/sessions",
+            axum::routing::delete(accounts::sign_out_everywhere),
+        )
+        .route("/api/account/password", post(accounts::change_password))
+        .layer(DefaultBodyLimit::max(accounts::BODY_LIMIT))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            accounts::require_same_origin,
+        ))
         .route("/healthz", get(health::healthz))
         .fallback(get(assets::serve))
         .layer(middleware::from_fn_with_state(

@@ -619,6 +619,13 @@ impl NameClaims for GuestClaims {
         )))
     }
 
+    fn is_online(&self, name: &Nickname) -> bool {
+        self.lock()
+            .online
+            .holder_key(&name.key(), &name.shape())
+            .is_some()
+    }
+
     fn release(&self, claim: &Claim) {
         let mut state = self.lock();
         let Some(holder) = state.online.by_key.get_mut(claim.key()) else {
@@ -692,6 +699,20 @@ mod tests {
     /// A tab that claimed the name under a look-alike spelling (found by
     /// its shape, not its key) releases the holder's entry: once every tab
     /// is closed the person is offline, not stuck online.
+    #[tokio::test]
+    async fn is_online_sees_look_alikes_until_the_last_release() {
+        let dir = tempfile::tempdir().unwrap();
+        let claims = claims_on(&dir, config(Duration::from_secs(60))).await;
+        let alice = claims.claim(name("alice"), None).await.unwrap();
+        for look_alike in ["Alice", "\u{430}lice", "aIice"] {
+            assert!(claims.is_online(&name(look_alike)), "{look_alike}");
+        }
+        assert!(!claims.is_online(&name("bob")));
+        claims.release(&alice);
+        // Held for its token, but not online.
+        assert!(!claims.is_online(&name("alice")));
+    }
+
     #[tokio::test]
     async fn a_look_alike_tab_releases_the_name_it_shares() {
         let dir = tempfile::tempdir().unwrap();

@@ -1,7 +1,7 @@
 //! Who someone is: which name a connection speaks under, and the identity
-//! behind it. Today everyone is a guest: a name, claimed with `hello`, and a
-//! reclaim token that proves the claim again later (the wire calls it
-//! `session`; "session" here is kept for accounts' sessions).
+//! behind it. On the WebSocket everyone is a guest: a name, claimed with
+//! `hello`, and a reclaim token that proves the claim again later (the wire
+//! calls it `session`; "session" here is kept for accounts' sessions).
 //!
 //! The hub asks through [`NameClaims`]; [`GuestClaims`] answers from two
 //! places. Who is online is kept in memory (one entry per name, counting
@@ -24,11 +24,23 @@
 //! first). A lost leaving costs nothing: a start holds every stored name
 //! for a hold anyway.
 //!
+//! Accounts ([`accounts`]) are people who signed up with a name and a
+//! password (hashed in [`password`]); a signed-in browser holds a session
+//! token, and [`sessions`] knows which live connections belong to which
+//! session, so revoking one reaches them. Failed sign-ins are counted in
+//! [`throttle`].
+//!
 //! It must not touch rooms, messages or sockets.
 
+pub mod accounts;
 mod guests;
+pub mod password;
+pub mod sessions;
+pub mod throttle;
 
+pub use accounts::{AccountError, Accounts, AccountsConfig, Session, SignedIn};
 pub use guests::{GuestClaims, IdentityConfig};
+pub use sessions::{SessionRegistry, SessionWatch};
 
 use async_trait::async_trait;
 
@@ -78,4 +90,8 @@ pub trait NameClaims: Send + Sync + 'static {
 
     /// One connection under `claim` has closed.
     fn release(&self, claim: &Claim);
+
+    /// Whether someone is online under `name` or a look-alike of it now
+    /// (a new account must not take that name from them).
+    fn is_online(&self, name: &Nickname) -> bool;
 }

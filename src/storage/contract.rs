@@ -1,5 +1,8 @@
-//! The store contract: what every backend of [`MessageStore`] and
-//! [`GuestStore`] must do, written once, generic over the backend.
+//! The store contract: what every backend of [`MessageStore`],
+//! [`GuestStore`] and [`AccountStore`] must do, written once, generic over
+//! the backend.
+//!
+//! Accounts' rules are in `contract/accounts.rs`.
 //!
 //! A backend's test module implements [`StoreFactory`] (a fresh place for
 //! one test's data, and a way to open a store on it — opening the same
@@ -14,11 +17,13 @@ use std::future::Future;
 
 /// The rules of `RoomAccessStore`, with a macro of their own.
 pub(crate) mod access;
+mod accounts;
+pub use accounts::*;
 
 use crate::domain::{AuthorId, Message, MessageText, Nickname, Nonce, RoomName};
 use crate::storage::{
-    Appended, GuestStore, GuestWrite, MessageStore, NewMessage, Receipt, RoomCreation, SendKey,
-    StaleRooms, StorageError, StoredGuest,
+    AccountStore, Appended, GuestStore, GuestWrite, MessageStore, NewMessage, Receipt,
+    RoomCreation, SendKey, StaleRooms, StorageError, StoredGuest,
 };
 
 /// Opens stores for the contract.
@@ -26,7 +31,7 @@ pub trait StoreFactory: Sync {
     /// Where one test's data lives (a temporary directory, a fresh schema),
     /// kept for the test's length.
     type Place: Send + Sync;
-    type Store: MessageStore + GuestStore;
+    type Store: MessageStore + GuestStore + AccountStore;
 
     /// A new, empty place.
     fn place(&self) -> impl Future<Output = Self::Place> + Send;
@@ -61,6 +66,12 @@ macro_rules! store_contract {
             a_registration_replaces_look_alikes_whose_hold_lapsed,
             guest_writes_are_one_batch_and_survive_a_restart,
             guests_are_pruned_expired_then_least_recently_seen,
+            an_account_is_found_by_either_look_alike_key,
+            a_look_alike_of_an_account_is_not_created,
+            password_admin_and_disabling_are_stored,
+            a_session_is_found_touched_and_expires,
+            sessions_are_revoked_one_all_or_all_but_one,
+            expired_sessions_are_pruned,
         );
     };
     (@each $factory:expr; $($rule:ident),* $(,)?) => {

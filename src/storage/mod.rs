@@ -7,8 +7,9 @@
 //! and its errors say what the caller can do about them ([`StorageError`]),
 //! not which driver failed. SQL lives only in this module. Guests' stored
 //! identities are behind a trait of their own, [`GuestStore`], used by
-//! `identity`; rooms' kinds, members, roles, bans, invites, blocks and DMs
-//! behind [`RoomAccessStore`] (`access`), the facts `crate::access` decides from.
+//! `identity`; accounts and their sessions behind [`AccountStore`]; rooms'
+//! kinds, members, roles, bans, invites, blocks and DMs behind
+//! [`RoomAccessStore`] (`access`), the facts `crate::access` decides from.
 //!
 //! What every backend must do is one test suite, `contract`, generic over
 //! the backend: a new backend's tests call it with a factory of its own
@@ -17,11 +18,13 @@
 //! hub's commit task) spawn it.
 
 pub mod access;
+mod accounts;
 #[cfg(test)]
 pub(crate) mod contract;
 mod sqlite;
 
 pub use access::RoomAccessStore;
+pub use accounts::{AccountSession, AccountStore, CreateAccountError, NewAccount, StoredAccount};
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;

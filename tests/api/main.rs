@@ -1,5 +1,6 @@
 //! Integration tests: the real server on port 0, driven by real WebSocket clients.
 
+mod accounts;
 mod helpers;
 mod http;
 mod idempotency;

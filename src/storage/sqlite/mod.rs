@@ -38,6 +38,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{FromRow, SqlitePool};
 
 mod access;
+mod accounts;
 mod append;
 mod checkpoint;
 mod error;
