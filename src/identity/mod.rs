@@ -88,6 +88,13 @@ pub trait NameClaims: Send + Sync + 'static {
     /// granted to a new identity if nobody holds it.
     async fn claim(&self, name: Nickname, token: Option<&str>) -> Result<Claim, ClaimError>;
 
+    /// Counts a connection of the account whose messages carry `author`
+    /// online under its name: nothing is stored (the account is). Another
+    /// connection of the same account shares the claim; a guest online
+    /// under the name (or a look-alike) refuses it. Released with
+    /// [`NameClaims::release`].
+    fn claim_account(&self, name: Nickname, author: AuthorId) -> Result<Claim, ClaimError>;
+
     /// One connection under `claim` has closed.
     fn release(&self, claim: &Claim);
 
