@@ -279,12 +279,15 @@ impl Handler {
         if self.identities.account.is_none() && !self.identities.guests {
             return Err(self.no_identity());
         }
-        let name = name.map(hub::parse_name).transpose()?;
         if let Some(identity) = &self.identity {
-            // Saying hello again as the same name is harmless: answer it again.
-            let same = match &name {
-                Some(name) => looks_like(name, &identity.name),
-                None => self.identities.account.is_some(),
+            // Saying hello again as the same name is harmless: answer it
+            // again. An account's own name is any look-alike of it.
+            let signed_in = self.identities.account.is_some();
+            let same = match name.map(Nickname::parse) {
+                Some(Ok(name)) if signed_in => looks_like(&name, &identity.name),
+                Some(Ok(name)) => name.key() == identity.key(),
+                Some(Err(_)) => false,
+                None => signed_in,
             };
             if !same {
                 return Err(Refusal::new(
@@ -296,6 +299,7 @@ impl Handler {
                 ));
             }
         }
+        let name = name.map(hub::parse_name).transpose()?;
         // The room list first: if storage fails, the hello has had no effect.
         let rooms = self.hub.rooms().await?;
         if self.identity.is_none() {
