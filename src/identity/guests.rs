@@ -710,6 +710,40 @@ mod tests {
         }
     }
 
+    /// An account's connections share one online entry, counted like a
+    /// guest's, with nothing stored; no guest (token or not) can take it,
+    /// and a guest online under the name refuses the account.
+    #[tokio::test]
+    async fn an_account_is_online_under_its_name_without_storing_anything() {
+        let dir = tempfile::tempdir().unwrap();
+        let claims = claims_on(&dir, config(HOUR)).await;
+        let author = AuthorId::random();
+        let first = claims.claim_account(name("Alice"), author).unwrap();
+        let second = claims.claim_account(name("aIice"), author).unwrap();
+        assert_eq!((first.author, second.author), (author, author));
+        assert!(claims.is_online(&name("alice")));
+        assert!(matches!(
+            claims.claim_account(name("alice"), AuthorId::random()),
+            Err(ClaimError::Online(_))
+        ));
+        assert!(matches!(
+            claims.claim(name("alice"), Some("any token")).await,
+            Err(ClaimError::Online(_))
+        ));
+        assert!(claims.lock().queued.writes.is_empty(), "nothing to store");
+        claims.release(&first);
+        assert!(claims.is_online(&name("alice")), "one connection left");
+        claims.release(&second);
+        assert!(!claims.is_online(&name("alice")));
+        assert!(claims.lock().queued.writes.is_empty(), "no hold to store");
+
+        claims.claim(name("bob"), None).await.unwrap();
+        assert!(matches!(
+            claims.claim_account(name("Bob"), author),
+            Err(ClaimError::Online(_))
+        ));
+    }
+
     #[tokio::test]
     async fn an_online_name_and_its_look_alikes_need_its_token() {
         let dir = tempfile::tempdir().unwrap();
