@@ -2,6 +2,10 @@
 //! limits) and the dispatch of each decoded request to the hub. Every reply
 //! goes through the outbox. Dropped when the connection stops reading, which
 //! takes it out of its rooms and releases its name.
+//!
+//! `hello` decides who the connection is: the account of its upgrade's
+//! session cookie, under the account's own name; else a guest, under a
+//! name no account has (when `--guests` allows guests at all).
 
 use std::cell::Cell;
 use std::net::IpAddr;

@@ -1,5 +1,8 @@
 //! [`NameClaims`] for guests: who is online in memory, guests in storage,
 //! and the writes to storage queued in memory and saved in batches.
+//! Accounts' connections are counted online in the same memory, so that a
+//! name is online once whoever holds it, with no token and no storage
+//! write (the account is stored already).
 //!
 //! One `std::sync::Mutex` guards who is online and the queued writes; it is
 //! never held across a storage call. A claim reads storage (the token's

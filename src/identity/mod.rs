@@ -1,7 +1,10 @@
 //! Who someone is: which name a connection speaks under, and the identity
-//! behind it. On the WebSocket everyone is a guest: a name, claimed with
-//! `hello`, and a reclaim token that proves the claim again later (the wire
-//! calls it `session`; "session" here is kept for accounts' sessions).
+//! behind it. On the WebSocket a connection is either an account's (its
+//! upgrade carried a valid session cookie; [`NameClaims::claim_account`]
+//! counts it online under the account's name, storing nothing) or a
+//! guest's: a name, claimed with `hello`, and a reclaim token that proves
+//! the claim again later (the wire calls it `session`; "session" here is
+//! kept for accounts' sessions).
 //!
 //! The hub asks through [`NameClaims`]; [`GuestClaims`] answers from two
 //! places. Who is online is kept in memory (one entry per name, counting
