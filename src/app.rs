@@ -181,6 +181,7 @@ impl App {
                 outbox_bytes: config.outbox_bytes,
                 ping_interval: config.ping_interval,
                 frame_timeout: config.frame_timeout,
+                guests: config.guests,
             },
             limits: AddressLimits::new(limits),
             origins: Arc::new(origins),

@@ -161,6 +161,13 @@ pub struct Config {
           value_parser = humantime::parse_duration)]
     pub name_hold: Duration,
 
+    /// Whether people may chat as guests (a name, no account). Off, only
+    /// connections signed in to an account get an identity: every request
+    /// before it is refused with `no_identity`.
+    #[arg(long, env = "CHATTERPRO_GUESTS", default_value_t = true,
+          action = clap::ArgAction::Set)]
+    pub guests: bool,
+
     /// Most guests (names with a reclaim token) stored. Checked hourly;
     /// beyond it the least recently seen are forgotten, and their tokens no
     /// longer reclaim anything. Without it, a client making up a new name

@@ -137,7 +137,10 @@ impl<'de> Deserialize<'de> for Ref {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientMsg {
     Hello {
-        name: String,
+        /// Optional on a connection signed in to an account (its own name
+        /// is used); a guest must give one.
+        #[serde(default)]
+        name: Option<String>,
         /// The guest's reclaim token from an earlier `welcome` (named
         /// `session` on the wire since v1; not an account's session).
         #[serde(default)]
@@ -287,7 +290,7 @@ fn decode_fast(text: &str) -> Option<Request> {
     let owned = |s: Option<Cow<'_, str>>| s.map(Cow::into_owned);
     let msg = match flat.kind.as_ref() {
         "hello" => ClientMsg::Hello {
-            name: owned(flat.name)?,
+            name: owned(flat.name),
             session: owned(flat.session),
         },
         "join" => ClientMsg::Join {
@@ -618,8 +621,12 @@ pub enum PresenceEvent {
 pub enum ServerMsg {
     Welcome {
         name: String,
-        /// The guest's reclaim token for the name (see `Hello::session`).
+        /// The guest's reclaim token for the name (see `Hello::session`);
+        /// empty for an account, which the session cookie identifies.
         session: String,
+        /// Signed in to an account; absent for a guest.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        account: bool,
         /// The identity's author id, as in its messages' `author`.
         author: u64,
         protocol: u32,
@@ -834,7 +841,7 @@ mod tests {
         assert_eq!(
             r.msg,
             ClientMsg::Hello {
-                name: "alice".into(),
+                name: Some("alice".into()),
                 session: None
             }
         );
@@ -889,7 +896,6 @@ mod tests {
         }
         // What the fast path leaves to the careful one.
         for frame in [
-            r#"{"type":"hello"}"#,
             r#"{"type":"send","room":"r","text":5}"#,
             r#"{"type":"send","room":"r","text":"hi","nonce":7}"#,
             r#"{"type":"dance"}"#,
@@ -952,7 +958,9 @@ mod tests {
         assert_eq!(code_of("[1,2]"), ErrorCode::BadRequest);
         assert_eq!(code_of(r#"{"name":"x"}"#), ErrorCode::BadRequest);
         assert_eq!(code_of(r#"{"type":5}"#), ErrorCode::BadRequest);
-        assert_eq!(code_of(r#"{"type":"hello"}"#), ErrorCode::BadRequest);
+        // A hello without a name decodes: an account's connection may say it
+        // (the handler refuses it from a guest).
+        assert!(decode(r#"{"type":"hello"}"#).is_ok());
         assert_eq!(
             code_of(r#"{"type":"join","room":7}"#),
             ErrorCode::BadRequest
@@ -1030,6 +1038,7 @@ mod tests {
         let welcome = ServerMsg::Welcome {
             name: "alice".into(),
             session: "t".into(),
+            account: false,
             author: 7,
             protocol: PROTOCOL_VERSION,
             rooms: vec![],

@@ -2,6 +2,10 @@
 //! limits) and the dispatch of each decoded request to the hub. Every reply
 //! goes through the outbox. Dropped when the connection stops reading, which
 //! takes it out of its rooms and releases its name.
+//!
+//! `hello` decides who the connection is: the account of its upgrade's
+//! session cookie, under the account's own name; else a guest, under a
+//! name no account has (when `--guests` allows guests at all).
 
 use std::cell::Cell;
 use std::net::IpAddr;
@@ -10,18 +14,30 @@ use std::time::Duration;
 
 use crate::domain::Nickname;
 use crate::hub::{self, Hub, Outgoing, Refusal, SendsInFlight};
-use crate::identity::Claim;
+use crate::identity::{Accounts, Claim};
 use crate::limits::{AddressLimits, ConnLimits, LimitKind, RetryAfter};
 use crate::outbox::{Frame, Peer};
 use crate::protocol::{
     self, ClientMsg, ErrorCode, PROTOCOL_VERSION, Ref, Request, ServerMsg, close, encode,
 };
+use crate::storage::StoredAccount;
+
+/// Who a connection may say hello as.
+pub struct Identities {
+    /// For whether a guest's name is an account's.
+    pub accounts: Arc<Accounts>,
+    /// The account of the upgrade's session cookie.
+    pub account: Option<StoredAccount>,
+    /// Guests may say hello (`--guests`).
+    pub guests: bool,
+}
 
 pub struct Handler {
     hub: Arc<Hub>,
     peer: Peer,
     /// The name granted by `hello`, and the identity behind it.
     identity: Option<Claim>,
+    identities: Identities,
     limits: ConnLimits,
     /// Set when the client ran out of strikes; it is closed after the reply.
     abusive: Cell<bool>,
@@ -57,8 +73,10 @@ impl Handler {
         address_limits: Arc<AddressLimits>,
         ip: IpAddr,
         sends: Arc<SendsInFlight>,
+        identities: Identities,
     ) -> Self {
         Self {
+            identities,
             sends,
             hub,
             peer,
@@ -158,13 +176,13 @@ impl Handler {
         r#ref: Option<&Ref>,
     ) -> Result<Option<ServerMsg>, Refusal> {
         if let ClientMsg::Hello { name, session } = msg {
-            return self.hello(&name, session.as_deref()).await.map(Some);
+            return self
+                .hello(name.as_deref(), session.as_deref())
+                .await
+                .map(Some);
         }
         let Some(identity) = &self.identity else {
-            return Err(Refusal::new(
-                ErrorCode::NoIdentity,
-                "say hello with a name first",
-            ));
+            return Err(self.no_identity());
         };
         let hub = &self.hub;
         let peer = &self.peer;
@@ -248,11 +266,34 @@ impl Handler {
         }
     }
 
-    async fn hello(&mut self, name: &str, session: Option<&str>) -> Result<ServerMsg, Refusal> {
-        match &self.identity {
-            // Saying hello again with the same name is harmless: answer it again.
-            Some(identity) if Nickname::parse(name).is_ok_and(|n| n.key() == identity.key()) => {}
-            Some(identity) => {
+    fn no_identity(&self) -> Refusal {
+        let message = match (&self.identities.account, self.identities.guests) {
+            (Some(_), _) => "say hello first",
+            (None, true) => "say hello with a name first",
+            (None, false) => "this server has no guests: sign in to an account first",
+        };
+        Refusal::new(ErrorCode::NoIdentity, message)
+    }
+
+    async fn hello(
+        &mut self,
+        name: Option<&str>,
+        session: Option<&str>,
+    ) -> Result<ServerMsg, Refusal> {
+        if self.identities.account.is_none() && !self.identities.guests {
+            return Err(self.no_identity());
+        }
+        if let Some(identity) = &self.identity {
+            // Saying hello again as the same name is harmless: answer it
+            // again. An account's own name is any look-alike of it.
+            let signed_in = self.identities.account.is_some();
+            let same = match name.map(Nickname::parse) {
+                Some(Ok(name)) if signed_in => looks_like(&name, &identity.name),
+                Some(Ok(name)) => name.key() == identity.key(),
+                Some(Err(_)) => false,
+                None => signed_in,
+            };
+            if !same {
                 return Err(Refusal::new(
                     ErrorCode::BadRequest,
                     format!(
@@ -261,12 +302,17 @@ impl Handler {
                     ),
                 ));
             }
-            None => {}
         }
+        let name = name.map(hub::parse_name).transpose()?;
         // The room list first: if storage fails, the hello has had no effect.
         let rooms = self.hub.rooms().await?;
         if self.identity.is_none() {
-            let claim = self.hub.hello(name, session).await?;
+            let claim = match &self.identities.account {
+                Some(account) => self.hello_account(account, name)?,
+                None => {
+                    Self::hello_guest(&self.hub, &self.identities.accounts, name, session).await?
+                }
+            };
             tracing::debug!(name = ?claim.name.as_str(), "hello");
             self.identity = Some(claim);
         }
@@ -274,11 +320,63 @@ impl Handler {
         Ok(ServerMsg::Welcome {
             name: identity.name.as_str().to_owned(),
             session: identity.token.clone(),
+            account: self.identities.account.is_some(),
             author: identity.author.get(),
             protocol: PROTOCOL_VERSION,
             rooms,
             server: self.hub.server_info().clone(),
         })
+    }
+
+    /// A connection signed in speaks as its account, under its own name.
+    fn hello_account(
+        &self,
+        account: &StoredAccount,
+        name: Option<Nickname>,
+    ) -> Result<Claim, Refusal> {
+        let own = Nickname::parse(&account.name).map_err(|e| {
+            tracing::error!(account = %account.name, error = %e, "a stored account's name does not parse");
+            Refusal::new(ErrorCode::Internal, "the server could not complete this request")
+        })?;
+        if let Some(name) = name
+            && !looks_like(&name, &own)
+        {
+            return Err(Refusal::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "this connection is signed in as {}; say hello without a name, or with that one",
+                    own.as_str()
+                ),
+            ));
+        }
+        self.hub.hello_account(own, account.author)
+    }
+
+    /// A guest: a name no account has (nor one like it). Takes no
+    /// `&self`: the handler is not `Sync`, and this future awaits.
+    async fn hello_guest(
+        hub: &Hub,
+        accounts: &Accounts,
+        name: Option<Nickname>,
+        session: Option<&str>,
+    ) -> Result<Claim, Refusal> {
+        let Some(name) = name else {
+            return Err(Refusal::new(
+                ErrorCode::BadRequest,
+                "hello needs a name (or sign in to an account)",
+            ));
+        };
+        let registered = accounts
+            .name_registered(&name)
+            .await
+            .map_err(hub::internal)?;
+        if registered {
+            return Err(Refusal::new(
+                ErrorCode::NameTaken,
+                format!("the name {} belongs to an account", name.as_str()),
+            ));
+        }
+        hub.hello(name, session).await
     }
 
     /// An `error` is an answer: a connection closed as too slow still
@@ -299,6 +397,11 @@ impl Handler {
                 .kick(close::POLICY_VIOLATION, "rate limits exceeded persistently");
         }
     }
+}
+
+/// The same person's name: the same key or the same shape (`Nickname::key`).
+fn looks_like(a: &Nickname, b: &Nickname) -> bool {
+    a.key() == b.key() || a.shape() == b.shape()
 }
 
 /// However the connection ends — closed, kicked, or a panic unwinding through

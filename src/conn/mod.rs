@@ -34,6 +34,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::{Hub, SendsInFlight};
+use crate::identity::{Accounts, Session, SessionWatch};
 use crate::limits::{AddressLimits, ConnPermit};
 use crate::outbox::{Frame, Kick, Outbox, Peer, Position, WRITE_MAX, write_all, write_now};
 use crate::protocol::{MAX_FRAME_BYTES, close};
@@ -52,6 +53,25 @@ pub struct Settings {
     /// Longest a client may take to send one message, from its first byte
     /// to its last fragment (`close::POLICY_VIOLATION` past it).
     pub frame_timeout: Duration,
+    /// Guests may say hello (`--guests`); otherwise only a connection
+    /// signed in to an account has an identity.
+    pub guests: bool,
+}
+
+/// Who a connection may be: `accounts` answers whether a guest's name is
+/// an account's; `signed_in` is the account of the upgrade's session
+/// cookie, if any.
+pub struct Who {
+    pub accounts: Arc<Accounts>,
+    pub signed_in: Option<SignedIn>,
+}
+
+/// The account an upgrade's session cookie showed, and the connection's
+/// registration under that session: revoking it closes the connection
+/// with `close::SESSION_REVOKED`.
+pub struct SignedIn {
+    pub session: Session,
+    pub watch: SessionWatch,
 }
 
 /// Bytes read at a time (more when a large frame is on its way).
@@ -77,6 +97,8 @@ const STALLED_WRITE_GRACE: Duration = Duration::from_secs(3);
 /// Not an `async fn`: the connection's state is built here and moved into
 /// the returned future once (an `async fn` would keep its arguments twice,
 /// and every byte of this future is paid by every idle connection).
+// Each argument is a separate owner's hand-off (HTTP layer, limits, shutdown).
+#[allow(clippy::too_many_arguments)]
 pub fn serve(
     stream: TcpStream,
     pre_read: Bytes,
@@ -85,6 +107,7 @@ pub fn serve(
     permit: ConnPermit,
     address_limits: Arc<AddressLimits>,
     close_all: CancellationToken,
+    who: Who,
 ) -> impl Future<Output = ()> + Send {
     // Shared with the outbox, which writes pushes straight through when
     // nothing is queued (`outbox::DirectWrite`).
@@ -96,12 +119,25 @@ pub fn serve(
     ));
     let peer = Peer::new(outbox.clone());
     let sends = Arc::new(SendsInFlight::default());
+    let Who {
+        accounts,
+        signed_in,
+    } = who;
+    let account = signed_in.map(|SignedIn { session, watch }| {
+        close_when_revoked(outbox.clone(), watch);
+        session.account
+    });
     let handler = Handler::new(
         hub.clone(),
         peer.clone(),
         address_limits,
         permit.ip(),
         sends.clone(),
+        handler::Identities {
+            accounts,
+            account,
+            guests: settings.guests,
+        },
     );
     let mut connection = Connection {
         stream,
@@ -129,6 +165,20 @@ pub fn serve(
         _permit: permit,
     };
     async move { connection.run().await }
+}
+
+/// Closes the connection with `close::SESSION_REVOKED` once its session
+/// is revoked. A task of its own, so that only signed-in connections pay
+/// for the watch; it ends (dropping the registration) when the connection
+/// is kicked, which every connection is as it ends.
+fn close_when_revoked(outbox: Arc<Outbox>, watch: SessionWatch) {
+    tokio::spawn(async move {
+        let kick = outbox.kick();
+        tokio::select! {
+            () = watch.revoked() => kick.kick(close::SESSION_REVOKED, "signed out"),
+            () = kick.kicked() => {}
+        }
+    });
 }
 
 /// Everything one connection owns, in one place (the task's future).

@@ -1,5 +1,7 @@
 //! `GET /ws`: checks the Origin, then hands the upgraded socket to `conn`
-//! with the place in the connection limits its TCP connection took at accept.
+//! with the place in the connection limits its TCP connection took at accept,
+//! and the account its session cookie shows (an invalid or expired cookie
+//! is no cookie: a guest).
 
 use std::net::SocketAddr;
 
@@ -12,9 +14,12 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::AppState;
+use super::accounts::{ApiError, session_token};
 use super::server::SocketPermit;
 use crate::conn;
+use crate::identity::accounts::hash_token;
 use crate::limits::Admission;
+use crate::storage::StorageError;
 
 /// Answers a WebSocket handshake (RFC 6455 §4.2) and hands the upgraded TCP
 /// socket to `conn`. The socket is taken back from hyper as the plain
@@ -32,6 +37,10 @@ pub async fn upgrade(
     let accept = match handshake_accept(headers) {
         Ok(accept) => accept,
         Err(refusal) => return refusal,
+    };
+    let signed_in = match signed_in(&state, headers).await {
+        Ok(signed_in) => signed_in,
+        Err(e) => return ApiError::from(e).into_response(),
     };
     let client = state.trusted_proxies.client_ip(remote.ip(), headers);
     // Taken only once admitted: a refused upgrade leaves the place with the
@@ -58,6 +67,7 @@ pub async fn upgrade(
         limits,
         close_connections,
         connections,
+        accounts,
         ..
     } = state;
     let connection = async move {
@@ -72,6 +82,10 @@ pub async fn upgrade(
             permit,
             limits,
             close_connections,
+            conn::Who {
+                accounts,
+                signed_in,
+            },
         )
         .await;
     };
@@ -85,6 +99,24 @@ pub async fn upgrade(
         ],
     )
         .into_response()
+}
+
+/// The account of the request's session cookie. Registered under the
+/// session before the session is checked (`identity::sessions`): a
+/// revocation in between then closes the connection.
+async fn signed_in(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Option<conn::SignedIn>, StorageError> {
+    let Some(token) = session_token(headers) else {
+        return Ok(None);
+    };
+    let watch = state.accounts.sessions().register(hash_token(token));
+    Ok(state
+        .accounts
+        .session(token)
+        .await?
+        .map(|session| conn::SignedIn { session, watch }))
 }
 
 /// Waits for hyper to hand the connection over after the 101 response, and

@@ -170,7 +170,7 @@ impl ServerFacts {
     }
 }
 
-fn internal(e: StorageError) -> Refusal {
+pub(crate) fn internal(e: StorageError) -> Refusal {
     // As an error value: the subscriber prints the driver's error (the
     // source) after what went wrong.
     tracing::error!(
@@ -181,6 +181,20 @@ fn internal(e: StorageError) -> Refusal {
         ErrorCode::Internal,
         "the server could not complete this request",
     )
+}
+
+fn claim_refused(e: ClaimError) -> Refusal {
+    match e {
+        ClaimError::Online(_) | ClaimError::Held(_) => {
+            Refusal::new(ErrorCode::NameTaken, e.to_string())
+        }
+        ClaimError::Storage(e) => internal(e),
+    }
+}
+
+/// Parses a name from a request.
+pub fn parse_name(raw: &str) -> Result<Nickname, Refusal> {
+    Nickname::parse(raw).map_err(|e| Refusal::new(ErrorCode::InvalidName, format!("name {e}")))
 }
 
 /// Parses a room name from a request.
@@ -274,16 +288,20 @@ impl Hub {
         self.info.json.clone()
     }
 
-    /// Claims a name for a connection: who it is until it closes.
-    pub async fn hello(&self, name: &str, session: Option<&str>) -> Result<Claim, Refusal> {
-        let name = Nickname::parse(name)
-            .map_err(|e| Refusal::new(ErrorCode::InvalidName, format!("name {e}")))?;
-        self.claims.claim(name, session).await.map_err(|e| match e {
-            ClaimError::Online(_) | ClaimError::Held(_) => {
-                Refusal::new(ErrorCode::NameTaken, e.to_string())
-            }
-            ClaimError::Storage(e) => internal(e),
-        })
+    /// Claims a guest's name for a connection: who it is until it closes.
+    pub async fn hello(&self, name: Nickname, session: Option<&str>) -> Result<Claim, Refusal> {
+        self.claims
+            .claim(name, session)
+            .await
+            .map_err(claim_refused)
+    }
+
+    /// Counts a connection signed in to the account named `name` (whose
+    /// messages carry `author`) online under that name.
+    pub fn hello_account(&self, name: Nickname, author: AuthorId) -> Result<Claim, Refusal> {
+        self.claims
+            .claim_account(name, author)
+            .map_err(claim_refused)
     }
 
     /// Joins `peer` to a room (creating it), replying `joined` through the

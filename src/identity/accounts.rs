@@ -260,6 +260,16 @@ impl Accounts {
         self.new_session(&account).await
     }
 
+    /// Whether an account's name is `name` or looks like it (a guest may
+    /// not take it): one indexed lookup.
+    pub async fn name_registered(&self, name: &Nickname) -> Result<bool, StorageError> {
+        Ok(self
+            .store
+            .find_account(&name.key(), &name.shape())
+            .await?
+            .is_some())
+    }
+
     /// The valid session of a cookie's token, if any; records its use.
     pub async fn session(&self, token: &str) -> Result<Option<Session>, StorageError> {
         if !well_formed(token) {

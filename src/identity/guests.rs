@@ -1,5 +1,8 @@
 //! [`NameClaims`] for guests: who is online in memory, guests in storage,
 //! and the writes to storage queued in memory and saved in batches.
+//! Accounts' connections are counted online in the same memory, so that a
+//! name is online once whoever holds it, with no token and no storage
+//! write (the account is stored already).
 //!
 //! One `std::sync::Mutex` guards who is online and the queued writes; it is
 //! never held across a storage call. A claim reads storage (the token's
@@ -92,7 +95,9 @@ struct Online {
 struct OnlineGuest {
     /// The name's shape, when it is not its key.
     shape: Option<String>,
-    token_hash: [u8; 32],
+    /// The guest's reclaim token's hash; `None` for an account, which has
+    /// none (no token claims its name).
+    token_hash: Option<[u8; 32]>,
     author: AuthorId,
     conns: usize,
 }
@@ -254,7 +259,7 @@ impl Online {
             .map(|_| shape.to_owned())
     }
 
-    fn add(&mut self, key: String, shape: String, token_hash: [u8; 32], author: AuthorId) {
+    fn add(&mut self, key: String, shape: String, token_hash: Option<[u8; 32]>, author: AuthorId) {
         let shape = (shape != key).then_some(shape);
         if let Some(shape) = &shape {
             self.keys_by_shape.insert(shape.clone(), key.clone());
@@ -434,7 +439,7 @@ impl GuestClaims {
             // Came online while storage was read.
             let holder = state.online.by_key.get_mut(&held).expect("found above");
             return Some(match token.map(hash_token) {
-                Some(hash) if hash == holder.token_hash => {
+                Some(hash) if Some(hash) == holder.token_hash => {
                     holder.conns += 1;
                     Ok(Claim {
                         name: name.clone(),
@@ -464,7 +469,7 @@ impl GuestClaims {
                     state.online.add(
                         key.to_owned(),
                         shape.to_owned(),
-                        guest.token_hash,
+                        Some(guest.token_hash),
                         guest.author,
                     );
                     return Some(Ok(Claim {
@@ -499,9 +504,12 @@ impl GuestClaims {
             last_seen: now,
         };
         let author = guest.author;
-        state
-            .online
-            .add(key.to_owned(), shape.to_owned(), guest.token_hash, author);
+        state.online.add(
+            key.to_owned(),
+            shape.to_owned(),
+            Some(guest.token_hash),
+            author,
+        );
         state.queued.register(guest);
         self.save_if_full(state);
         Some(Ok(Claim {
@@ -575,7 +583,7 @@ impl NameClaims for GuestClaims {
                 if let Some(held) = state.online.holder_key(&key, &shape) {
                     let holder = state.online.by_key.get_mut(&held).expect("found above");
                     return match (token, token_hash) {
-                        (Some(token), Some(hash)) if hash == holder.token_hash => {
+                        (Some(token), Some(hash)) if Some(hash) == holder.token_hash => {
                             holder.conns += 1;
                             Ok(Claim {
                                 author: holder.author,
@@ -594,7 +602,9 @@ impl NameClaims for GuestClaims {
                     && guest.last_seen >= self.valid_since(clock::now_ms())
                 {
                     let author = guest.author;
-                    state.online.add(key.clone(), shape.clone(), hash, author);
+                    state
+                        .online
+                        .add(key.clone(), shape.clone(), Some(hash), author);
                     return Ok(Claim {
                         name,
                         token: token.to_owned(),
@@ -617,6 +627,32 @@ impl NameClaims for GuestClaims {
             "guests kept changing while a name was claimed",
             None,
         )))
+    }
+
+    fn claim_account(&self, name: Nickname, author: AuthorId) -> Result<Claim, ClaimError> {
+        let (key, shape) = (name.key(), name.shape());
+        let mut state = self.lock();
+        if let Some(held) = state.online.holder_key(&key, &shape) {
+            let holder = state.online.by_key.get_mut(&held).expect("found above");
+            // Another connection of the same account (its author id is its own).
+            if holder.token_hash.is_none() && holder.author == author {
+                holder.conns += 1;
+                return Ok(Claim {
+                    name,
+                    token: String::new(),
+                    author,
+                    key: held,
+                });
+            }
+            return Err(ClaimError::Online(name.into_string()));
+        }
+        state.online.add(key.clone(), shape, None, author);
+        Ok(Claim {
+            name,
+            token: String::new(),
+            author,
+            key,
+        })
     }
 
     fn is_online(&self, name: &Nickname) -> bool {
@@ -643,9 +679,12 @@ impl NameClaims for GuestClaims {
         if let Some(shape) = &holder.shape {
             state.online.keys_by_shape.remove(shape);
         }
-        // The hold counts from now: saved with the next batch (or at a clean stop).
-        state.queued.seen(holder.token_hash, clock::now_ms());
-        self.save_if_full(&state);
+        // The hold counts from now: saved with the next batch (or at a clean
+        // stop). An account's name needs no hold: storage keeps it.
+        if let Some(token_hash) = holder.token_hash {
+            state.queued.seen(token_hash, clock::now_ms());
+            self.save_if_full(&state);
+        }
     }
 }
 
@@ -672,6 +711,40 @@ mod tests {
             name_hold,
             max_guests: 1_000_000,
         }
+    }
+
+    /// An account's connections share one online entry, counted like a
+    /// guest's, with nothing stored; no guest (token or not) can take it,
+    /// and a guest online under the name refuses the account.
+    #[tokio::test]
+    async fn an_account_is_online_under_its_name_without_storing_anything() {
+        let dir = tempfile::tempdir().unwrap();
+        let claims = claims_on(&dir, config(HOUR)).await;
+        let author = AuthorId::random();
+        let first = claims.claim_account(name("Alice"), author).unwrap();
+        let second = claims.claim_account(name("aIice"), author).unwrap();
+        assert_eq!((first.author, second.author), (author, author));
+        assert!(claims.is_online(&name("alice")));
+        assert!(matches!(
+            claims.claim_account(name("alice"), AuthorId::random()),
+            Err(ClaimError::Online(_))
+        ));
+        assert!(matches!(
+            claims.claim(name("alice"), Some("any token")).await,
+            Err(ClaimError::Online(_))
+        ));
+        assert!(claims.lock().queued.writes.is_empty(), "nothing to store");
+        claims.release(&first);
+        assert!(claims.is_online(&name("alice")), "one connection left");
+        claims.release(&second);
+        assert!(!claims.is_online(&name("alice")));
+        assert!(claims.lock().queued.writes.is_empty(), "no hold to store");
+
+        claims.claim(name("bob"), None).await.unwrap();
+        assert!(matches!(
+            claims.claim_account(name("Bob"), author),
+            Err(ClaimError::Online(_))
+        ));
     }
 
     #[tokio::test]

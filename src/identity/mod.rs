@@ -1,7 +1,10 @@
 //! Who someone is: which name a connection speaks under, and the identity
-//! behind it. On the WebSocket everyone is a guest: a name, claimed with
-//! `hello`, and a reclaim token that proves the claim again later (the wire
-//! calls it `session`; "session" here is kept for accounts' sessions).
+//! behind it. On the WebSocket a connection is either an account's (its
+//! upgrade carried a valid session cookie; [`NameClaims::claim_account`]
+//! counts it online under the account's name, storing nothing) or a
+//! guest's: a name, claimed with `hello`, and a reclaim token that proves
+//! the claim again later (the wire calls it `session`; "session" here is
+//! kept for accounts' sessions).
 //!
 //! The hub asks through [`NameClaims`]; [`GuestClaims`] answers from two
 //! places. Who is online is kept in memory (one entry per name, counting
@@ -87,6 +90,13 @@ pub trait NameClaims: Send + Sync + 'static {
     /// now (another tab) or not (after a restart); without one, the name is
     /// granted to a new identity if nobody holds it.
     async fn claim(&self, name: Nickname, token: Option<&str>) -> Result<Claim, ClaimError>;
+
+    /// Counts a connection of the account whose messages carry `author`
+    /// online under its name: nothing is stored (the account is). Another
+    /// connection of the same account shares the claim; a guest online
+    /// under the name (or a look-alike) refuses it. Released with
+    /// [`NameClaims::release`].
+    fn claim_account(&self, name: Nickname, author: AuthorId) -> Result<Claim, ClaimError>;
 
     /// One connection under `claim` has closed.
     fn release(&self, claim: &Claim);

@@ -19,3 +19,4 @@ mod rooms;
 mod server_facts;
 mod transport;
 mod wire;
+mod ws_accounts;

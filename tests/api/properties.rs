@@ -185,7 +185,7 @@ fn expected_msg(kind: &str, object: &Map<String, Value>) -> Option<ClientMsg> {
     };
     Some(match kind {
         "hello" => ClientMsg::Hello {
-            name: string("name")?,
+            name: opt_string("name")?,
             session: opt_string("session")?,
         },
         "join" => ClientMsg::Join {
