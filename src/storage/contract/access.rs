@@ -22,6 +22,16 @@ pub trait AccessFactory: StoreFactory<Store: RoomAccessStore> {
     fn account(&self, store: &Self::Store, name: &str) -> impl Future<Output = AccountId> + Send;
 }
 
+/// A fresh store holding the accounts `alice` and `bob`, with its place
+/// (kept for the test's length).
+async fn alice_and_bob<F: AccessFactory>(f: &F) -> (F::Place, F::Store, AccountId, AccountId) {
+    let place = f.place().await;
+    let store = f.open(&place).await;
+    let alice = f.account(&store, "alice").await;
+    let bob = f.account(&store, "bob").await;
+    (place, store, alice, bob)
+}
+
 /// Expands to one `#[tokio::test]` per rule of room access.
 macro_rules! access_contract {
     ($factory:expr) => {
@@ -160,10 +170,7 @@ pub async fn rooms_are_public_without_an_owner_until_changed<F: AccessFactory>(f
 }
 
 pub async fn ownership_moves_with_the_owner_role<F: AccessFactory>(f: &F) {
-    let place = f.place().await;
-    let store = f.open(&place).await;
-    let alice = f.account(&store, "alice").await;
-    let bob = f.account(&store, "bob").await;
+    let (_place, store, alice, bob) = alice_and_bob(f).await;
     let r = room("team");
     store.create_private_room(&r, alice).await.unwrap();
     store.set_room_owner(&r, Some(bob)).await.unwrap();
@@ -198,10 +205,7 @@ pub async fn ownership_moves_with_the_owner_role<F: AccessFactory>(f: &F) {
 }
 
 pub async fn members_have_one_role_and_the_owner_stays<F: AccessFactory>(f: &F) {
-    let place = f.place().await;
-    let store = f.open(&place).await;
-    let alice = f.account(&store, "alice").await;
-    let bob = f.account(&store, "bob").await;
+    let (_place, store, alice, bob) = alice_and_bob(f).await;
     let carol = f.account(&store, "carol").await;
     let r = room("team");
     store.create_private_room(&r, alice).await.unwrap();
@@ -246,10 +250,7 @@ pub async fn members_have_one_role_and_the_owner_stays<F: AccessFactory>(f: &F) 
 }
 
 pub async fn an_account_lists_the_rooms_it_has_a_place_in<F: AccessFactory>(f: &F) {
-    let place = f.place().await;
-    let store = f.open(&place).await;
-    let alice = f.account(&store, "alice").await;
-    let bob = f.account(&store, "bob").await;
+    let (_place, store, alice, bob) = alice_and_bob(f).await;
     store
         .create_private_room(&room("b team"), alice)
         .await
@@ -298,10 +299,7 @@ pub async fn an_account_lists_the_rooms_it_has_a_place_in<F: AccessFactory>(f: &
 }
 
 pub async fn a_ban_ends_membership_and_keeps_out_until_it_expires<F: AccessFactory>(f: &F) {
-    let place = f.place().await;
-    let store = f.open(&place).await;
-    let alice = f.account(&store, "alice").await;
-    let bob = f.account(&store, "bob").await;
+    let (_place, store, alice, bob) = alice_and_bob(f).await;
     let carol = f.account(&store, "carol").await;
     let r = room("team");
     store.create_private_room(&r, alice).await.unwrap();
@@ -340,10 +338,7 @@ pub async fn a_ban_ends_membership_and_keeps_out_until_it_expires<F: AccessFacto
 }
 
 pub async fn an_invite_admits_one_account_once_within_seven_days<F: AccessFactory>(f: &F) {
-    let place = f.place().await;
-    let store = f.open(&place).await;
-    let alice = f.account(&store, "alice").await;
-    let bob = f.account(&store, "bob").await;
+    let (_place, store, alice, bob) = alice_and_bob(f).await;
     let carol = f.account(&store, "carol").await;
     let dave = f.account(&store, "dave").await;
     let r = room("team");
@@ -436,10 +431,7 @@ pub async fn concurrent_redemptions_of_an_invite_admit_exactly_one<F: AccessFact
 }
 
 pub async fn a_block_counts_either_way<F: AccessFactory>(f: &F) {
-    let place = f.place().await;
-    let store = f.open(&place).await;
-    let alice = f.account(&store, "alice").await;
-    let bob = f.account(&store, "bob").await;
+    let (_place, store, alice, bob) = alice_and_bob(f).await;
     let carol = f.account(&store, "carol").await;
     assert!(!store.is_blocked(alice, bob).await.unwrap());
     store.block(alice, bob, now()).await.unwrap();
@@ -462,10 +454,7 @@ pub async fn a_block_counts_either_way<F: AccessFactory>(f: &F) {
 }
 
 pub async fn a_dm_is_one_room_per_pair_whichever_side_opens_it<F: AccessFactory>(f: &F) {
-    let place = f.place().await;
-    let store = f.open(&place).await;
-    let alice = f.account(&store, "alice").await;
-    let bob = f.account(&store, "bob").await;
+    let (place, store, alice, bob) = alice_and_bob(f).await;
     let carol = f.account(&store, "carol").await;
     let first = store.open_dm(alice, bob, now()).await.unwrap();
     assert!(first.created);
@@ -628,10 +617,7 @@ pub async fn a_deleted_message_is_a_tombstone_without_its_text<F: AccessFactory>
 }
 
 pub async fn private_rooms_and_dms_are_never_listed_nor_stale<F: AccessFactory>(f: &F) {
-    let place = f.place().await;
-    let store = f.open(&place).await;
-    let alice = f.account(&store, "alice").await;
-    let bob = f.account(&store, "bob").await;
+    let (_place, store, alice, bob) = alice_and_bob(f).await;
     store
         .create_private_room(&room("secret"), alice)
         .await
@@ -681,10 +667,7 @@ pub async fn private_rooms_and_dms_are_never_listed_nor_stale<F: AccessFactory>(
 }
 
 pub async fn a_removed_room_takes_its_members_bans_and_invites<F: AccessFactory>(f: &F) {
-    let place = f.place().await;
-    let store = f.open(&place).await;
-    let alice = f.account(&store, "alice").await;
-    let bob = f.account(&store, "bob").await;
+    let (_place, store, alice, bob) = alice_and_bob(f).await;
     let carol = f.account(&store, "carol").await;
     let r = room("team");
     store.create_private_room(&r, alice).await.unwrap();
