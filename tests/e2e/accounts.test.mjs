@@ -59,6 +59,16 @@ describe('accounts in the browser', () => {
       await waitForMessage(first, 'hello as an account');
       await waitForTexts(first, '#users li', ['alice']);
 
+      // Leaving the room keeps the account: the join page offers to go back in, no form.
+      await first.click('#leave-button');
+      await first.locator('#join-view').waitFor({ state: 'visible' });
+      await waitForText(first, '#signed-in-heading', 'Signed in as alice');
+      assert.ok(await first.isHidden('#account-form'), 'no sign-in form while signed in');
+      assert.ok(await first.isHidden('#join-form'), 'no guest form while signed in');
+      await first.selectOption('#room-select', 'Business Room');
+      await first.click('#enter-button');
+      await inChat(first, 'Business Room');
+
       // A second tab of the same browser shares the session.
       const second = await first.context().newPage();
       second.setDefaultTimeout(WAIT_MS);
