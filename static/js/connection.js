@@ -10,8 +10,14 @@
 //   "push"   – a server message that is not a reply to one of our requests.
 //   "closed" – the socket closed; detail = {code, reason, willReconnect, delayMs}.
 
-/** Close codes after which reconnecting cannot help (policy, unsupported or oversized data). */
-export const FATAL_CLOSE_CODES = new Set([1003, 1008, 1009]);
+/** The server closed the socket because its account session was signed out. */
+export const SIGNED_OUT_CLOSE = 4001;
+
+/**
+ * Close codes after which reconnecting cannot help (policy, unsupported or
+ * oversized data, a signed-out session: a new socket would be a guest's).
+ */
+export const FATAL_CLOSE_CODES = new Set([1003, 1008, 1009, SIGNED_OUT_CLOSE]);
 
 const BACKOFF_START_MS = 300;
 const BACKOFF_CAP_MS = 5000;

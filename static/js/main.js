@@ -3,16 +3,21 @@
 // Owns: the flow hello -> welcome -> join -> joined (again after every
 // reconnect, with `since` so only missed messages come back), the outgoing
 // messages (shown "sending…" until confirmed, resent with their nonces after
-// a reconnect), history paging and the remembered identity. Talks to the
-// server only through connection.js and to the page only through views.js.
+// a reconnect), history paging, the remembered identity and the account
+// (sign in, sign up, sign out over "Accounts over HTTP"; a signed-in socket
+// says `hello` without a name). Talks to the server only through
+// connection.js and fetch, and to the page only through views.js.
 
-import { Connection, RequestError, defaultSocketUrl } from './connection.js';
+import { Connection, RequestError, SIGNED_OUT_CLOSE, defaultSocketUrl } from './connection.js';
 import { learnFacts, loadFacts, serverFacts } from './facts.js';
 import { PAGE_SIZE, PendingMessages, RoomState } from './state.js';
 import * as views from './views.js';
 
 const { $ } = views;
 const IDENTITY_KEY = 'chatterpro.identity';
+/** The room a signed-in page was last in: a reload goes back to it. */
+const ROOM_KEY = 'chatterpro.room';
+const SIGNED_OUT_TEXT = 'You were signed out.';
 /** Handshake errors worth another try after a reconnect (a server restarting, a stale login). */
 const RETRYABLE_CODES = new Set(['offline', 'timeout', 'closed', 'internal', 'rate_limited', 'name_taken']);
 const MAX_HANDSHAKE_RETRIES = 8;
@@ -97,15 +102,82 @@ function saveIdentity(name, session) {
   }
 }
 
+function loadRoom() {
+  try {
+    return localStorage.getItem(ROOM_KEY) || null;
+  } catch {
+    return null;
+  }
+}
+
+function saveRoom(name) {
+  try {
+    localStorage.setItem(ROOM_KEY, name);
+  } catch {
+    // Going back to the same room after a reload is a convenience.
+  }
+}
+
+// ---------------------------------------------------------------- account
+
+/** `{name, admin}` while this browser holds a valid session cookie, else null. */
+let account = null;
+
+/**
+ * One JSON request of "Accounts over HTTP". Resolves with the body (null for
+ * 204); a refusal rejects with a RequestError holding the server's code and
+ * its message, which is written for people.
+ */
+async function accountRequest(method, path, body) {
+  const headers = { Accept: 'application/json' };
+  if (body !== undefined) headers['Content-Type'] = 'application/json';
+  let response;
+  try {
+    response = await fetch(path, {
+      method, headers, credentials: 'same-origin', body: body === undefined ? undefined : JSON.stringify(body),
+    });
+  } catch {
+    throw new RequestError('offline', ERROR_TEXT.offline);
+  }
+  if (response.status === 204) return null;
+  let data = null;
+  try {
+    data = await response.json();
+  } catch {
+    // A proxy's error page, say: the status alone tells.
+  }
+  if (!response.ok) {
+    const error = data && typeof data.error === 'object' ? data.error : {};
+    throw new RequestError(
+      typeof error.code === 'string' ? error.code : `http_${response.status}`,
+      typeof error.message === 'string' ? error.message : `The server answered with HTTP ${response.status}.`,
+    );
+  }
+  return data;
+}
+
+function setAccount(value) {
+  account = value && typeof value.name === 'string' ? { name: value.name, admin: value.admin === true } : null;
+  $('signed-in').hidden = account === null;
+  $('signed-in-name').textContent = account ? account.name : '';
+  $('account-form').hidden = account !== null;
+  $('join-form').hidden = account !== null;
+  $('account-box').hidden = account === null;
+  $('account-label').textContent = account ? account.name : '';
+}
+
 // ---------------------------------------------------------------- session
 
 /** Everything belonging to one stay in one room; replaced on every join. */
 let session = null;
 
+/** `name` null: the stay of the signed-in account, whose socket carries the cookie. */
 function createSession(name, roomName) {
   return {
     conn: new Connection(defaultSocketUrl()),
     name,
+    asAccount: name === null,
+    signingOut: false,
     requestedRoom: roomName,
     room: null,
     joined: false, // true once the first join succeeded
@@ -121,15 +193,32 @@ function createSession(name, roomName) {
 }
 
 async function handshake(s) {
-  const stored = loadIdentity();
-  const hello = { type: 'hello', name: s.name };
-  if (stored && stored.name === s.name) hello.session = stored.session;
-  const welcome = await s.conn.request(hello);
+  const hello = { type: 'hello' };
+  if (!s.asAccount) {
+    hello.name = s.name;
+    const stored = loadIdentity();
+    if (stored && stored.name === s.name) hello.session = stored.session;
+  }
+  let welcome;
+  try {
+    welcome = await s.conn.request(hello);
+  } catch (error) {
+    // Without a valid cookie the socket is a guest's, and a guest must name itself.
+    if (s.asAccount && (error.code === 'bad_request' || error.code === 'no_identity')) {
+      throw new RequestError('signed_out', SIGNED_OUT_TEXT);
+    }
+    throw error;
+  }
   s.name = typeof welcome.name === 'string' ? welcome.name : s.name;
+  if (s.asAccount && welcome.account !== true) {
+    // The cookie did not count (it expired, or was revoked just now).
+    throw new RequestError('signed_out', SIGNED_OUT_TEXT);
+  }
   // Our identity, given to our own messages as `sent` confirms them (the
   // server's `message` copies carry it too): names two people used are tagged.
   s.author = Number.isSafeInteger(welcome.author) ? welcome.author : undefined;
-  saveIdentity(s.name, welcome.session);
+  // An account's `session` is empty: the cookie proves who it is.
+  if (!s.asAccount) saveIdentity(s.name, welcome.session);
   applyFacts(learnFacts(welcome.server));
 
   const join = { type: 'join', room: s.room ? s.room.name : s.requestedRoom };
@@ -151,6 +240,18 @@ function startSession(name, roomName) {
     };
     s.conn.addEventListener('push', (event) => onPush(s, event.detail));
     s.conn.addEventListener('closed', (event) => {
+      if (event.detail.code === SIGNED_OUT_CLOSE) {
+        // Signed out, here or in another tab: a new socket would be a guest's.
+        if (s.signingOut) return; // signOut() finishes the job
+        if (!s.joined) {
+          fail(new RequestError('signed_out', SIGNED_OUT_TEXT));
+        } else {
+          endStay(s);
+          setAccount(null);
+          showJoinPage({ notice: SIGNED_OUT_TEXT });
+        }
+        return;
+      }
       if (!s.joined) {
         fail(new RequestError('offline', ERROR_TEXT.offline));
       } else {
@@ -184,6 +285,7 @@ function enterChat(s, joined) {
   $('message-input').value = '';
   views.showView('chat');
   document.title = `${room.name} · ChatterPro`;
+  if (s.asAccount) saveRoom(room.name);
 
   const messages = Array.isArray(joined.messages) ? joined.messages : [];
   for (const message of room.accept(messages)) {
@@ -234,6 +336,12 @@ function rejoin(s) {
     markReady(s);
   }, (error) => {
     if (session !== s || s.ended) return;
+    if (error.code === 'signed_out') {
+      endStay(s);
+      setAccount(null);
+      showJoinPage({ notice: SIGNED_OUT_TEXT });
+      return;
+    }
     s.handshakeFailures += 1;
     if (RETRYABLE_CODES.has(error.code) && s.handshakeFailures <= MAX_HANDSHAKE_RETRIES) {
       s.conn.drop(); // the close handler schedules the next attempt
@@ -479,8 +587,12 @@ async function refreshRooms() {
 const ROOM_LIST_POLL_MS = 5000;
 let roomListPoll = null;
 
-function showJoinPage() {
+/** The join page; `notice` says why we are back on it (empty: nothing to say). */
+function showJoinPage({ notice = '' } = {}) {
   views.showView('join');
+  const noticeBox = $('join-notice');
+  noticeBox.textContent = notice;
+  noticeBox.hidden = !notice;
   document.title = 'ChatterPro';
   $('join-button').disabled = false;
   refreshRooms();
@@ -492,7 +604,12 @@ function showJoinPage() {
       refreshRooms();
     }
   }, ROOM_LIST_POLL_MS);
-  $('nickname').focus();
+  (account ? $('enter-button') : $('nickname')).focus();
+}
+
+/** The room the join page's fields name: a typed new room wins over the picker. */
+function chosenRoom() {
+  return $('new-room').value.trim() || $('room-select').value;
 }
 
 async function onJoinSubmit(event) {
@@ -500,8 +617,12 @@ async function onJoinSubmit(event) {
   const errorBox = $('join-error');
   const button = $('join-button');
   const name = $('nickname').value.trim();
-  const newRoom = $('new-room').value.trim();
-  const roomName = newRoom || $('room-select').value;
+  const roomName = chosenRoom();
+  if (account) {
+    // Enter in the room fields while signed in (they belong to this form).
+    enterAsAccount(roomName);
+    return;
+  }
   if (!name) {
     views.showError(errorBox, 'Please choose a nickname.');
     $('nickname').focus();
@@ -525,6 +646,98 @@ async function onJoinSubmit(event) {
   } finally {
     button.disabled = false;
   }
+}
+
+/**
+ * Goes to the chat as the signed-in account in `roomName`. On failure stays
+ * on (or comes back to) the join page, saying why.
+ */
+async function enterAsAccount(roomName) {
+  const errorBox = $('join-error');
+  if (!roomName) {
+    views.showError(errorBox, 'Please pick a room or type a name for a new one.');
+    return;
+  }
+  views.showError(errorBox, '');
+  $('enter-button').disabled = true;
+  views.setStatus('connecting');
+  try {
+    await startSession(null, roomName);
+    $('new-room').value = '';
+    $('room-select').disabled = false;
+  } catch (error) {
+    if (error.code === 'signed_out') {
+      setAccount(null);
+      showJoinPage({ notice: SIGNED_OUT_TEXT });
+    } else {
+      showJoinPage();
+      views.showError(errorBox, joinErrorText(error));
+    }
+  } finally {
+    $('enter-button').disabled = false;
+  }
+}
+
+/** "Sign in" or "Create account" (whichever button submitted the form). */
+async function onAccountSubmit(event) {
+  event.preventDefault();
+  const errorBox = $('join-error');
+  const creating = event.submitter?.value === 'signup';
+  const name = $('account-name').value.trim();
+  const password = $('account-password').value;
+  const roomName = chosenRoom();
+  if (!name || !password) {
+    views.showError(errorBox, 'Please enter your name and password.');
+    (name ? $('account-password') : $('account-name')).focus();
+    return;
+  }
+  if (!roomName) {
+    views.showError(errorBox, 'Please pick a room or type a name for a new one.');
+    return;
+  }
+  views.showError(errorBox, '');
+  const buttons = [$('signin-button'), $('signup-button')];
+  for (const button of buttons) button.disabled = true;
+  let reply;
+  try {
+    reply = await accountRequest('POST', creating ? '/api/accounts' : '/api/session', { name, password });
+  } catch (error) {
+    views.showError(errorBox, describe(error));
+    (error.code === 'weak_password' || error.code === 'bad_credentials' ? $('account-password') : $('account-name')).focus();
+    return;
+  } finally {
+    for (const button of buttons) button.disabled = false;
+  }
+  $('account-password').value = '';
+  setAccount({ name, ...reply });
+  await enterAsAccount(roomName);
+}
+
+/** Signs this browser's session out; the server closes its sockets (4001) in every tab. */
+async function signOut() {
+  const s = session;
+  if (s) s.signingOut = true;
+  try {
+    await accountRequest('DELETE', '/api/session');
+  } catch (error) {
+    if (error.code !== 'not_signed_in') {
+      if (s) s.signingOut = false;
+      views.showError($(s ? 'chat-error' : 'join-error'), `Could not sign out: ${describe(error)}`);
+      return;
+    }
+  }
+  if (s) endStay(s);
+  setAccount(null);
+  showJoinPage();
+}
+
+/** Ends a stay for good, without a word to the server. */
+function endStay(s) {
+  s.ended = true;
+  if (session === s) session = null;
+  s.conn.close(1000, 'left');
+  $('messages').replaceChildren();
+  $('users').replaceChildren();
 }
 
 /** Ends a stay the server ended: back to the join page, saying why. */
@@ -596,8 +809,35 @@ function init() {
   }, { passive: true });
 
   $('leave-button').addEventListener('click', () => { leave(); });
+  $('account-form').addEventListener('submit', onAccountSubmit);
+  $('enter-button').addEventListener('click', () => { enterAsAccount(chosenRoom()); });
+  $('signout-button').addEventListener('click', () => { signOut(); });
+  $('join-signout-button').addEventListener('click', () => { signOut(); });
 
   showJoinPage();
+  resumeAccount();
+}
+
+/**
+ * A browser still signed in (its cookie) goes straight back to the chat, in
+ * the room it was last in, or else the first room the page offers.
+ */
+async function resumeAccount() {
+  let reply;
+  try {
+    reply = await accountRequest('GET', '/api/session');
+  } catch {
+    return; // not signed in (401), or the server cannot say: the join page stays
+  }
+  setAccount(reply);
+  if (!account || session) return; // someone joined as a guest meanwhile
+  showJoinPage();
+  let room = loadRoom();
+  if (!room) {
+    await refreshRooms();
+    room = $('room-select').value || (await factsLoaded).defaultRooms?.[0];
+  }
+  if (room && account && !session) await enterAsAccount(room);
 }
 
 init();
