@@ -111,6 +111,7 @@ impl App {
             default_rooms,
             welcome: config.welcome.clone(),
             history_on_join: config.history_on_join,
+            guests: config.guests,
             write_batch_max: config.write_batch as usize,
             write_queue: 4 * config.write_batch as usize,
             commit_interval: config.commit_interval,

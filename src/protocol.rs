@@ -594,6 +594,8 @@ pub struct ServerInfo {
     pub history_on_join: u32,
     /// Largest `limit` a `history` request is answered with.
     pub history_max: u32,
+    /// Whether people may chat without an account (`--guests`).
+    pub guests: bool,
 }
 
 /// What a `notice` is about, for clients that treat one kind apart (the
@@ -1050,13 +1052,14 @@ mod tests {
                 max_text_chars: 3,
                 history_on_join: 4,
                 history_max: 5,
+                guests: true,
             },
         };
         let v: Value = serde_json::from_str(&encode(&welcome, Some(&Ref::Int(1)))).unwrap();
         assert_eq!(
             v["server"],
             json!({"bot":"Bot","default_rooms":["Lobby"],"max_name_chars":1,"max_room_chars":2,
-                   "max_text_chars":3,"history_on_join":4,"history_max":5})
+                   "max_text_chars":3,"history_on_join":4,"history_max":5,"guests":true})
         );
     }
 

@@ -80,6 +80,8 @@ pub struct HubConfig {
     pub welcome: String,
     /// Messages in a `joined` reply without `since`.
     pub history_on_join: u32,
+    /// Whether guests may say hello (`--guests`), announced in the facts.
+    pub guests: bool,
     /// Most messages stored in one transaction.
     pub write_batch_max: usize,
     /// Accepted sends waiting for the commit task before senders wait too.
@@ -164,6 +166,7 @@ impl ServerFacts {
             max_text_chars: MESSAGE_MAX_CHARS,
             history_on_join: config.history_on_join,
             history_max: HISTORY_LIMIT_MAX,
+            guests: config.guests,
         };
         let json = Bytes::from(serde_json::to_vec(&info).expect("plain data serializes"));
         Self { info, json }

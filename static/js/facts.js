@@ -11,7 +11,8 @@
 /**
  * The facts learnt so far; each may be undefined:
  * `bot` (string), `defaultRooms` (string[]), `maxNameChars`, `maxRoomChars`,
- * `maxTextChars`, `historyOnJoin`, `historyMax` (integers, 0 or more).
+ * `maxTextChars`, `historyOnJoin`, `historyMax` (integers, 0 or more),
+ * `guests` (boolean: whether people may chat without an account).
  */
 const known = {};
 
@@ -39,6 +40,7 @@ export function learnFacts(raw) {
     maxTextChars: count(raw.max_text_chars),
     historyOnJoin: count(raw.history_on_join),
     historyMax: count(raw.history_max),
+    guests: typeof raw.guests === 'boolean' ? raw.guests : undefined,
   };
   for (const [key, value] of Object.entries(heard)) {
     if (value !== undefined) known[key] = value;

@@ -64,6 +64,12 @@ function applyFacts(facts) {
   } else {
     input.removeAttribute('maxlength');
   }
+  showGuestForm();
+}
+
+/** The guest form: for someone not signed in, on a server that has guests. */
+function showGuestForm() {
+  $('join-form').hidden = account !== null || serverFacts().guests === false;
 }
 
 /**
@@ -161,7 +167,7 @@ function setAccount(value) {
   $('signed-in').hidden = account === null;
   $('signed-in-name').textContent = account ? account.name : '';
   $('account-form').hidden = account !== null;
-  $('join-form').hidden = account !== null;
+  showGuestForm();
   $('account-box').hidden = account === null;
   $('account-label').textContent = account ? account.name : '';
 }

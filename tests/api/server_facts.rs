@@ -38,6 +38,7 @@ async fn welcome_and_api_info_carry_the_configured_facts() {
     assert_eq!(server["bot"], "ChatterPro Bot", "{welcome}");
     assert_eq!(server["default_rooms"], json!(["Lobby", "Den"]));
     assert_eq!(server["history_on_join"], 7);
+    assert_eq!(server["guests"], true);
     for key in [
         "max_name_chars",
         "max_room_chars",

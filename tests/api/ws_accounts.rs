@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::accounts::{request, sign_in, sign_up};
@@ -154,6 +154,14 @@ async fn without_guests_only_accounts_have_an_identity() {
     );
     guest.send_json(json!({"type":"rooms"})).await;
     guest.recv_error("no_identity").await;
+    // The join page learns it from the facts, before any socket.
+    let info: Value = reqwest::get(app.http("/api/info"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["guests"], false, "{info}");
 
     let token = account(&app, "alice").await;
     let mut alice = connect_as(&app, &token).await;

@@ -126,6 +126,20 @@ describe('accounts in the browser', () => {
       assert.ok(await page.isHidden('#chat-view'));
     });
   });
+
+  test('a server without guests offers accounts only', TEST_TIMEOUT, async (t) => {
+    await withChat(browser, t.name, async (h) => {
+      const page = await h.newPage();
+      await page.goto(h.server.url);
+      await page.locator('#account-form').waitFor({ state: 'visible' });
+      await page.locator('#join-form').waitFor({ state: 'hidden' });
+      await submitAccount(page, 'carol', PASSWORD, 'Create account', 'Chat Room');
+      await inChat(page, 'Chat Room');
+      await page.getByRole('button', { name: 'Sign out', exact: true }).first().click();
+      await page.locator('#account-form').waitFor({ state: 'visible' });
+      assert.ok(await page.isHidden('#join-form'), 'signed out, the guest form stays hidden');
+    }, { serverArgs: ['--guests=false'] });
+  });
 });
 
 async function waitForValueNonEmpty(page, selector) {
